@@ -1,0 +1,124 @@
+"""Every failure leaves as OpenAI's ``{"error": {"message", "type", "param", "code"}}``."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from ..backends import InputTooLongError, InvalidTokenIdsError
+from ..engine import InvalidDimensionsError, OverloadedError, WorkerStoppedError
+from ..engine.inputs import InstructionWithTokenIdsError
+from ..engine.pool import UnknownModelError
+
+log = logging.getLogger("qwembed.api")
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "service_unavailable",
+}
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+
+def error_response(
+    status: int, message: str, code: str, param: str | None = None, headers: dict[str, str] | None = None
+) -> Response:
+    body = {
+        "error": {
+            "message": message,
+            "type": _TYPES.get(status, "invalid_request_error"),
+            "param": param,
+            "code": code,
+        }
+    }
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def from_engine_error(error: Exception) -> APIError:
+    """Translate the engine's exceptions; anything unknown is a 500 that names no internals."""
+    if isinstance(error, InputTooLongError):
+        return APIError(400, str(error), "input_too_long", "input")
+    if isinstance(error, InvalidDimensionsError):
+        return APIError(400, str(error), "invalid_dimensions", "dimensions")
+    if isinstance(error, InvalidTokenIdsError):
+        return APIError(400, str(error), "invalid_token_ids", "input")
+    if isinstance(error, InstructionWithTokenIdsError):
+        return APIError(400, str(error), "invalid_request", "instruction")
+    if isinstance(error, UnknownModelError):
+        return APIError(404, str(error), "model_not_found", "model")
+    if isinstance(error, OverloadedError):
+        return APIError(429, str(error), "overloaded", headers={"Retry-After": "1"})
+    if isinstance(error, WorkerStoppedError):
+        return APIError(503, str(error), "shutting_down", headers={"Retry-After": "5"})
+    log.exception("inference failed", exc_info=error)
+    return APIError(500, "inference failed on the server; the request was not processed", "internal_error")
+
+
+def _validation_message(error: RequestValidationError) -> tuple[str, str | None, str]:
+    first = error.errors()[0] if error.errors() else {}
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        return "the request body is not valid JSON", None, "invalid_json"
+    if location and location[0] == "input":
+        # a union of four shapes: pydantic's per-branch message would name just one of them
+        return (
+            "input must be a string, a list of strings, a list of token ids (integers ≥ 0) "
+            "or a list of non-empty token-id lists",
+            "input",
+            "invalid_input",
+        )
+    param = ".".join(location) or None
+    detail = first.get("msg", "invalid request")
+    return (f"{param}: {detail}" if param else detail), (location[0] if location else None), "invalid_request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, error: APIError) -> Response:
+        return error_response(error.status, error.message, error.code, error.param, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, error: RequestValidationError) -> Response:
+        message, param, code = _validation_message(error)
+        return error_response(400, message, code, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, error: StarletteHTTPException) -> Response:
+        phrase = (
+            HTTPStatus(error.status_code).phrase if error.status_code in HTTPStatus._value2member_map_ else ""
+        )
+        message = error.detail if isinstance(error.detail, str) else phrase
+        return error_response(error.status_code, message, phrase.lower().replace(" ", "_") or "http_error")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, error: Exception) -> Response:
+        log.exception("unhandled error", exc_info=error)
+        return error_response(500, "internal server error", "internal_error")

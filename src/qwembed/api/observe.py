@@ -1,0 +1,60 @@
+"""ASGI middleware that counts requests and error codes and times them, for /metrics."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .metrics import Metrics
+
+_ROUTES = {
+    "/v1/embeddings",
+    "/embeddings",
+    "/v1/models",
+    "/health",
+    "/ready",
+    "/metrics",
+    "/v1/rerank",
+    "/rerank",
+}
+
+
+class RequestMetrics:
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # unknown paths share one label so scanners cannot blow up the label set
+        route = scope["path"] if scope["path"] in _ROUTES else "other"
+        started = time.perf_counter()
+        status = 500
+        error_body = b""
+
+        async def observing_send(message: Message) -> None:
+            nonlocal status, error_body
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and status >= 400 and len(error_body) < 4096:
+                error_body += message.get("body", b"")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observing_send)
+        finally:
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+            if status >= 400:
+                self.metrics.errors.labels(_error_code(error_body, status)).inc()
+
+
+def _error_code(body: bytes, status: int) -> str:
+    try:
+        return str(orjson.loads(body)["error"]["code"])
+    except Exception:
+        return f"http_{status}"

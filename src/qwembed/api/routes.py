@@ -1,0 +1,168 @@
+"""The HTTP routes. Each one parses, calls the engine's :class:`ModelPool`, and shapes the answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from ..engine.inputs import EmbedOptions
+from ..engine.pool import ModelPool, UnknownModelError
+from .auth import KeyChecker
+from .encoding import embeddings_body
+from .errors import APIError, from_engine_error
+from .metrics import Metrics
+from .schemas import EmbeddingRequest, EmbeddingResponse, ErrorResponse, Health, ModelList, ModelObject
+from .settings import ServerSettings
+
+T = TypeVar("T")
+
+_ERRORS = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        400: "Bad input: invalid JSON or schema, input too long, bad dimensions or token ids",
+        401: "Missing or invalid API key",
+        404: "Unknown model",
+        415: "Content type other than application/json",
+        413: "Body larger than --max-body-bytes, or more inputs than --max-client-batch-size",
+        429: "Queue full: retry after the Retry-After header",
+        500: "Inference failed",
+        503: "Not ready or shutting down",
+    }.items()
+}
+
+
+class ClientGoneError(Exception):
+    """The client closed the connection while its request waited; nobody reads the answer."""
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work`` but cancel it as soon as the client disconnects, freeing its queued inputs."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientGoneError
+    return task.result()
+
+
+def _normalise_input(raw: object) -> list[str] | list[list[int]]:
+    if isinstance(raw, str):
+        return [raw]
+    if raw and isinstance(raw[0], int):  # one list of token ids
+        return [raw]  # type: ignore[list-item]
+    return raw  # type: ignore[return-value]
+
+
+def require_json(request: Request) -> None:
+    """Bodies are JSON; a missing content type is read as JSON, any other type is refused clearly."""
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";")[0].strip().lower()
+    if media and media != "application/json" and not media.endswith("+json"):
+        raise APIError(415, f"content type {media!r} is not supported; send application/json",
+                       "unsupported_media_type")
+
+
+def build_router(pool: ModelPool, settings: ServerSettings, metrics: Metrics, state: dict) -> APIRouter:
+    router = APIRouter()
+    keys = KeyChecker(settings.api_keys)
+    protected = [Depends(keys)]
+    json_body = [*protected, Depends(require_json)]
+
+    def resolve_model(name: str | None) -> str:
+        if not name:
+            if len(pool.names) == 1:
+                return pool.names[0]
+            raise APIError(
+                400, f"model is required; served models: {', '.join(pool.names)}", "model_required", "model"
+            )
+        if name not in pool.names:
+            raise from_engine_error(UnknownModelError(name, pool.names))
+        return name
+
+    @router.post(
+        "/v1/embeddings",
+        response_model=EmbeddingResponse,
+        responses=_ERRORS,
+        dependencies=json_body,
+        summary="Create embeddings (OpenAI-compatible)",
+    )
+    async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
+        if not state["ready"]:
+            raise APIError(503, "the server is not ready", "not_ready", headers={"Retry-After": "1"})
+        model = resolve_model(body.model)
+        inputs = _normalise_input(body.input)
+        if not inputs:
+            raise APIError(400, "input must not be empty", "empty_input", "input")
+        if len(inputs) > settings.max_client_batch_size:
+            raise APIError(
+                413,
+                f"{len(inputs)} inputs exceed --max-client-batch-size {settings.max_client_batch_size}",
+                "too_many_inputs",
+                "input",
+            )
+        if isinstance(inputs[0], str):
+            empty = next((i for i, text in enumerate(inputs) if not text), None)
+            if empty is not None:
+                raise APIError(400, f"input[{empty}] is an empty string", "empty_input", "input")
+        truncate = settings.auto_truncate if body.truncate is None else body.truncate
+        options = EmbedOptions(body.input_type, body.instruction, truncate)
+        try:
+            result = await _unless_disconnected(request, pool.embed(model, inputs, options, body.dimensions))
+        except ClientGoneError:
+            return Response(status_code=499)
+        except APIError:
+            raise
+        except Exception as error:
+            raise from_engine_error(error) from error
+        return Response(
+            embeddings_body(result.vectors, model, result.total_tokens, body.encoding_format),
+            media_type="application/json",
+        )
+
+    @router.get("/v1/models", response_model=ModelList, dependencies=protected, summary="Served models")
+    async def list_models() -> ModelList:
+        return ModelList(
+            data=[
+                ModelObject(
+                    id=card.name, kind=card.kind, dimension=card.dimension, max_tokens=card.max_tokens
+                )
+                for card in pool.cards()
+            ]
+        )
+
+    @router.get("/health", response_model=Health, summary="Liveness: the process answers")
+    async def health() -> Health:
+        return Health(status="ok")
+
+    @router.get(
+        "/ready",
+        response_model=Health,
+        responses={503: {"model": Health}},
+        summary="Readiness: models loaded and warm, not shutting down",
+    )
+    async def ready() -> Response:
+        status, code = ("ready", 200) if state["ready"] else ("not_ready", 503)
+        return Response(
+            Health(status=status).model_dump_json(), status_code=code, media_type="application/json"
+        )
+
+    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def prometheus() -> Response:
+        for name in pool.names:
+            metrics.queue_depth.labels(name).set(pool.queue_depth(name))
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return router

@@ -1,0 +1,14 @@
+"""Server settings that the HTTP layer enforces (the engine has its own batch settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    api_keys: list[str] = field(default_factory=list)
+    auto_truncate: bool = False
+    max_client_batch_size: int = 2048
+    max_body_bytes: int = 16 * 1024 * 1024
+    cors_origins: list[str] = field(default_factory=list)

@@ -1,0 +1,18 @@
+"""Model families behind one small interface: :class:`Encoder` (embeddings) and :class:`Reranker`."""
+
+from .base import Encoder, InputTooLongError, InputType, InvalidTokenIdsError, ModelCard, Reranker, TokenIds
+from .registry import BUNDLED, LoadOptions, ModelNotFoundError, load_encoder
+
+__all__ = [
+    "BUNDLED",
+    "Encoder",
+    "InputTooLongError",
+    "InputType",
+    "InvalidTokenIdsError",
+    "LoadOptions",
+    "ModelCard",
+    "ModelNotFoundError",
+    "Reranker",
+    "TokenIds",
+    "load_encoder",
+]

@@ -1,0 +1,128 @@
+"""The small interfaces every model family implements.
+
+An :class:`Encoder` is split in two halves on purpose:
+
+* text → token ids (``format`` + ``tokenize`` + ``fit_token_ids``) is cheap, runs on the
+  request's thread and gives the engine *exact* token counts for limits, usage and batching;
+* token ids → unit vectors (``embed_token_ids``) is the expensive part the engine's worker
+  runs on batches it assembles from many requests.
+
+Because the model only ever sees token ids, a text's vector does not depend on which other
+texts share its batch, and token-id inputs (as the OpenAI API allows) take the same path.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from .framing import Framing
+
+InputType = Literal["query", "document"]
+TokenIds = list[int]
+
+
+class InputTooLongError(ValueError):
+    """A text has more tokens than the model accepts and truncation was not allowed."""
+
+    def __init__(self, n_tokens: int, max_tokens: int, index: int | None = None):
+        self.n_tokens = n_tokens
+        self.max_tokens = max_tokens
+        self.index = index
+        where = f"input[{index}]" if index is not None else "input"
+        super().__init__(
+            f"{where} has {n_tokens} tokens but the model accepts at most {max_tokens} "
+            "(the end token included); shorten it or set truncate=true"
+        )
+
+
+class InvalidTokenIdsError(ValueError):
+    """Token ids outside the model's vocabulary."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a client may learn about a served model."""
+
+    name: str
+    kind: Literal["embedding", "reranker"]
+    backend: str
+    dimension: int | None
+    max_tokens: int
+    source: str
+
+
+class Encoder(ABC):
+    """A text-embedding model: prompts, exact tokenisation and batched forward passes."""
+
+    #: short backend name, e.g. ``"qwen3"``
+    backend: str = "base"
+
+    def __init__(self, name: str, source: str, dimension: int, max_tokens: int, vocab_size: int):
+        self.name = name
+        self.source = source
+        self.dimension = dimension
+        self.max_tokens = max_tokens
+        self.vocab_size = vocab_size
+        #: special tokens around every input; subclasses set it once they know their tokenizer
+        self.framing = Framing()
+
+    # ---- text → token ids -------------------------------------------------------------
+    @abstractmethod
+    def format(self, text: str, input_type: InputType | None, instruction: str | None) -> str:
+        """Apply the model's prompt for this input type (documents never get an instruction)."""
+
+    @abstractmethod
+    def tokenize(self, texts: Sequence[str]) -> list[TokenIds]:
+        """Token ids exactly as the model will see them, special tokens included, never cut."""
+
+    def fit_token_ids(self, ids: Sequence[int]) -> TokenIds:
+        """Complete caller-supplied token ids with the special tokens the model needs
+        (for Qwen3: the end token, exactly once)."""
+        return self.framing.fit(ids)
+
+    def truncate(self, ids: TokenIds) -> TokenIds:
+        """Cut a tokenised input to ``max_tokens`` while keeping its required special tokens."""
+        return self.framing.truncate(ids, self.max_tokens)
+
+    # ---- token ids → vectors ----------------------------------------------------------
+    @abstractmethod
+    def embed_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
+        """float32 array ``(len(batch), dimension)`` of L2-normalised vectors."""
+
+    def check_token_ids(self, ids: Sequence[int]) -> None:
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise InvalidTokenIdsError(
+                f"token id {bad[0]} is outside the model's vocabulary [0, {self.vocab_size})"
+            )
+
+    def card(self) -> ModelCard:
+        return ModelCard(self.name, "embedding", self.backend, self.dimension, self.max_tokens, self.source)
+
+
+class Reranker(ABC):
+    """A model that scores (query, document) pairs; higher is more relevant."""
+
+    backend: str = "base"
+
+    def __init__(self, name: str, source: str, max_tokens: int):
+        self.name = name
+        self.source = source
+        self.max_tokens = max_tokens
+
+    @abstractmethod
+    def tokenize_pairs(self, query: str, documents: Sequence[str], instruction: str | None) -> list[TokenIds]:
+        """One token sequence per pair, already fitted to ``max_tokens`` (documents are cut,
+        never the template around them)."""
+
+    @abstractmethod
+    def score_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
+        """float32 array ``(len(batch),)`` of relevance scores."""
+
+    def card(self) -> ModelCard:
+        return ModelCard(self.name, "reranker", self.backend, None, self.max_tokens, self.source)

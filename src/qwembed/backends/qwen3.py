@@ -1,0 +1,110 @@
+"""Qwen3-Embedding: left padding, ``<|endoftext|>`` last, last-token pooling, L2 normalisation.
+
+This follows the model card's reference procedure, and fixes the two places where serving stacks
+usually go wrong: the end token is appended exactly once whether or not the tokenizer's
+post-processor adds it (the official tokenizer does; many copies of the files do not), and the
+query instruction uses the exact official form ``Instruct: {task}\\nQuery:{text}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .base import Encoder, InputType, TokenIds
+from .device import resolve_device, resolve_dtype
+from .framing import Framing
+
+END_OF_TEXT = "<|endoftext|>"
+DEFAULT_QUERY_TASK = "Given a web search query, retrieve relevant passages that answer the query"
+
+
+def query_prompt(task: str, text: str) -> str:
+    """The official query form: note there is no space after ``Query:``."""
+    return f"Instruct: {task}\nQuery:{text}"
+
+
+class Qwen3Encoder(Encoder):
+    backend = "qwen3"
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        name: str,
+        source: str,
+        max_tokens: int | None = None,
+        default_task: str = DEFAULT_QUERY_TASK,
+    ):
+        config = model.config
+        limit = int(getattr(config, "max_position_embeddings", 32768))
+        super().__init__(
+            name=name,
+            source=source,
+            dimension=int(config.hidden_size),
+            max_tokens=min(max_tokens or limit, limit),
+            vocab_size=max(int(config.vocab_size), len(tokenizer)),
+        )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.default_task = default_task
+        self.end_id = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_id
+        self.framing = Framing(suffix=(self.end_id,))
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str,
+        *,
+        name: str | None = None,
+        device: str = "auto",
+        dtype: str | torch.dtype = "auto",
+        max_tokens: int | None = None,
+        trust_remote_code: bool = False,
+    ) -> Qwen3Encoder:
+        dev = resolve_device(device)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(
+            name_or_path,
+            dtype=resolve_dtype(dtype, dev),
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
+        model.eval().to(dev)
+        return cls(model, tokenizer, name=name or name_or_path, source=name_or_path, max_tokens=max_tokens)
+
+    def format(self, text: str, input_type: InputType | None, instruction: str | None) -> str:
+        if input_type == "document":
+            return text
+        if instruction is not None or input_type == "query":
+            return query_prompt(instruction or self.default_task, text)
+        return text
+
+    def tokenize(self, texts: Sequence[str]) -> list[TokenIds]:
+        encoded = self.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
+        return [self.framing.fit(ids) for ids in encoded]
+
+    @torch.inference_mode()
+    def embed_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
+        longest = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, ids in enumerate(batch):  # left padding: every sequence ends at the last column
+            input_ids[row, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            mask[row, longest - len(ids) :] = 1
+        # Positions count from each sequence's first real token, so a text sees the same
+        # rotary positions alone and inside a batch of longer texts.
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        hidden = self.model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+        ).last_hidden_state
+        pooled = hidden[:, -1].float()
+        return torch.nn.functional.normalize(pooled, p=2, dim=-1).cpu().numpy()

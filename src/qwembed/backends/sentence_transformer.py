@@ -1,0 +1,83 @@
+"""Any sentence-transformers model (BGE-M3 dense, e5, MiniLM …) with its own pooling and prompts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+
+from .base import Encoder, InputType, TokenIds
+from .device import resolve_device, resolve_dtype
+from .framing import framing_of
+
+# Prompt names that models use for the document side (e5 says "passage").
+_DOCUMENT_PROMPTS = ("document", "passage", "doc", "corpus")
+
+
+class SentenceTransformerEncoder(Encoder):
+    backend = "sentence-transformers"
+
+    def __init__(self, model: SentenceTransformer, *, name: str, source: str, max_tokens: int | None = None):
+        tokenizer = model.tokenizer
+        limit = int(model.max_seq_length or tokenizer.model_max_length)
+        super().__init__(
+            name=name,
+            source=source,
+            dimension=int(model.get_embedding_dimension()),
+            max_tokens=min(max_tokens or limit, limit),
+            vocab_size=len(tokenizer),
+        )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.framing = framing_of(tokenizer)
+        self.device = model.device
+        self._needs_token_types = "token_type_ids" in tokenizer.model_input_names
+
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str,
+        *,
+        name: str | None = None,
+        device: str = "auto",
+        dtype: str | torch.dtype = "auto",
+        max_tokens: int | None = None,
+        trust_remote_code: bool = False,
+    ) -> SentenceTransformerEncoder:
+        dev = resolve_device(device)
+        model = SentenceTransformer(
+            name_or_path,
+            device=str(dev),
+            trust_remote_code=trust_remote_code,
+            model_kwargs={"dtype": resolve_dtype(dtype, dev), "use_safetensors": True},
+        )
+        model.eval()
+        return cls(model, name=name or name_or_path, source=name_or_path, max_tokens=max_tokens)
+
+    def _prompt(self, input_type: InputType | None, instruction: str | None) -> str:
+        prompts = self.model.prompts or {}
+        if input_type == "document":
+            return next((prompts[k] for k in _DOCUMENT_PROMPTS if k in prompts), "")
+        if instruction is not None:
+            return instruction  # models without an instruction template take it verbatim, as ST's prompt=
+        if input_type == "query":
+            return prompts.get("query", "")
+        default = self.model.default_prompt_name
+        return prompts.get(default, "") if default else ""
+
+    def format(self, text: str, input_type: InputType | None, instruction: str | None) -> str:
+        return self._prompt(input_type, instruction) + text
+
+    def tokenize(self, texts: Sequence[str]) -> list[TokenIds]:
+        return self.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
+
+    @torch.inference_mode()
+    def embed_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
+        features = self.tokenizer.pad({"input_ids": list(batch)}, return_tensors="pt")
+        if self._needs_token_types:
+            features["token_type_ids"] = torch.zeros_like(features["input_ids"])
+        features = {key: value.to(self.device) for key, value in features.items()}
+        pooled = self.model(features)["sentence_embedding"].float()
+        return torch.nn.functional.normalize(pooled, p=2, dim=-1).cpu().numpy()

@@ -1,0 +1,210 @@
+"""``qwembed`` command line: parses arguments and calls the engine, server, evaluation and KB."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .backends import BUNDLED
+
+log = logging.getLogger("qwembed")
+
+_MODEL_HELP = (
+    "bundled name (" + ", ".join(f"{k}: {v}" for k, v in BUNDLED.items()) + "), a local folder, "
+    "or a Hugging Face id such as Qwen/Qwen3-Embedding-0.6B"
+)
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 …")
+    parser.add_argument(
+        "--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"
+    )
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "qwen3", "sentence-transformers", "use"],
+        help="model family; auto reads the model's config (Qwen3 checkpoints → qwen3 recipe)",
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, default=None, help="longest input in tokens (default: the model's own limit)"
+    )
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow model code from the checkpoint (off: safer)"
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qwembed", description="Self-hosted text embeddings around Qwen3.")
+    parser.add_argument("--version", action="version", version=f"qwembed {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="OpenAI-compatible embeddings server")
+    serve.add_argument("--model", action="append", required=True, help=_MODEL_HELP + " (repeatable)")
+    serve.add_argument(
+        "--served-name", action="append", default=[], help="name clients use, one per --model, in order"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
+    serve.add_argument("--port", type=int, default=8000)
+    _add_model_options(serve)
+    serve.add_argument(
+        "--max-batch-tokens", type=int, default=16384, help="padded tokens per forward pass (rows × longest)"
+    )
+    serve.add_argument("--max-batch-size", type=int, default=128, help="inputs per forward pass")
+    serve.add_argument(
+        "--max-queue-items", type=int, default=16384, help="inputs waiting at most; beyond, answer 429"
+    )
+    serve.add_argument("--max-client-batch-size", type=int, default=2048, help="inputs per request at most")
+    serve.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="request body size limit")
+    serve.add_argument(
+        "--auto-truncate",
+        action="store_true",
+        help="cut over-long inputs to the model's limit instead of answering 400 (per request: truncate)",
+    )
+    serve.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        help="require 'Authorization: Bearer KEY' (repeatable; also QWEMBED_API_KEYS=k1,k2 or --api-key-file)",
+    )
+    serve.add_argument("--api-key-file", type=Path, help="file with one API key per line")
+    serve.add_argument("--cors-origin", action="append", default=[], help="allowed CORS origin (off by default)")
+    serve.add_argument("--shutdown-grace", type=float, default=30.0, help="seconds to finish in-flight work")
+    serve.set_defaults(func=_serve)
+
+    embed = commands.add_parser("embed", help="embed texts from the command line or a file")
+    embed.add_argument("--model", required=True, help=_MODEL_HELP)
+    embed.add_argument("texts", nargs="*", help="texts to embed")
+    embed.add_argument("--file", type=Path, help="one text per line (UTF-8)")
+    embed.add_argument("--dimensions", type=int, help="keep the first N components, re-normalised")
+    embed.add_argument("--input-type", choices=["query", "document"], help="query gets the query prompt")
+    embed.add_argument("--instruction", help="task description for queries")
+    embed.add_argument("--truncate", action="store_true", help="cut over-long texts instead of failing")
+    embed.add_argument("--out", type=Path, help="F.jsonl or F.npy (default: JSON lines on stdout)")
+    _add_model_options(embed)
+    embed.set_defaults(func=_embed)
+
+    for register in _optional_commands():
+        register(commands)
+    return parser
+
+
+def _optional_commands():
+    """Subcommands that live with their own package (evaluation, reranking, knowledge base)."""
+    registrations = []
+    try:
+        from .eval.cli import add_eval_parser
+
+        registrations.append(add_eval_parser)
+    except ImportError:
+        pass
+    return registrations
+
+
+def _api_keys(args: argparse.Namespace) -> list[str]:
+    keys = list(args.api_key)
+    keys += [k.strip() for k in os.environ.get("QWEMBED_API_KEYS", "").split(",") if k.strip()]
+    if args.api_key_file:
+        keys += [line.strip() for line in args.api_key_file.read_text().splitlines() if line.strip()]
+    return keys
+
+
+def _load(model: str, args: argparse.Namespace, name: str | None = None):
+    from .backends import LoadOptions, load_encoder
+
+    options = LoadOptions(args.device, args.dtype, args.max_tokens, args.trust_remote_code)
+    return load_encoder(model, name=name, backend=args.backend, options=options)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .api import ServerSettings, create_app
+    from .engine.pool import BatchSettings, ModelPool
+
+    if args.served_name and len(args.served_name) != len(args.model):
+        raise SystemExit("qwembed serve: give one --served-name per --model")
+    pool = ModelPool(BatchSettings(args.max_batch_tokens, args.max_batch_size, args.max_queue_items))
+    names = args.served_name or [None] * len(args.model)
+    for model, name in zip(args.model, names, strict=True):
+        log.info("loading %s", model)
+        pool.add_encoder(_load(model, args, name))
+    settings = ServerSettings(
+        api_keys=_api_keys(args),
+        auto_truncate=args.auto_truncate,
+        max_client_batch_size=args.max_client_batch_size,
+        max_body_bytes=args.max_body_bytes,
+        cors_origins=args.cors_origin,
+    )
+    app = create_app(pool, settings, shutdown_grace=args.shutdown_grace)
+    log.info("serving %s on http://%s:%d", ", ".join(pool.names), args.host, args.port)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=int(args.shutdown_grace),
+        access_log=False,
+    )
+    return 0
+
+
+def _read_texts(args: argparse.Namespace) -> list[str]:
+    texts = list(args.texts)
+    if args.file:
+        texts += [line for line in args.file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise SystemExit("qwembed embed: give texts as arguments or --file")
+    return texts
+
+
+def _embed(args: argparse.Namespace) -> int:
+    import numpy as np
+    import orjson
+
+    from .engine import Embedder
+
+    texts = _read_texts(args)
+    embedder = Embedder(_load(args.model, args))
+    vectors = embedder.embed(
+        texts,
+        input_type=args.input_type,
+        instruction=args.instruction,
+        dimensions=args.dimensions,
+        truncate=args.truncate,
+    )
+    if args.out and args.out.suffix == ".npy":
+        np.save(args.out, vectors)
+        return 0
+    lines = b"".join(
+        orjson.dumps({"index": i, "text": text, "embedding": vector}, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+        for i, (text, vector) in enumerate(zip(texts, vectors, strict=True))
+    )
+    if args.out:
+        args.out.write_bytes(lines)
+    else:
+        sys.stdout.buffer.write(lines)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .backends import InputTooLongError, ModelNotFoundError
+    from .engine import InvalidDimensionsError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ModelNotFoundError, InputTooLongError, InvalidDimensionsError, OSError) as error:
+        print(f"qwembed {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

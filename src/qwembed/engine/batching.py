@@ -1,0 +1,27 @@
+"""Token-budget batching: group inputs of similar length so little compute goes to padding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
+    """Split input positions into batches, longest first.
+
+    A batch's cost is ``rows × longest row`` (what a padded forward pass computes), kept within
+    ``max_batch_tokens``; an input longer than the budget runs alone rather than being refused.
+    Sorting by length keeps every batch's rows close in size.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        # Longest first: the batch's first row fixes its padded width.
+        width = lengths[current[0]] if current else lengths[index]
+        if current and ((len(current) + 1) * width > max_batch_tokens or len(current) >= max_batch_size):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches

