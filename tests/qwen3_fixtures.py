@@ -71,14 +71,19 @@ def _add_end_token_post_processor(tokenizer_json: Path) -> None:
     spec = json.loads(tokenizer_json.read_text(encoding="utf-8"))
     template = {
         "type": "TemplateProcessing",
-        "single": [{"Sequence": {"id": "A", "type_id": 0}},
-                   {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}],
-        "pair": [{"Sequence": {"id": "A", "type_id": 0}},
-                 {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
-                 {"Sequence": {"id": "B", "type_id": 0}},
-                 {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}],
-        "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [END_OF_TEXT_ID],
-                                             "tokens": ["<|endoftext|>"]}},
+        "single": [
+            {"Sequence": {"id": "A", "type_id": 0}},
+            {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
+        ],
+        "pair": [
+            {"Sequence": {"id": "A", "type_id": 0}},
+            {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
+            {"Sequence": {"id": "B", "type_id": 0}},
+            {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
+        ],
+        "special_tokens": {
+            "<|endoftext|>": {"id": "<|endoftext|>", "ids": [END_OF_TEXT_ID], "tokens": ["<|endoftext|>"]}
+        },
     }
     spec["post_processor"] = {"type": "Sequence", "processors": [spec["post_processor"], template]}
     tokenizer_json.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")

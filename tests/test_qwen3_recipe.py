@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from qwen3_fixtures import END_OF_TEXT_ID, get_detailed_instruct, reference_embeddings
 
 from qwembed.backends.qwen3 import DEFAULT_QUERY_TASK
 from qwembed.engine import Embedder
+from qwen3_fixtures import END_OF_TEXT_ID, get_detailed_instruct, reference_embeddings
 
 TEXTS = [
     "What is the capital of China?",
@@ -48,7 +48,9 @@ def test_queries_use_the_exact_official_instruction(embedder, qwen3_dirs):
     np.testing.assert_allclose(embedder.embed(queries, input_type="query"), expected.numpy(), atol=1e-5)
     # an explicit instruction replaces the default task; input_type may then be omitted
     custom = "Given a question, retrieve FAQ answers"
-    expected = reference_embeddings(qwen3_dirs["appends"], [get_detailed_instruct(custom, q) for q in queries])
+    expected = reference_embeddings(
+        qwen3_dirs["appends"], [get_detailed_instruct(custom, q) for q in queries]
+    )
     np.testing.assert_allclose(embedder.embed(queries, instruction=custom), expected.numpy(), atol=1e-5)
     assert embedder.encoder.format("x", "query", None) == f"Instruct: {DEFAULT_QUERY_TASK}\nQuery:x"
 
@@ -70,8 +72,11 @@ def test_matches_sentence_transformers_last_token_pooling(embedder, qwen3_dirs):
         module_output_name="token_embeddings",
         processor_kwargs={"padding_side": "left"},
     )
-    model = SentenceTransformer(modules=[transformer, Pooling(64, pooling_mode="lasttoken"), Normalize()],
-                                device="cpu", prompts={"query": f"Instruct: {TASK}\nQuery:", "document": ""})
+    model = SentenceTransformer(
+        modules=[transformer, Pooling(64, pooling_mode="lasttoken"), Normalize()],
+        device="cpu",
+        prompts={"query": f"Instruct: {TASK}\nQuery:", "document": ""},
+    )
     np.testing.assert_allclose(embedder.embed(TEXTS), model.encode(TEXTS, batch_size=4), atol=1e-5)
     np.testing.assert_allclose(
         embedder.embed(TEXTS[:3], input_type="query"),

@@ -21,7 +21,15 @@ _MODEL_HELP = (
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 …")
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default=argparse.SUPPRESS,
+        help="logging verbosity (default info)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 …"
+    )
     parser.add_argument(
         "--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"
     )
@@ -32,7 +40,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         help="model family; auto reads the model's config (Qwen3 checkpoints → qwen3 recipe)",
     )
     parser.add_argument(
-        "--max-tokens", type=int, default=None, help="longest input in tokens (default: the model's own limit)"
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="longest input in tokens (default: the model's own limit)",
     )
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow model code from the checkpoint (off: safer)"
@@ -71,10 +82,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--api-key",
         action="append",
         default=[],
-        help="require 'Authorization: Bearer KEY' (repeatable; also QWEMBED_API_KEYS=k1,k2 or --api-key-file)",
+        help="require 'Authorization: Bearer KEY' (repeatable; or QWEMBED_API_KEYS=k1,k2, --api-key-file)",
     )
     serve.add_argument("--api-key-file", type=Path, help="file with one API key per line")
-    serve.add_argument("--cors-origin", action="append", default=[], help="allowed CORS origin (off by default)")
+    serve.add_argument(
+        "--cors-origin", action="append", default=[], help="allowed CORS origin (off by default)"
+    )
     serve.add_argument("--shutdown-grace", type=float, default=30.0, help="seconds to finish in-flight work")
     serve.set_defaults(func=_serve)
 
@@ -183,7 +196,8 @@ def _embed(args: argparse.Namespace) -> int:
         np.save(args.out, vectors)
         return 0
     lines = b"".join(
-        orjson.dumps({"index": i, "text": text, "embedding": vector}, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+        orjson.dumps({"index": i, "text": text, "embedding": vector}, option=orjson.OPT_SERIALIZE_NUMPY)
+        + b"\n"
         for i, (text, vector) in enumerate(zip(texts, vectors, strict=True))
     )
     if args.out:
@@ -195,7 +209,9 @@ def _embed(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     from .backends import InputTooLongError, ModelNotFoundError
     from .engine import InvalidDimensionsError
 

@@ -87,6 +87,8 @@ def _validation_message(error: RequestValidationError) -> tuple[str, str | None,
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     if first.get("type") == "json_invalid":
         return "the request body is not valid JSON", None, "invalid_json"
+    if first.get("type") == "missing" and location:
+        return f"{'.'.join(location)} is required", location[0], "missing_field"
     if location and location[0] == "input":
         # a union of four shapes: pydantic's per-branch message would name just one of them
         return (

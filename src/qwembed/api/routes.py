@@ -71,8 +71,9 @@ def require_json(request: Request) -> None:
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";")[0].strip().lower()
     if media and media != "application/json" and not media.endswith("+json"):
-        raise APIError(415, f"content type {media!r} is not supported; send application/json",
-                       "unsupported_media_type")
+        raise APIError(
+            415, f"content type {media!r} is not supported; send application/json", "unsupported_media_type"
+        )
 
 
 def build_router(pool: ModelPool, settings: ServerSettings, metrics: Metrics, state: dict) -> APIRouter:

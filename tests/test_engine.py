@@ -1,0 +1,136 @@
+"""Batching: plans within budget, identical results whatever the batch, a worker that survives."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from qwembed.engine import BatchWorker, Embedder, OverloadedError
+from qwembed.engine.batching import plan_batches
+from qwembed.engine.postprocess import InvalidDimensionsError, check_dimensions, truncate_dimensions
+
+
+def test_plan_batches_respects_token_budget_and_size():
+    lengths = [5, 100, 7, 60, 3, 3, 90, 10]
+    batches = plan_batches(lengths, max_batch_tokens=200, max_batch_size=3)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= 3
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 200
+    # longest first, so neighbours in a batch have similar lengths
+    assert batches[0][0] == 1
+
+
+def test_an_input_over_the_budget_runs_alone():
+    assert plan_batches([1000, 2, 2], max_batch_tokens=100, max_batch_size=8) == [[0], [1, 2]]
+
+
+def test_truncate_dimensions_renormalises():
+    vectors = np.array([[3.0, 4.0, 12.0]], dtype=np.float32) / 13
+    np.testing.assert_allclose(truncate_dimensions(vectors, 2), [[0.6, 0.8]], atol=1e-6)
+    assert truncate_dimensions(vectors, None) is vectors
+
+
+@pytest.mark.parametrize("bad", [0, -1, 4, 2.0, True, "2"])
+def test_check_dimensions_rejects(bad):
+    with pytest.raises(InvalidDimensionsError):
+        check_dimensions(bad, 3)
+
+
+@pytest.fixture(scope="module")
+def qwen3(qwen3_dirs) -> Embedder:
+    return Embedder.load(str(qwen3_dirs["plain"]), device="cpu")
+
+
+def test_vector_alone_equals_vector_in_a_batch_of_longer_texts(qwen3):
+    text = "短文本 short"
+    longer = ["a considerably longer text that forces left padding of the short one " * k for k in (1, 3, 6)]
+    alone = qwen3.embed([text])
+    mixed = qwen3.embed([longer[2], text, longer[0], longer[1]])
+    np.testing.assert_allclose(mixed[1:2], alone, atol=1e-5)
+    # and with tiny batches, where every text runs on its own
+    small = Embedder(qwen3.encoder, max_batch_size=1).embed([longer[2], text])
+    np.testing.assert_allclose(small, mixed[:2], atol=1e-5)
+
+
+def _worker(run, **kwargs) -> BatchWorker:
+    return BatchWorker(run, **kwargs).start()
+
+
+def test_worker_merges_concurrent_requests_into_batches():
+    seen: list[int] = []
+
+    def run(batch):
+        seen.append(len(batch))
+        return np.array([[len(ids)] for ids in batch], dtype=np.float32)
+
+    gate = threading.Event()
+    worker = _worker(lambda b: (gate.wait(), run(b))[1], max_batch_size=64)
+    first = worker.submit([[1]])
+    time.sleep(0.05)  # the worker is now blocked on the first batch, the rest queue up
+    futures = [worker.submit([[1] * (i + 1)]) for i in range(10)]
+    gate.set()
+    assert first.result(5)[0, 0] == 1
+    assert [f.result(5)[0, 0] for f in futures] == [i + 1 for i in range(10)]
+    assert seen == [1, 10]
+    worker.stop(5)
+
+
+def test_cancelled_request_is_skipped():
+    ran: list[list[int]] = []
+    gate = threading.Event()
+
+    def run(batch):
+        gate.wait()
+        ran.extend(batch)
+        return np.zeros((len(batch), 1), dtype=np.float32)
+
+    worker = _worker(run)
+    blocker = worker.submit([[0]])
+    time.sleep(0.05)
+    gone = worker.submit([[7, 7, 7]])
+    gone.cancel()  # what the route does when the client disconnects
+    kept = worker.submit([[1]])
+    gate.set()
+    kept.result(5)
+    blocker.result(5)
+    assert [7, 7, 7] not in ran
+    worker.stop(5)
+
+
+def test_a_poisonous_input_fails_only_its_own_request():
+    gate = threading.Event()
+
+    def run(batch):
+        gate.wait()
+        if any(ids == [666] for ids in batch):
+            raise RuntimeError("kernel exploded")
+        return np.ones((len(batch), 1), dtype=np.float32)
+
+    worker = _worker(run)
+    blocker = worker.submit([[1]])
+    time.sleep(0.05)
+    bad = worker.submit([[666], [2]])
+    good = worker.submit([[3]])
+    gate.set()
+    assert good.result(5).shape == (1, 1)
+    with pytest.raises(RuntimeError, match="exploded"):
+        bad.result(5)
+    blocker.result(5)
+    assert worker.submit([[4]]).result(5).shape == (1, 1)  # still serving
+    worker.stop(5)
+
+
+def test_bounded_queue_refuses_at_once():
+    gate = threading.Event()
+    worker = _worker(lambda b: (gate.wait(), np.zeros((len(b), 1), np.float32))[1], max_queue_items=3)
+    worker.submit([[1]])
+    time.sleep(0.05)
+    worker.submit([[1], [2], [3]])
+    with pytest.raises(OverloadedError):
+        worker.submit([[4]])
+    gate.set()
+    worker.stop(5)
