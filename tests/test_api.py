@@ -162,6 +162,13 @@ def test_openapi_spec_describes_the_extensions(client):
 BAD_REQUESTS = [
     # (name, raw body or json, headers, status, code)
     ("invalid json", b'{"input": ', {"content-type": "application/json"}, 400, "invalid_json"),
+    (
+        "lone surrogate",
+        b'{"model": "minilm", "input": ["ok", "bad \\ud800 text"]}',
+        {"content-type": "application/json"},
+        400,
+        "invalid_text",
+    ),
     ("wrong content type", b'{"input": "x"}', {"content-type": "text/plain"}, 415, "unsupported_media_type"),
     ("missing input", {"model": "minilm"}, None, 400, "missing_field"),
     ("empty list", {"model": "minilm", "input": []}, None, 400, "empty_input"),
@@ -241,3 +248,32 @@ def test_full_queue_answers_429_at_once(encoders):
         assert response.json()["error"]["code"] == "overloaded"
         assert response.headers["retry-after"]
         assert post(test_client, {"input": ["a"]}).status_code == 200
+
+
+UNICODE_EDGE_CASES = {
+    "nul": "before\x00after",
+    "control characters": "bell\x07 escape\x1b[31m tab\t",
+    "rtl marks": "\u202eright-to-left\u202c שלום עולם",
+    "combining sequences": "e\u0301 a\u0308\u0301 Z\u0351\u0352\u0353",
+    "emoji zwj sequences": "👨‍👩‍👧‍👦 🏳️‍🌈 🧑🏽‍💻",
+    "noncharacters": "\ufffe\uffff \U0010ffff",
+}
+
+
+@pytest.mark.parametrize("text", list(UNICODE_EDGE_CASES.values()), ids=list(UNICODE_EDGE_CASES))
+def test_unicode_edge_cases_are_embedded(client, text):
+    for model in ("minilm", "qwen3-tiny"):
+        response = post(client, {"model": model, "input": [text]})
+        assert response.status_code == 200, response.text
+        assert np.isfinite(vectors(response)).all()
+
+
+def test_one_character_repeated_a_million_times(encoders):
+    with make_client(encoders, ServerSettings()) as test_client:
+        for model in ("minilm", "qwen3-tiny"):
+            response = post(test_client, {"model": model, "input": ["好" * 1_000_000]})
+            assert response.status_code == 400
+            assert response.json()["error"]["code"] == "input_too_long"
+            cut = post(test_client, {"model": model, "input": ["好" * 1_000_000], "truncate": True})
+            assert cut.status_code == 200
+        assert post(test_client, GOOD).status_code == 200

@@ -128,17 +128,25 @@ def _api_keys(args: argparse.Namespace) -> list[str]:
     return keys
 
 
+class ModelLoadError(RuntimeError):
+    """A model that exists could not be loaded (bad files, no safetensors, out of memory …)."""
+
+
 def _load(model: str, args: argparse.Namespace, name: str | None = None):
-    from .backends import LoadOptions, load_encoder
+    from .backends import LoadOptions, ModelNotFoundError, load_encoder
 
     options = LoadOptions(args.device, args.dtype, args.max_tokens, args.trust_remote_code)
-    return load_encoder(model, name=name, backend=args.backend, options=options)
+    try:
+        return load_encoder(model, name=name, backend=args.backend, options=options)
+    except ModelNotFoundError:
+        raise
+    except Exception as error:
+        raise ModelLoadError(f"could not load model {model!r}: {type(error).__name__}: {error}") from error
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from .api import ServerSettings, create_app
+    from .api.server import run_server
     from .engine.pool import BatchSettings, ModelPool
 
     if args.served_name and len(args.served_name) != len(args.model):
@@ -157,13 +165,8 @@ def _serve(args: argparse.Namespace) -> int:
     )
     app = create_app(pool, settings, shutdown_grace=args.shutdown_grace)
     log.info("serving %s on http://%s:%d", ", ".join(pool.names), args.host, args.port)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=int(args.shutdown_grace),
-        access_log=False,
+    run_server(
+        app, host=args.host, port=args.port, log_level=args.log_level, shutdown_grace=args.shutdown_grace
     )
     return 0
 
@@ -214,12 +217,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from .backends import InputTooLongError, ModelNotFoundError
     from .engine import InvalidDimensionsError
+    from .engine.inputs import InvalidTextError
 
     try:
         return int(args.func(args) or 0)
-    except (ModelNotFoundError, InputTooLongError, InvalidDimensionsError, OSError) as error:
+    except (
+        ModelNotFoundError,
+        InputTooLongError,
+        InvalidDimensionsError,
+        InvalidTextError,
+        OSError,
+    ) as error:
         print(f"qwembed {args.command}: {error}", file=sys.stderr)
         return 2
+    except ModelLoadError as error:
+        print(f"qwembed {args.command}: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

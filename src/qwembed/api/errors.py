@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from ..backends import InputTooLongError, InvalidTokenIdsError
 from ..engine import InvalidDimensionsError, OverloadedError, WorkerStoppedError
-from ..engine.inputs import InstructionWithTokenIdsError
+from ..engine.inputs import InstructionWithTokenIdsError, InvalidTextError
 from ..engine.pool import UnknownModelError
 
 log = logging.getLogger("qwembed.api")
@@ -70,6 +70,8 @@ def from_engine_error(error: Exception) -> APIError:
         return APIError(400, str(error), "invalid_dimensions", "dimensions")
     if isinstance(error, InvalidTokenIdsError):
         return APIError(400, str(error), "invalid_token_ids", "input")
+    if isinstance(error, InvalidTextError):
+        return APIError(400, str(error), "invalid_text", "input")
     if isinstance(error, InstructionWithTokenIdsError):
         return APIError(400, str(error), "invalid_request", "instruction")
     if isinstance(error, UnknownModelError):

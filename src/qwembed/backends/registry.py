@@ -94,6 +94,8 @@ def load_encoder(
     if name_or_path == "minilm":
         source = str(bundled_minilm_path())
         name = name or "minilm"
+    elif name_or_path.startswith((".", "/", "~")) and not Path(name_or_path).expanduser().is_dir():
+        raise ModelNotFoundError(f"model folder {name_or_path!r} does not exist")
     elif not Path(name_or_path).is_dir() and "/" not in name_or_path:
         raise ModelNotFoundError(
             f"unknown model {name_or_path!r}: give a bundled name ({', '.join(BUNDLED)}), "

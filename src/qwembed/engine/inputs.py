@@ -26,7 +26,22 @@ class InstructionWithTokenIdsError(ValueError):
         )
 
 
+class InvalidTextError(ValueError):
+    """Text that is not valid Unicode (JSON allows lone surrogate escapes such as ``\\ud800``)."""
+
+
+def check_texts(texts: Sequence[str]) -> None:
+    for index, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidTextError(
+                f"input[{index}] contains a lone UTF-16 surrogate and is not valid Unicode text"
+            ) from None
+
+
 def tokenize_texts(encoder: Encoder, texts: Sequence[str], options: EmbedOptions) -> list[TokenIds]:
+    check_texts(texts)
     formatted = [encoder.format(text, options.input_type, options.instruction) for text in texts]
     return fit_to_limit(encoder, encoder.tokenize(formatted), options.truncate)
 

@@ -1,0 +1,69 @@
+"""The server process: clear failure on a bad model, graceful drain on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+
+from server_fixtures import free_port
+
+
+def _serve(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "qwembed.cli", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_model_that_cannot_load_exits_non_zero_with_a_message(tmp_path):
+    missing = _serve("--model", str(tmp_path / "nope"), "--port", str(free_port()))
+    assert missing.wait(120) != 0
+    assert "does not exist" in missing.stderr.read()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "qwen3"}')
+    failed = _serve("--model", str(broken), "--port", str(free_port()))
+    assert failed.wait(120) == 1
+    assert "could not load model" in failed.stderr.read()
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits_zero():
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = _serve(
+        "--model", "minilm", "--port", str(port), "--max-batch-size", "8", "--shutdown-grace", "60"
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "server did not become ready"
+            time.sleep(0.2)
+        results: list[int] = []
+        texts = [f"sentence number {i} about the weather in a long enough text" for i in range(1500)]
+
+        def slow_request() -> None:
+            response = httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=120)
+            results.append(response.status_code)
+
+        thread = threading.Thread(target=slow_request)
+        thread.start()
+        time.sleep(1.0)  # the request is now being processed
+        server.send_signal(signal.SIGTERM)
+        thread.join(120)
+        assert results == [200]
+        assert server.wait(60) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
