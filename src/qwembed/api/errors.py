@@ -85,23 +85,34 @@ def from_engine_error(error: Exception) -> APIError:
 
 
 def _validation_message(error: RequestValidationError) -> tuple[str, str | None, str]:
-    first = error.errors()[0] if error.errors() else {}
+    """One clear message and a stable code for pydantic's list of errors."""
+    errors = error.errors()
+    first = errors[0] if errors else {}
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    field = location[0] if location else None
+    kinds = {e.get("type") for e in errors}
     if first.get("type") == "json_invalid":
         return "the request body is not valid JSON", None, "invalid_json"
-    if first.get("type") == "missing" and location:
-        return f"{'.'.join(location)} is required", location[0], "missing_field"
-    if location and location[0] == "input":
-        # a union of four shapes: pydantic's per-branch message would name just one of them
+    if first.get("type") == "missing" and field:
+        return f"{'.'.join(location)} is required", field, "missing_field"
+    if field == "input":
+        # `input` is a union of four shapes: pydantic reports a failure per shape, so name them all
+        if kinds & {"string_too_short", "too_short"}:
+            return "input must not be empty (no empty list, no empty string)", "input", "empty_input"
+        if "string_unicode" in kinds:
+            return (
+                "input contains a lone UTF-16 surrogate and is not valid Unicode text",
+                "input",
+                "invalid_text",
+            )
         return (
             "input must be a string, a list of strings, a list of token ids (integers ≥ 0) "
             "or a list of non-empty token-id lists",
             "input",
             "invalid_input",
         )
-    param = ".".join(location) or None
     detail = first.get("msg", "invalid request")
-    return (f"{param}: {detail}" if param else detail), (location[0] if location else None), "invalid_request"
+    return (f"{'.'.join(location)}: {detail}" if location else detail), field, "invalid_request"
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -120,7 +131,8 @@ def install_error_handlers(app: FastAPI) -> None:
             HTTPStatus(error.status_code).phrase if error.status_code in HTTPStatus._value2member_map_ else ""
         )
         message = error.detail if isinstance(error.detail, str) else phrase
-        return error_response(error.status_code, message, phrase.lower().replace(" ", "_") or "http_error")
+        code = phrase.lower().replace(" ", "_") or "http_error"
+        return error_response(error.status_code, message, code, headers=getattr(error, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, error: Exception) -> Response:

@@ -7,12 +7,14 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 TokenList = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+Text = Annotated[str, Field(min_length=1)]
 
 
 class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: JSON `false` or "3" is not a token id or a dimension count
+    model_config = ConfigDict(extra="ignore", strict=True)
 
-    input: str | list[str] | TokenList | list[TokenList] = Field(
+    input: Text | Annotated[list[Text], Field(min_length=1)] | TokenList | list[TokenList] = Field(
         description="A text, a list of texts, a list of token ids, or a list of token-id lists."
     )
     model: str | None = Field(None, description="A served model's name; optional when one model is served.")
@@ -21,6 +23,8 @@ class EmbeddingRequest(BaseModel):
     )
     dimensions: int | None = Field(
         None,
+        # documented, not enforced here: the engine checks it against the model and names the range
+        json_schema_extra={"minimum": 1},
         description="Keep the first N components and re-normalise (Matryoshka); 1 ≤ N ≤ model dimension.",
     )
     user: str | None = Field(None, description="Accepted for OpenAI compatibility; not stored.")

@@ -63,7 +63,11 @@ class ModelPool:
             max_batch_size=self.settings.max_batch_size,
             max_queue_items=self.settings.max_queue_items,
         )
-        self._encoders[encoder.name] = ServedEncoder(encoder, worker.start())
+        self._encoders[encoder.name] = ServedEncoder(encoder, worker)
+
+    def start(self) -> None:
+        for served in self._encoders.values():
+            served.worker.start()
 
     def observe_with(self, make_observer: Callable[[str], BatchObserver]) -> None:
         """Report every worker's batches (e.g. to Prometheus) without the engine knowing the exporter."""
@@ -112,7 +116,9 @@ class ModelPool:
         return Embeddings(truncate_dimensions(vectors, dimensions), [len(x) for x in ids])
 
     def warm_up(self) -> None:
-        """One tiny batch per model so the first client does not pay for lazy initialisation."""
+        """Start the workers and run one tiny batch per model, so the first client does not pay
+        for lazy initialisation."""
+        self.start()
         for served in self._encoders.values():
             encoder = served.encoder
             served.worker.run_sync(tokenize_texts(encoder, ["warm-up"], EmbedOptions()))

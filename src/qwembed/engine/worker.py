@@ -96,11 +96,17 @@ class BatchWorker:
         self._pending: deque[tuple[_Job, int]] = deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name=f"qwembed-worker-{name}", daemon=True)
+        self._thread: threading.Thread | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> BatchWorker:
-        self._thread.start()
+        """Start the thread; a stopped worker can be started again (an app's lifespan may repeat)."""
+        with self._cond:
+            if self._thread is not None and self._thread.is_alive():
+                return self
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name=f"qwembed-worker-{self.name}", daemon=True)
+            self._thread.start()
         return self
 
     def stop(self, timeout: float | None = None) -> None:
@@ -108,7 +114,8 @@ class BatchWorker:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     @property
     def queue_depth(self) -> int:

@@ -1,0 +1,66 @@
+"""schemathesis against the served OpenAPI spec: no 5xx, responses as the spec declares them.
+
+Bounded for CI (about 1,200 generated requests in all); `bench/fuzz_api.sh` runs a longer session.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is a test dependency")
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+from qwembed.api import ServerSettings, create_app  # noqa: E402
+from qwembed.backends import LoadOptions, load_encoder  # noqa: E402
+from qwembed.engine.pool import ModelPool  # noqa: E402
+
+# per operation; the parameter-less GET routes run out of distinct cases early, POST does not
+EXAMPLES_PER_OPERATION = 900
+
+
+def _app():
+    pool = ModelPool()
+    pool.add_encoder(load_encoder("minilm", options=LoadOptions(device="cpu")))
+    return create_app(pool, ServerSettings(max_client_batch_size=64, max_body_bytes=256 * 1024))
+
+
+APP = _app()
+schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _lifespan():
+    from fastapi.testclient import TestClient
+
+    with TestClient(APP):  # runs startup (warm-up, readiness) for the ASGI calls below
+        yield
+
+
+@schema.parametrize()
+@settings(
+    max_examples=EXAMPLES_PER_OPERATION,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+    database=None,
+)
+def test_api_conforms_to_its_spec(case):
+    # "Schema-valid request rejected" is excluded on purpose: a text over the model's token limit,
+    # `dimensions` above the model's size or a token id beyond its vocabulary are valid JSON Schema
+    # but must be refused (400), and JSON Schema cannot express limits that depend on the model.
+    case.call_and_validate(excluded_checks=[schemathesis.checks.positive_data_acceptance])
+
+
+def test_fuzzing_sent_enough_requests_and_got_no_server_error():
+    """Runs after the generated cases (pytest keeps file order): reads the app's own counters."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(APP.state.metrics.render().decode()):
+        if family.name == "qwembed_requests":
+            for sample in family.samples:
+                if sample.name == "qwembed_requests_total":
+                    status = sample.labels["status"]
+                    counts[status] = counts.get(status, 0) + sample.value
+    assert sum(counts.values()) >= 1000, counts
+    assert not any(status.startswith("5") for status in counts), counts
