@@ -234,6 +234,12 @@ def test_api_keys(encoders):
         assert post(test_client, GOOD, headers={"Authorization": "Bearer k2"}).status_code == 200
         assert test_client.get("/v1/models").status_code == 401
         assert test_client.get("/health").status_code == 200  # health stays open
+        assert test_client.get("/metrics").status_code == 200  # open unless --protect-metrics
+    settings = ServerSettings(api_keys=["k1"], protect_metrics=True)
+    with make_client({"minilm": encoders["minilm"]}, settings) as test_client:
+        assert test_client.get("/metrics").status_code == 401
+        assert test_client.get("/metrics", headers={"Authorization": "Bearer k1"}).status_code == 200
+        assert test_client.get("/ready").status_code == 200
 
 
 def test_single_served_model_may_be_omitted(encoders):

@@ -86,6 +86,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--api-key-file", type=Path, help="file with one API key per line")
     serve.add_argument(
+        "--protect-metrics", action="store_true", help="/metrics requires the API key (health stays open)"
+    )
+    serve.add_argument(
         "--cors-origin", action="append", default=[], help="allowed CORS origin (off by default)"
     )
     serve.add_argument("--shutdown-grace", type=float, default=30.0, help="seconds to finish in-flight work")
@@ -162,6 +165,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_client_batch_size=args.max_client_batch_size,
         max_body_bytes=args.max_body_bytes,
         cors_origins=args.cors_origin,
+        protect_metrics=args.protect_metrics,
     )
     app = create_app(pool, settings, shutdown_grace=args.shutdown_grace)
     log.info("serving %s on http://%s:%d", ", ".join(pool.names), args.host, args.port)

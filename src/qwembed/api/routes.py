@@ -160,7 +160,12 @@ def build_router(pool: ModelPool, settings: ServerSettings, metrics: Metrics, st
             Health(status=status).model_dump_json(), status_code=code, media_type="application/json"
         )
 
-    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        dependencies=protected if settings.protect_metrics else [],
+    )
     async def prometheus() -> Response:
         for name in pool.names:
             metrics.queue_depth.labels(name).set(pool.queue_depth(name))

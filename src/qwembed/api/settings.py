@@ -12,3 +12,5 @@ class ServerSettings:
     max_client_batch_size: int = 2048
     max_body_bytes: int = 16 * 1024 * 1024
     cors_origins: list[str] = field(default_factory=list)
+    #: /metrics requires the API key too (health and readiness always stay open for probes)
+    protect_metrics: bool = False
