@@ -134,3 +134,29 @@ def test_bounded_queue_refuses_at_once():
         worker.submit([[4]])
     gate.set()
     worker.stop(5)
+
+
+def test_admission_by_estimated_wait():
+    """Once throughput is known, work that would wait longer than max_queue_wait is refused."""
+    gate = threading.Event()
+
+    def run(batch):
+        gate.wait()
+        time.sleep(0.05)
+        return np.zeros((len(batch), 1), np.float32)
+
+    worker = _worker(run, max_queue_wait=0.5, max_batch_size=4)
+    gate.set()
+    worker.submit([[1] * 100] * 4).result(5)  # measures ~8,000 tokens/s
+    gate.clear()
+    worker.submit([[1] * 100] * 4)  # occupies the worker
+    time.sleep(0.05)
+    worker.submit([[1] * 100] * 8)  # queued: ~0.1 s
+    with pytest.raises(OverloadedError) as refused:
+        worker.submit([[1] * 100] * 64)  # would wait ~0.9 s
+    assert refused.value.retry_after > 0.5
+    gate.set()
+    time.sleep(0.3)
+    assert worker.submit([[1] * 100] * 4).result(5).shape == (4, 1)  # drained: accepted again
+    assert worker.estimated_wait() == 0.0
+    worker.stop(5)

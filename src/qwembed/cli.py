@@ -71,6 +71,12 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-queue-items", type=int, default=16384, help="inputs waiting at most; beyond, answer 429"
     )
+    serve.add_argument(
+        "--max-queue-wait",
+        type=float,
+        default=5.0,
+        help="answer 429 when queued work would take longer than this many seconds (0: no limit)",
+    )
     serve.add_argument("--max-client-batch-size", type=int, default=2048, help="inputs per request at most")
     serve.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, help="request body size limit")
     serve.add_argument(
@@ -154,7 +160,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.served_name and len(args.served_name) != len(args.model):
         raise SystemExit("qwembed serve: give one --served-name per --model")
-    pool = ModelPool(BatchSettings(args.max_batch_tokens, args.max_batch_size, args.max_queue_items))
+    pool = ModelPool(
+        BatchSettings(
+            args.max_batch_tokens, args.max_batch_size, args.max_queue_items, args.max_queue_wait or None
+        )
+    )
     names = args.served_name or [None] * len(args.model)
     for model, name in zip(args.model, names, strict=True):
         log.info("loading %s", model)

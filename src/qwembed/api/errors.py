@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from http import HTTPStatus
 
 import orjson
@@ -77,7 +78,8 @@ def from_engine_error(error: Exception) -> APIError:
     if isinstance(error, UnknownModelError):
         return APIError(404, str(error), "model_not_found", "model")
     if isinstance(error, OverloadedError):
-        return APIError(429, str(error), "overloaded", headers={"Retry-After": "1"})
+        retry_after = str(max(1, math.ceil(error.retry_after)))
+        return APIError(429, str(error), "overloaded", headers={"Retry-After": retry_after})
     if isinstance(error, WorkerStoppedError):
         return APIError(503, str(error), "shutting_down", headers={"Retry-After": "5"})
     log.exception("inference failed", exc_info=error)

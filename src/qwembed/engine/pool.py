@@ -30,6 +30,8 @@ class BatchSettings:
     max_batch_tokens: int = 16384
     max_batch_size: int = 128
     max_queue_items: int = 16384
+    #: refuse new work (429) when the queued work would take longer than this many seconds
+    max_queue_wait: float | None = 5.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class ModelPool:
             max_batch_tokens=self.settings.max_batch_tokens,
             max_batch_size=self.settings.max_batch_size,
             max_queue_items=self.settings.max_queue_items,
+            max_queue_wait=self.settings.max_queue_wait,
         )
         self._encoders[encoder.name] = ServedEncoder(encoder, worker)
 

@@ -33,6 +33,10 @@ RunBatch = Callable[[Sequence[TokenIds]], np.ndarray]
 class OverloadedError(RuntimeError):
     """The queue is full: the caller should answer 429 and let the client retry."""
 
+    def __init__(self, message: str, retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after
+
 
 class WorkerStoppedError(RuntimeError):
     """The worker is shutting down and takes no new work."""
@@ -83,6 +87,7 @@ class BatchWorker:
         max_batch_tokens: int = 16384,
         max_batch_size: int = 128,
         max_queue_items: int = 16384,
+        max_queue_wait: float | None = None,
         window_items: int | None = None,
         observer: BatchObserver | None = None,
     ):
@@ -91,12 +96,17 @@ class BatchWorker:
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.max_queue_items = max_queue_items
+        self.max_queue_wait = max_queue_wait
         self.window_items = window_items or max_batch_size * 8
         self.observer = observer or _NullObserver()
         self._pending: deque[tuple[_Job, int]] = deque()
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        # Admission by time, not only by count: tokens accepted but not yet embedded, divided by
+        # the measured tokens/s, estimates how long a new request would wait.
+        self._backlog_tokens = 0
+        self._tokens_per_second: float | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> BatchWorker:
@@ -105,7 +115,9 @@ class BatchWorker:
             if self._thread is not None and self._thread.is_alive():
                 return self
             self._stopping = False
-            self._thread = threading.Thread(target=self._loop, name=f"qwembed-worker-{self.name}", daemon=True)
+            self._thread = threading.Thread(
+                target=self._loop, name=f"qwembed-worker-{self.name}", daemon=True
+            )
             self._thread.start()
         return self
 
@@ -121,6 +133,16 @@ class BatchWorker:
     def queue_depth(self) -> int:
         return len(self._pending)
 
+    def estimated_wait(self, extra_tokens: int = 0) -> float:
+        """Seconds until ``extra_tokens`` more would be embedded, at the throughput measured so far."""
+        if not self._tokens_per_second:
+            return 0.0
+        return (self._backlog_tokens + extra_tokens) / self._tokens_per_second
+
+    def _settle(self, tokens: int) -> None:
+        with self._cond:
+            self._backlog_tokens -= tokens
+
     # ---- submitting ---------------------------------------------------------------------
     def submit(self, items: Sequence[TokenIds]) -> Future:
         """Queue one request's inputs; the future resolves to a ``(len(items), …)`` array."""
@@ -135,6 +157,15 @@ class BatchWorker:
                 raise OverloadedError(
                     f"the queue of {self.name!r} is full ({len(self._pending)} inputs waiting); retry shortly"
                 )
+            tokens = sum(map(len, job.items))
+            wait = self.estimated_wait(tokens)
+            if self._backlog_tokens and self.max_queue_wait is not None and wait > self.max_queue_wait:
+                raise OverloadedError(
+                    f"{self.name!r} is busy: about {wait:.1f} s of work is queued (limit "
+                    f"{self.max_queue_wait:g} s); retry shortly",
+                    retry_after=wait,
+                )
+            self._backlog_tokens += tokens
             self._pending.extend((job, i) for i in range(len(job.items)))
             self._cond.notify()
         return job.future
@@ -161,7 +192,9 @@ class BatchWorker:
             window = []
             while self._pending and len(window) < self.window_items:
                 job, index = self._pending.popleft()
-                if not job.done:  # cancelled (client gone) or already failed
+                if job.done:  # cancelled (client gone) or already failed
+                    self._backlog_tokens -= len(job.items[index])
+                else:
                     window.append((job, index))
             return window
 
@@ -177,21 +210,26 @@ class BatchWorker:
                 self._run([window[i] for i in batch])
 
     def _run(self, entries: list[tuple[_Job, int]], retry: bool = True) -> None:
-        entries = [(job, index) for job, index in entries if not job.done]
-        if not entries:
+        live = [(job, index) for job, index in entries if not job.done]
+        self._settle(sum(len(job.items[index]) for job, index in entries if job.done))
+        if not live:
             return
-        inputs = [job.items[index] for job, index in entries]
+        inputs = [job.items[index] for job, index in live]
+        tokens = sum(map(len, inputs))
         started = time.perf_counter()
         try:
             vectors = self._run_batch(inputs)
         except Exception as error:
-            self._handle_failure(entries, error, retry)
+            self._handle_failure(live, error, retry)
             return
+        seconds = time.perf_counter() - started
+        rate = tokens / max(seconds, 1e-6)
+        previous = self._tokens_per_second
+        self._tokens_per_second = rate if previous is None else 0.8 * previous + 0.2 * rate
+        self._settle(tokens)
         longest = max(len(ids) for ids in inputs)
-        self.observer.batch_done(
-            len(inputs), sum(map(len, inputs)), longest * len(inputs), time.perf_counter() - started
-        )
-        for (job, index), vector in zip(entries, vectors, strict=True):
+        self.observer.batch_done(len(inputs), tokens, longest * len(inputs), seconds)
+        for (job, index), vector in zip(live, vectors, strict=True):
             self._deliver(job, index, vector)
 
     def _handle_failure(self, entries: list[tuple[_Job, int]], error: Exception, retry: bool) -> None:
@@ -202,6 +240,7 @@ class BatchWorker:
                 self._run([entry for entry in entries if id(entry[0]) == key], retry=False)
             return
         log.error("inference failed for %d input(s): %r", len(entries), error)
+        self._settle(sum(len(job.items[index]) for job, index in entries))
         for job in jobs.values():
             if not job.done:
                 job.future.set_exception(error)
