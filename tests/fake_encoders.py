@@ -1,0 +1,32 @@
+"""Encoders with controlled timing, for tests of queueing, cancellation and overload."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from qwembed.backends import Encoder, InputType, TokenIds
+
+
+class SlowEncoder(Encoder):
+    """Characters as token ids; each batch takes ``delay`` seconds; remembers what it embedded."""
+
+    backend = "test"
+
+    def __init__(self, delay: float):
+        super().__init__(name="slow", source="test", dimension=4, max_tokens=1000, vocab_size=0x110000)
+        self.delay = delay
+        self.seen: list[TokenIds] = []
+
+    def format(self, text: str, input_type: InputType | None, instruction: str | None) -> str:
+        return text
+
+    def tokenize(self, texts: Sequence[str]) -> list[TokenIds]:
+        return [[ord(c) for c in text] for text in texts]
+
+    def embed_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
+        time.sleep(self.delay)
+        self.seen.extend(batch)
+        return np.tile(np.array([1.0, 0, 0, 0], dtype=np.float32), (len(batch), 1))
