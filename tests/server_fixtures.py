@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import uvicorn
+from qwembed.api.server import build_server
 
 
 def free_port() -> int:
@@ -18,9 +18,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(app, timeout: float = 60.0) -> Iterator[str]:
-    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
+def running_server(app, timeout: float = 60.0, **options) -> Iterator[str]:
+    port = free_port()
+    server = build_server(app, host="127.0.0.1", port=port, log_level="warning", **options)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
@@ -29,7 +29,7 @@ def running_server(app, timeout: float = 60.0) -> Iterator[str]:
             raise RuntimeError("test server did not start")
         time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{config.port}"
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(30)

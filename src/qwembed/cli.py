@@ -97,6 +97,12 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--cors-origin", action="append", default=[], help="allowed CORS origin (off by default)"
     )
+    serve.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds for a request's headers to arrive"
+    )
+    serve.add_argument(
+        "--body-timeout", type=float, default=30.0, help="seconds for a request's body to arrive"
+    )
     serve.add_argument("--shutdown-grace", type=float, default=30.0, help="seconds to finish in-flight work")
     serve.set_defaults(func=_serve)
 
@@ -176,6 +182,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         cors_origins=args.cors_origin,
         protect_metrics=args.protect_metrics,
+        body_timeout=args.body_timeout,
     )
     app = create_app(pool, settings, shutdown_grace=args.shutdown_grace)
     log.info("serving %s on http://%s:%d", ", ".join(pool.names), args.host, args.port)

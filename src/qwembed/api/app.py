@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from .. import __version__
 from ..engine.pool import ModelPool
 from .errors import install_error_handlers
-from .limits import BodySizeLimit
+from .limits import BodyLimits
 from .metrics import Metrics
 from .observe import RequestMetrics
 from .routes import build_router
@@ -52,6 +52,6 @@ def create_app(
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
         )
-    app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimits, max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -11,6 +11,8 @@ class ServerSettings:
     auto_truncate: bool = False
     max_client_batch_size: int = 2048
     max_body_bytes: int = 16 * 1024 * 1024
+    #: seconds a client may take to send its whole body (slow uploads answer 408)
+    body_timeout: float = 30.0
     cors_origins: list[str] = field(default_factory=list)
     #: /metrics requires the API key too (health and readiness always stay open for probes)
     protect_metrics: bool = False
