@@ -126,12 +126,9 @@ def _build_parser() -> argparse.ArgumentParser:
 def _optional_commands():
     """Subcommands that live with their own package (evaluation, reranking, knowledge base)."""
     registrations = []
-    try:
-        from .eval.cli import add_eval_parser
+    from .eval.cli import add_bench_parser, add_eval_parser
 
-        registrations.append(add_eval_parser)
-    except ImportError:
-        pass
+    registrations += [add_eval_parser, add_bench_parser]
     return registrations
 
 

@@ -1,0 +1,191 @@
+"""Speed and memory of models: load time, peak memory, latency per batch size, throughput.
+
+Each local model is measured in a fresh child process, so its load time and peak memory are
+its own and not inflated by the models measured before it. Endpoints are measured from this
+process (their memory lives on the server, so none is reported).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .encoding import truncation_kwargs
+from .errors import EvalError
+from .protocol import TextEmbedder
+from .results import EvalRecord
+
+DEFAULT_BATCH_SIZES = (1, 8, 32)
+DEFAULT_REPEATS = 10
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    sizes = []
+    for part in text.split(","):
+        part = part.strip()
+        if not (part.isdigit() and int(part) > 0):
+            raise EvalError(f"--batch-sizes: {part!r} is not a positive integer")
+        sizes.append(int(part))
+    return sizes
+
+
+def measure_latency(
+    model: TextEmbedder, texts: Sequence[str], batch_sizes: Sequence[int], repeats: int = DEFAULT_REPEATS
+) -> list[dict[str, Any]]:
+    """Per batch size: one warm-up call, then ``repeats`` timed calls on consecutive slices
+    of ``texts`` (cycled), so every batch size sees the same mix of lengths."""
+    if not texts:
+        raise EvalError("bench needs at least one text")
+    rows = []
+    extra = truncation_kwargs(model)
+    for size in batch_sizes:
+        batches = [
+            [texts[(start + i) % len(texts)] for i in range(size)]
+            for start in range(0, size * (repeats + 1), size)
+        ]
+        model.embed(batches[0], **extra)  # warm-up: lazy initialisation, first-call allocations
+        latencies: list[float] = []
+        tokens: list[int | None] = []
+        for batch in batches[1:]:
+            before = _tokens_used(model)
+            start = time.perf_counter()
+            model.embed(batch, **extra)
+            latencies.append(time.perf_counter() - start)
+            after = _tokens_used(model)
+            tokens.append(
+                after - before if before is not None and after is not None else _count_tokens(model, batch)
+            )
+        lat = np.array(latencies)
+        total_tokens = None if any(t is None for t in tokens) else sum(t for t in tokens if t is not None)
+        rows.append(
+            {
+                "batch_size": size,
+                "calls": len(latencies),
+                "latency_ms_mean": float(lat.mean() * 1000),
+                "latency_ms_p50": float(np.percentile(lat, 50) * 1000),
+                "latency_ms_p95": float(np.percentile(lat, 95) * 1000),
+                "texts_per_s": float(size * len(lat) / lat.sum()),
+                "tokens_per_s": None if total_tokens is None else float(total_tokens / lat.sum()),
+            }
+        )
+    return rows
+
+
+def _tokens_used(model: TextEmbedder) -> int | None:
+    used = getattr(model, "tokens_used", None)  # the remote client's count of reported usage
+    return used if isinstance(used, int) else None
+
+
+def _count_tokens(model: TextEmbedder, batch: Sequence[str]) -> int | None:
+    tokenize = getattr(model, "tokenize", None)  # the local Embedder's exact tokenisation
+    if not callable(tokenize):
+        return None
+    return int(sum(len(ids) for ids in tokenize(batch)))
+
+
+def bench_model(
+    spec: str,
+    texts: Sequence[str],
+    batch_sizes: Sequence[int],
+    *,
+    repeats: int = DEFAULT_REPEATS,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> dict[str, Any]:
+    """Load ``spec`` and measure it, in the calling process; returns a plain dict."""
+    from .models import open_embedder
+
+    remote = spec.startswith(("http://", "https://"))
+    if not remote and not spec.startswith("hashing"):
+        # import the engine (torch, transformers) first: load time is the model's, not the libraries'
+        import qwembed.engine.embedder  # noqa: F401
+
+    start = time.perf_counter()
+    model = open_embedder(spec, device=device, dtype=dtype)
+    load_s = time.perf_counter() - start
+    rows = measure_latency(model, texts, batch_sizes, repeats)
+    return {
+        "name": model.name,
+        "dimension": int(model.dimension),
+        "load_s": load_s,
+        "peak_rss_mib": None if remote else _peak_rss_mib(),
+        "cuda_peak_mib": None if remote else _cuda_peak_mib(),
+        "rows": rows,
+    }
+
+
+def _child(queue: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    try:
+        queue.put(("ok", bench_model(*args, **kwargs)))
+    except EvalError as exc:
+        queue.put(("error", str(exc)))
+    except Exception as exc:  # reported by the parent; a child traceback would be lost
+        queue.put(("crash", f"{type(exc).__name__}: {exc}"))
+
+
+def bench_isolated(
+    spec: str, texts: Sequence[str], batch_sizes: Sequence[int], **kwargs: Any
+) -> dict[str, Any]:
+    """``bench_model`` in a fresh ``spawn`` child for local models (clean memory figures)."""
+    if spec.startswith(("http://", "https://")) or spec.startswith("hashing"):
+        return bench_model(spec, list(texts), batch_sizes, **kwargs)
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, (spec, list(texts), list(batch_sizes)), kwargs))
+    proc.start()
+    status, payload = queue.get()
+    proc.join()
+    if status == "error":
+        raise EvalError(payload)
+    if status == "crash":
+        raise RuntimeError(f"benchmarking {spec!r} failed: {payload}")
+    return payload
+
+
+def run_bench(
+    spec: str,
+    texts: Sequence[str],
+    dataset: str,
+    data_meta: dict[str, Any],
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    **kwargs: Any,
+) -> EvalRecord:
+    result = bench_isolated(spec, texts, batch_sizes, **kwargs)
+    best = max(result["rows"], key=lambda r: r["texts_per_s"])
+    return EvalRecord(
+        task="bench",
+        dataset=dataset,
+        data=data_meta,
+        model=result["name"],
+        dimension=result["dimension"],
+        metrics={"max_texts_per_s": best["texts_per_s"]},
+        config={"batch_sizes": list(batch_sizes), "repeats": kwargs.get("repeats", DEFAULT_REPEATS)},
+        timing={
+            "load_s": round(result["load_s"], 3),
+            "peak_rss_mib": result["peak_rss_mib"],
+            "cuda_peak_mib": result["cuda_peak_mib"],
+        },
+        details={"rows": result["rows"]},
+        model_spec=spec,
+    )
+
+
+def _peak_rss_mib() -> float | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def _cuda_peak_mib() -> float | None:
+    torch = sys.modules.get("torch")  # only if the model already imported it
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)

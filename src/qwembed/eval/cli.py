@@ -1,0 +1,365 @@
+"""``qwembed eval {sts,pairs,retrieval,sweep}``: argparse wiring around the task functions.
+
+Every command loads all data first (so bad data fails before a model takes minutes to
+load), then runs each ``--model`` in turn, writes ``--out`` and, if asked, ``--report``.
+User errors print one line and exit 2; there is no traceback for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import EvalError
+from .protocol import TextEmbedder
+from .results import EvalRecord
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+Task = Callable[[TextEmbedder], list[EvalRecord]]
+
+
+def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``eval`` and its subcommands on the main CLI's subparsers."""
+    evalp = subparsers.add_parser(
+        "eval",
+        help="evaluate embedding models (STS, few-shot pairs, retrieval, sweeps)",
+        description="Reproducible evaluations of local models and OpenAI-compatible endpoints. "
+        "See docs/evaluation.md.",
+    )
+    sub = evalp.add_subparsers(dest="eval_command", metavar="{sts,pairs,retrieval,sweep}")
+    sub.required = True
+
+    sts = sub.add_parser("sts", help="Spearman/Pearson of pair cosines vs labels", parents=[_common()])
+    sts.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="PAIRS",
+        help="TSV (s1<TAB>s2<TAB>label) or JSONL (sentence1/sentence2/label); repeatable",
+    )
+    sts.add_argument("--instruction", help="embed both sentences as queries with this instruction")
+    sts.set_defaults(func=cmd_sts)
+
+    pairs = sub.add_parser(
+        "pairs", help="few-shot pair classification (LogisticRegression)", parents=[_common()]
+    )
+    pairs.add_argument("--train", required=True, metavar="PAIRS", help="training pairs (0/1 labels)")
+    pairs.add_argument("--data", required=True, metavar="PAIRS", help="test pairs (0/1 labels)")
+    pairs.add_argument("--shots", default="50,100,500,1000,all", help="training sizes (default: %(default)s)")
+    pairs.add_argument(
+        "--seeds", type=_positive_int, default=5, help="repeats per size (default: %(default)s)"
+    )
+    pairs.add_argument("--instruction", help="embed both sentences as queries with this instruction")
+    pairs.set_defaults(func=cmd_pairs)
+
+    ret = sub.add_parser("retrieval", help="Top-k accuracy, MRR@10, nDCG@10, Recall@k", parents=[_common()])
+    ret.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="SET",
+        help="BEIR folder, simple JSONL, StackFAQ folder or builtin:zh-hard; repeatable",
+    )
+    ret.add_argument("--instruction", help="query instruction (default: the model's own); documents get none")
+    ret.add_argument("--split", default="test", help="BEIR qrels split (default: %(default)s)")
+    ret.set_defaults(func=cmd_retrieval)
+
+    sweep = sub.add_parser(
+        "sweep", help="dimensions × instruction on/off × post-processing", parents=[_common()]
+    )
+    sweep.add_argument("--data", required=True, metavar="SET", help="a retrieval set or an STS pair file")
+    sweep.add_argument("--dims", default="32,64,128,256,512,1024,full", help="(default: %(default)s)")
+    sweep.add_argument(
+        "--post", default="none,pca:128,whiten", help="none, pca:K, whiten, whiten:K (default: %(default)s)"
+    )
+    sweep.add_argument(
+        "--instruction", help="query instruction for the 'on' setting (default: the model's own)"
+    )
+    sweep.add_argument("--split", default="test", help="BEIR qrels split (default: %(default)s)")
+    sweep.add_argument(
+        "--save-transforms",
+        type=Path,
+        metavar="DIR",
+        help="save each fitted PCA/whitening as DIR/<model>-<dims>-<post>.npz",
+    )
+    sweep.set_defaults(func=cmd_sweep)
+
+
+def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``bench``: load time, peak memory, latency and throughput per batch size."""
+    bench = subparsers.add_parser(
+        "bench",
+        help="speed and memory of models (load time, peak RSS, latency, throughput)",
+        description="Each local model is measured in a fresh process. See docs/evaluation.md.",
+        parents=[_common(batch_size=False)],
+    )
+    bench.add_argument(
+        "--data",
+        default="builtin:zh-hard",
+        metavar="FILE",
+        help="texts: a pair file, a retrieval set, or a .txt with one text per line "
+        "(default: %(default)s, its queries and documents)",
+    )
+    bench.add_argument("--batch-sizes", default="1,8,32", help="(default: %(default)s)")
+    bench.add_argument("--repeats", type=_positive_int, default=10, help="timed calls per batch size")
+    bench.set_defaults(func=cmd_bench)
+
+
+def _common(batch_size: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="M",
+        help="bundled name, local path, hub id, http(s)://host:port/v1#MODEL, or hashing[:DIM]; repeatable",
+    )
+    p.add_argument("--out", required=True, type=Path, metavar="R.json", help="results JSON")
+    p.add_argument("--report", type=Path, metavar="R.md", help="Markdown report; PNG plots go beside it")
+    p.add_argument(
+        "--limit", type=_positive_int, metavar="N", help="only the first N pairs / queries (quick runs)"
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=64, help="texts per embed call (default: %(default)s)"
+    )
+    p.add_argument(
+        "--device", default="auto", help="local models: auto, cpu, cuda, mps (default: %(default)s)"
+    )
+    p.add_argument("--dtype", default="auto", help="local models: auto, float32, float16, bfloat16")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
+# ---- commands --------------------------------------------------------------------------------
+def cmd_sts(args: argparse.Namespace) -> int:
+    def prepare() -> Task:
+        from .pairs_data import load_pairs
+        from .sts import run_sts
+
+        sets = [load_pairs(p).head(args.limit) for p in args.data]
+        return lambda m: [
+            run_sts(m, s, instruction=args.instruction, batch_size=args.batch_size, progress=not args.quiet)
+            for s in sets
+        ]
+
+    return _run(args, prepare)
+
+
+def cmd_pairs(args: argparse.Namespace) -> int:
+    def prepare() -> Task:
+        from .pairs import parse_shots, run_pairs
+        from .pairs_data import load_pairs
+
+        shots = parse_shots(args.shots)
+        train, test = load_pairs(args.train), load_pairs(args.data).head(args.limit)
+        train.binary_labels(), test.binary_labels()  # fail on a bad label before loading any model
+        return lambda m: [
+            run_pairs(
+                m,
+                train,
+                test,
+                shots=shots,
+                seeds=args.seeds,
+                instruction=args.instruction,
+                batch_size=args.batch_size,
+                progress=not args.quiet,
+            )
+        ]
+
+    return _run(args, prepare)
+
+
+def cmd_retrieval(args: argparse.Namespace) -> int:
+    def prepare() -> Task:
+        from .retrieval import run_retrieval
+        from .retrieval_data import load_retrieval
+
+        sets = [load_retrieval(spec, split=args.split).head(args.limit) for spec in args.data]
+        return lambda m: [
+            run_retrieval(
+                m, s, instruction=args.instruction, batch_size=args.batch_size, progress=not args.quiet
+            )
+            for s in sets
+        ]
+
+    return _run(args, prepare)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    def prepare() -> Task:
+        from .pairs_data import load_pairs
+        from .retrieval_data import is_retrieval_spec, load_retrieval
+        from .sweep import parse_dims, parse_posts, run_sweep
+
+        dims, posts = parse_dims(args.dims), parse_posts(args.post)
+        if is_retrieval_spec(args.data):
+            data = load_retrieval(args.data, split=args.split).head(args.limit)
+        else:
+            data = load_pairs(args.data).head(args.limit)
+        return lambda m: [
+            run_sweep(
+                m,
+                data,
+                dims=dims,
+                posts=posts,
+                instruction=args.instruction,
+                batch_size=args.batch_size,
+                progress=not args.quiet,
+                save_dir=args.save_transforms,
+            )
+        ]
+
+    return _run(args, prepare)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import parse_batch_sizes, run_bench
+
+    try:
+        sizes = parse_batch_sizes(args.batch_sizes)
+        texts, dataset, meta = _bench_texts(args.data, args.limit)
+        records = []
+        for i, spec in enumerate(args.model, start=1):
+            _say(args, f"[{i}/{len(args.model)}] benchmarking {spec}")
+            records.append(
+                run_bench(
+                    spec,
+                    texts,
+                    dataset,
+                    meta,
+                    sizes,
+                    repeats=args.repeats,
+                    device=args.device,
+                    dtype=args.dtype,
+                )
+            )
+        _write(args, records)
+    except EvalError as exc:
+        print(f"qwembed bench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def _bench_texts(spec: str, limit: int | None) -> tuple[list[str], str, dict[str, object]]:
+    from .pairs_data import load_pairs
+    from .retrieval_data import is_retrieval_spec, load_retrieval
+    from .textfile import iter_lines
+
+    if is_retrieval_spec(spec):
+        rs = load_retrieval(spec)
+        texts, name, meta = (
+            [*rs.queries.values(), *rs.corpus.values()],
+            rs.name,
+            {"path": rs.path, "sha256": rs.sha256},
+        )
+    elif spec.endswith(".txt"):
+        from .hashing import sha256_path
+
+        path = Path(spec)
+        texts = [line for _, line in iter_lines(path)]
+        name, meta = path.name, {"path": spec, "sha256": sha256_path(path)}
+    else:
+        ps = load_pairs(spec)
+        texts, name, meta = [*ps.sentence1, *ps.sentence2], ps.name, {"path": ps.path, "sha256": ps.sha256}
+    texts = texts[:limit] if limit else texts
+    if not texts:
+        raise EvalError(f"{spec}: no texts")
+    return texts, name, {**meta, "texts": len(texts)}
+
+
+# ---- the shared driver -----------------------------------------------------------------------
+def _run(args: argparse.Namespace, prepare: Callable[[], Task]) -> int:
+    from .models import open_embedder
+
+    try:
+        task = prepare()
+        records: list[EvalRecord] = []
+        for i, spec in enumerate(args.model, start=1):
+            _say(args, f"[{i}/{len(args.model)}] loading {spec}")
+            start = time.perf_counter()
+            model = open_embedder(spec, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+            load_s = time.perf_counter() - start
+            try:
+                for record in task(model):
+                    record.model_spec = spec
+                    record.timing = {
+                        "load_s": round(load_s, 3),
+                        **record.timing,
+                        "peak_rss_mib": _peak_rss_mib(),
+                    }
+                    records.append(record)
+            finally:
+                close = getattr(model, "close", None)
+                if callable(close):
+                    close()
+                del model
+                gc.collect()  # free one model before loading the next
+        _write(args, records)
+    except EvalError as exc:
+        print(f"qwembed eval: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        # the remote client's failures are the user's endpoint, not a bug: one line, exit 1
+        from ..engine.remote import RemoteError
+
+        if isinstance(exc, RemoteError):
+            print(f"qwembed eval: endpoint error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        raise
+    return 0
+
+
+def _write(args: argparse.Namespace, records: list[EvalRecord]) -> None:
+    from .report import render_report, write_report
+    from .results import read_results, write_results
+
+    write_results(args.out, records)
+    saved = read_results(args.out)  # the report is rendered from exactly what was saved
+    if args.report:
+        write_report(args.report, saved)
+        _say(args, f"wrote {args.out} and {args.report}")
+    else:
+        _say(args, f"wrote {args.out}")
+    print(render_report(saved))
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet:
+        print(message, file=sys.stderr)
+
+
+def _peak_rss_mib() -> float | None:
+    """The process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (``python -m qwembed.eval.cli eval|bench ...``), for use before the
+    main CLI wires ``add_eval_parser``/``add_bench_parser`` in, and for tests."""
+    parser = argparse.ArgumentParser(prog="qwembed")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_eval_parser(subparsers)
+    add_bench_parser(subparsers)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""``--model`` spec → TextEmbedder: local models, endpoints and the hashing baseline.
+
+Specs:
+
+* ``http(s)://host:port/v1#MODEL`` – an OpenAI-compatible endpoint; ``#MODEL`` is the
+  ``model`` field sent (omit it for a server that serves one model);
+* ``hashing`` or ``hashing:DIM`` – the model-free character n-gram baseline;
+* anything else – ``qwembed.engine.embedder.Embedder.load(spec)``: a bundled short name
+  (``minilm``, ``use-multilingual``), a local folder or a Hugging Face hub id.
+"""
+
+from __future__ import annotations
+
+from .errors import EvalError
+from .hashing_embedder import HashingEmbedder
+from .protocol import TextEmbedder
+
+HASHING = "hashing"
+
+
+def split_endpoint_spec(spec: str) -> tuple[str, str | None]:
+    """``"http://h:8000/v1#qwen3"`` → ``("http://h:8000/v1", "qwen3")``."""
+    url, _, model = spec.partition("#")
+    return url, (model or None)
+
+
+def open_embedder(
+    spec: str, *, device: str = "auto", dtype: str = "auto", batch_size: int | None = None
+) -> TextEmbedder:
+    """Open the model a ``--model`` value names. Heavy imports (torch, httpx) happen only for
+    the kind of model actually asked for."""
+    if spec.startswith(("http://", "https://")):
+        from ..engine.remote import DEFAULT_BATCH_SIZE, RemoteEmbedder
+
+        url, model = split_endpoint_spec(spec)
+        try:
+            return RemoteEmbedder(url, model, batch_size=batch_size or DEFAULT_BATCH_SIZE)
+        except ValueError as exc:
+            raise EvalError(f"--model {spec!r}: {exc}") from None
+    if spec == HASHING or spec.startswith(HASHING + ":"):
+        dim = spec.partition(":")[2]
+        if dim and not (dim.isdigit() and int(dim) > 0):
+            raise EvalError(f"--model {spec!r}: expected hashing:DIM with a positive integer DIM")
+        return HashingEmbedder(int(dim)) if dim else HashingEmbedder(name=HASHING)
+
+    from ..engine.embedder import Embedder
+
+    try:
+        return Embedder.load(spec, device=device, dtype=dtype)
+    except (OSError, ValueError) as exc:  # ModelNotFoundError is a ValueError
+        raise EvalError(f"--model {spec!r}: cannot load: {exc}") from None

@@ -1,0 +1,200 @@
+"""Sweep: dimensions × query instruction on/off × post-processing on one data set.
+
+Each text is embedded once per instruction setting at full size; smaller sizes are the
+first ``d`` components re-normalised, which is exactly what the engine's ``dimensions=``
+(Matryoshka truncation) does, so the grid costs two embedding passes instead of dozens.
+
+Post-processing (PCA, whitening) is fitted without labels on the documents of a retrieval
+set, or on all sentences of an STS set (each instruction setting separately), and applied to
+queries and documents alike. Fitted transforms can be saved for the server to reuse.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .encoding import DEFAULT_BATCH_SIZE, EncodeStats, encode, normalize_rows
+from .errors import EvalError
+from .metrics import row_cosine, sts_scores
+from .pairs_data import PairSet
+from .protocol import TextEmbedder
+from .results import EvalRecord
+from .retrieval import embed_retrieval_set, score_rankings
+from .retrieval_data import RetrievalSet
+from .transforms import LinearTransform, parse_post
+
+DEFAULT_DIMS: tuple[int | None, ...] = (32, 64, 128, 256, 512, 1024, None)
+DEFAULT_POSTS = ("none", "pca:128", "whiten")
+RETRIEVAL_METRICS = ["ndcg_at_10", "mrr_at_10", "top1_accuracy", "recall_at_10"]
+STS_METRICS = ["cosine_spearman", "cosine_pearson"]
+
+
+def parse_dims(text: str) -> list[int | None]:
+    """``"32,64,full"`` → ``[32, 64, None]`` (None = the model's full dimension)."""
+    dims: list[int | None] = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if part in ("full", "all"):
+            dims.append(None)
+        elif part.isdigit() and int(part) > 0:
+            dims.append(int(part))
+        else:
+            raise EvalError(f"--dims: {part!r} is neither a positive integer nor 'full'")
+    return dims
+
+
+def parse_posts(text: str) -> list[str]:
+    posts = [p.strip().lower() for p in text.split(",") if p.strip()]
+    for p in posts:
+        try:
+            parse_post(p)
+        except ValueError as exc:
+            raise EvalError(f"--post: {exc}") from None
+    return posts
+
+
+def truncate(x: np.ndarray, d: int) -> np.ndarray:
+    return x if d >= x.shape[1] else normalize_rows(x[:, :d])
+
+
+def run_sweep(
+    model: TextEmbedder,
+    data: RetrievalSet | PairSet,
+    *,
+    dims: Sequence[int | None] = DEFAULT_DIMS,
+    posts: Sequence[str] = DEFAULT_POSTS,
+    instruction: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+    save_dir: Path | None = None,
+) -> EvalRecord:
+    start = time.perf_counter()
+    stats = EncodeStats()
+    retrieval = isinstance(data, RetrievalSet)
+    # instruction "on": queries as input_type="query" with the instruction (or the model's
+    # default one); "off": queries as plain text, the way a document without a type is.
+    if retrieval:
+        q_on, docs = embed_retrieval_set(
+            model, data, instruction=instruction, batch_size=batch_size, stats=stats, progress=progress
+        )
+        q_off = encode(
+            model,
+            list(data.queries.values()),
+            input_type=None,
+            batch_size=batch_size,
+            stats=stats,
+            progress=progress,
+            desc=f"{data.name} queries, no instruction",
+        )
+        variants = {True: (q_on, docs), False: (q_off, docs)}
+    else:
+        texts = data.sentence1 + data.sentence2
+        on = encode(
+            model,
+            texts,
+            input_type="query",
+            instruction=instruction,
+            batch_size=batch_size,
+            stats=stats,
+            progress=progress,
+            desc=f"{data.name}, instruction",
+        )
+        off = encode(
+            model,
+            texts,
+            input_type=None,
+            batch_size=batch_size,
+            stats=stats,
+            progress=progress,
+            desc=f"{data.name}, no instruction",
+        )
+        n = len(data)
+        variants = {True: (on[:n], on[n:]), False: (off[:n], off[n:])}
+    full = int(variants[True][0].shape[1])
+    metric_names = RETRIEVAL_METRICS if retrieval else STS_METRICS
+
+    rows: list[dict[str, Any]] = []
+    fitted: dict[tuple[int, str], LinearTransform | None] = {}
+    for use_instruction in (True, False):
+        left_full, right_full = variants[use_instruction]
+        for d_req in dims:
+            d = full if d_req is None else d_req
+            for post in posts:
+                row: dict[str, Any] = {"dims": d, "instruction": use_instruction, "post": post}
+                rows.append(row)
+                if d > full:
+                    row["skipped"] = f"model has {full} dimensions"
+                    continue
+                transform = parse_post(post)
+                if (
+                    transform is not None
+                    and transform.n_components is not None
+                    and transform.n_components > d
+                ):
+                    row["skipped"] = f"{post} needs more than {d} dimensions"
+                    continue
+                left, right = truncate(left_full, d), truncate(right_full, d)
+                if transform is not None:
+                    # retrieval fits on the documents, shared by both query variants; STS on
+                    # the variant's own sentences
+                    key = (d, post) if retrieval else (d, f"{post}|{use_instruction}")
+                    if key not in fitted:
+                        fitted[key] = transform.fit(right if retrieval else np.vstack([left, right]))
+                        if save_dir is not None:
+                            tag = "" if retrieval else ("-instr" if use_instruction else "-noinstr")
+                            fitted[key].save(save_dir / f"{_slug(model.name)}-{d}-{_slug(post)}{tag}.npz")
+                    transform = fitted[key]
+                    assert transform is not None
+                    left, right = transform.transform(left), transform.transform(right)
+                    row["output_dims"] = transform.output_dimension
+                if retrieval:
+                    metrics, _ = score_rankings(data, left, right)  # type: ignore[arg-type]
+                else:
+                    metrics = sts_scores(row_cosine(left, right), data.labels)  # type: ignore[union-attr]
+                row["metrics"] = {m: metrics[m] for m in metric_names}
+
+    done = [r for r in rows if "metrics" in r]
+    if not done:
+        raise EvalError(
+            "every sweep setting was skipped; check --dims and --post against the model's dimension"
+        )
+    best = max(done, key=lambda r: r["metrics"][metric_names[0]])
+    reference = next(
+        (r for r in done if r["dims"] == full and r["instruction"] and r["post"] == "none"), best
+    )
+    data_meta: dict[str, Any] = {"path": data.path, "sha256": data.sha256}
+    if retrieval:
+        data_meta.update(queries=len(data.queries), documents=len(data.corpus))  # type: ignore[union-attr]
+    else:
+        data_meta.update(pairs=len(data))
+    return EvalRecord(
+        task="sweep",
+        dataset=data.name,
+        data=data_meta,
+        model=model.name,
+        dimension=full,
+        metrics=dict(reference["metrics"]),
+        config={
+            "kind": "retrieval" if retrieval else "sts",
+            "dims": [d if d is not None else "full" for d in dims],
+            "posts": list(posts),
+            "instruction": instruction,
+            "metrics": metric_names,
+            "fit_on": "the corpus documents"
+            if retrieval
+            else "all sentences of the set (per instruction setting)",
+            "reference": "dims=full, instruction on, post none",
+        },
+        timing={**stats.as_dict(), "total_s": round(time.perf_counter() - start, 3)},
+        details={"rows": rows, "best": best},
+    )
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")

@@ -1,0 +1,60 @@
+"""Bench: latency rows per batch size, token counts, and the command's output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qwembed.eval.bench import measure_latency, parse_batch_sizes, run_bench
+from qwembed.eval.cli import main
+from qwembed.eval.errors import EvalError
+from qwembed.eval.hashing_embedder import HashingEmbedder
+
+
+class CountingEmbedder(HashingEmbedder):
+    """Reports one token per character, as a local Embedder's tokenize would report ids."""
+
+    def tokenize(self, texts):
+        return [list(t) for t in texts]
+
+
+def test_latency_rows():
+    rows = measure_latency(CountingEmbedder(16), ["ab", "cde"], [1, 4], repeats=3)
+    assert [r["batch_size"] for r in rows] == [1, 4] and all(r["calls"] == 3 for r in rows)
+    r = rows[1]
+    assert r["latency_ms_p50"] <= r["latency_ms_p95"] and r["texts_per_s"] > 0
+    # batch 4 from ["ab", "cde"] cycled: 2+3+2+3 = 10 tokens per call
+    assert r["tokens_per_s"] == pytest.approx(10 * r["texts_per_s"] / 4)
+    assert measure_latency(HashingEmbedder(16), ["x"], [2], repeats=2)[0]["tokens_per_s"] is None
+
+
+def test_parse_and_record():
+    assert parse_batch_sizes("1, 8,32") == [1, 8, 32]
+    with pytest.raises(EvalError):
+        parse_batch_sizes("1,0")
+    rec = run_bench(
+        "hashing:16", ["一二三", "四五"], "t", {"path": "t", "sha256": "0", "texts": 2}, [1, 2], repeats=2
+    )
+    assert rec.task == "bench" and rec.timing["load_s"] >= 0 and len(rec.details["rows"]) == 2
+
+
+def test_bench_command(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    argv = [
+        "bench",
+        "--quiet",
+        "--model",
+        "hashing",
+        "--batch-sizes",
+        "1,4",
+        "--repeats",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    record = json.loads(out.read_text(encoding="utf-8"))["records"][0]
+    assert record["dataset"] == "builtin:zh-hard" and record["data"]["texts"] == 225
+    assert "Speed and memory" in capsys.readouterr().out
+    assert main(["bench", "--model", "hashing", "--batch-sizes", "x", "--out", str(out)]) == 2

@@ -1,0 +1,135 @@
+"""``qwembed eval``: files written, same numbers on re-runs, one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from qwembed.eval.cli import add_eval_parser, main
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not found at {DATA}")
+
+
+def head(folder: Path, src: Path, n: int) -> str:
+    """The first ``n`` lines of ``src`` under its own name in ``folder`` (names show in reports)."""
+    folder.mkdir(exist_ok=True)
+    out = folder / src.name
+    out.write_text("".join(src.read_text(encoding="utf-8").splitlines(True)[:n]), encoding="utf-8")
+    return str(out)
+
+
+def records(path: Path) -> list[dict]:
+    return json.loads(path.read_text(encoding="utf-8"))["records"]
+
+
+def test_registers_on_a_main_parser():
+    parser = argparse.ArgumentParser(prog="qwembed")
+    add_eval_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["eval", "sts", "--model", "m", "--data", "d.tsv", "--out", "r.json"])
+    assert callable(args.func) and args.model == ["m"] and args.data == ["d.tsv"]
+
+
+@needs_data
+def test_pairs_report_and_determinism(tmp_path, capsys):
+    train = head(tmp_path / "train", DATA / "LCQMC" / "LCQMC.valid.data", 300)
+    test = head(tmp_path, DATA / "LCQMC" / "LCQMC.test.data", 200)
+    argv = [
+        "eval",
+        "pairs",
+        "--quiet",
+        "--model",
+        "hashing:64",
+        "--model",
+        "hashing:32",
+        "--train",
+        train,
+        "--data",
+        test,
+        "--shots",
+        "20,50,all",
+        "--seeds",
+        "5",
+    ]
+    assert main([*argv, "--out", str(tmp_path / "1.json"), "--report", str(tmp_path / "rep.md")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "2.json")]) == 0
+    first, second = records(tmp_path / "1.json"), records(tmp_path / "2.json")
+    assert [r["model"] for r in first] == ["hashing:64", "hashing:32"]
+    assert [r["details"] for r in first] == [r["details"] for r in second]
+    rec = first[0]
+    assert rec["task"] == "pairs" and set(rec["metrics"]) >= {"accuracy", "f1"}
+    assert {"data", "model", "model_spec", "qwembed_version", "timing"} <= rec.keys()
+    assert len(rec["data"]["sha256"]) == 64 and rec["timing"]["load_s"] >= 0
+    report = (tmp_path / "rep.md").read_text(encoding="utf-8")
+    assert "| 20 |" in report and "zero-shot" in report and "±" in report
+    png = tmp_path / "rep-pairs-LCQMC.test.data.png"
+    assert png.read_bytes()[:4] == b"\x89PNG" and f"]({png.name})" in report
+    assert "Few-shot pair classification" in capsys.readouterr().out  # tables on stdout too
+
+
+def test_retrieval_and_sweep_reports(tmp_path):
+    out, rep = tmp_path / "r.json", tmp_path / "r.md"
+    argv = ["eval", "retrieval", "--quiet", "--model", "hashing", "--data", "builtin:zh-hard"]
+    assert main([*argv, "--out", str(out), "--report", str(rep)]) == 0
+    assert (
+        "Per category:" in rep.read_text(encoding="utf-8")
+        and (tmp_path / "r-retrieval-builtin_zh-hard.png").exists()
+    )
+    argv = [
+        "eval",
+        "sweep",
+        "--quiet",
+        "--model",
+        "hashing:64",
+        "--data",
+        "builtin:zh-hard",
+        "--dims",
+        "16,full",
+        "--post",
+        "none,whiten",
+        "--save-transforms",
+        str(tmp_path / "t"),
+    ]
+    assert main([*argv, "--out", str(out), "--report", str(rep)]) == 0
+    assert records(out)[0]["task"] == "sweep" and len(list((tmp_path / "t").glob("*.npz"))) == 2
+    assert "| 16 | off | whiten |" in rep.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("command", "content", "expected"),
+    [
+        ("sts", "a\tb\t1\nbroken line\n", "bad.tsv:2: expected 3 tab-separated columns"),
+        ("sts", "", "bad.tsv: no sentence pairs found"),
+        ("sts", "a\tb\tx\n", "bad.tsv:1: label 'x' is not a number"),
+        ("pairs", "a\tb\t1\nc\td\t0.5\n", "bad.tsv:2: label 0.5 is not 0 or 1"),
+    ],
+)
+def test_bad_data_exits_2_with_one_line(tmp_path, capsys, command, content, expected):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text(content, encoding="utf-8")
+    extra = ["--train", str(bad)] if command == "pairs" else []
+    code = main(
+        ["eval", command, "--model", "hashing", "--data", str(bad), "--out", str(tmp_path / "o.json"), *extra]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and "Traceback" not in err
+    assert not (tmp_path / "o.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["retrieval", "--data", "builtin:nope"], "unknown built-in data set"),
+        (["retrieval", "--data", "builtin:zh-hard", "--model", "no-such-model"], "--model 'no-such-model'"),
+        (["sweep", "--data", "builtin:zh-hard", "--post", "zca"], "--post: unknown post-processing"),
+        (["pairs", "--data", "x.tsv", "--train", "x.tsv", "--shots", "ten"], "--shots: 'ten'"),
+    ],
+)
+def test_usage_errors_exit_2(tmp_path, capsys, argv, expected):
+    models = [] if "--model" in argv else ["--model", "hashing"]
+    code = main(["eval", *argv, *models, "--out", str(tmp_path / "o.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and "Traceback" not in err

@@ -1,0 +1,148 @@
+"""STS, few-shot pairs and retrieval tasks, run with model-free embedders."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qwembed.eval.encoding import encode
+from qwembed.eval.hashing_embedder import HashingEmbedder
+from qwembed.eval.pairs import pair_features, parse_shots, run_pairs, stratified_sample
+from qwembed.eval.pairs_data import load_pairs
+from qwembed.eval.retrieval import rank, run_retrieval
+from qwembed.eval.retrieval_data import load_retrieval
+from qwembed.eval.sts import run_sts
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not found at {DATA}")
+
+
+class LookupEmbedder:
+    """Vectors from a table, so that every cosine in a test is known in advance."""
+
+    name = "lookup"
+    dimension = 2
+
+    def __init__(self, table: dict[str, Sequence[float]]):
+        self.table = table
+        self.calls: list[tuple[list[str], str | None, str | None]] = []
+
+    def embed(self, texts, *, input_type=None, instruction=None, dimensions=None):
+        self.calls.append((list(texts), input_type, instruction))
+        v = np.array([self.table[t] for t in texts], dtype=np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+class TruncatingEmbedder(LookupEmbedder):
+    def embed(self, texts, *, input_type=None, instruction=None, dimensions=None, truncate=False):
+        assert truncate is True  # evaluations cut over-long documents instead of failing
+        return super().embed(texts, input_type=input_type, instruction=instruction)
+
+
+def test_encode_asks_embedders_that_can_truncate_to_do_so():
+    model = TruncatingEmbedder({"a": (1, 0), "b": (0, 1)})
+    assert encode(model, ["a", "b", "a"], progress=False).shape == (3, 2)
+
+
+def slice_file(tmp_path: Path, src: Path, n: int, start: int = 0) -> Path:
+    lines = src.read_text(encoding="utf-8").splitlines(True)[start : start + n]
+    out = tmp_path / f"{src.stem}-{start}-{n}{src.suffix}"
+    out.write_text("".join(lines), encoding="utf-8")
+    return out
+
+
+# ---- STS -----------------------------------------------------------------------------------
+def test_sts_known_spearman(tmp_path):
+    angles = {"a": 0.0, "b": 0.2, "c": 0.6, "d": 0.4, "e": 1.2}  # cos(a, x) falls as the angle grows
+    model = LookupEmbedder({k: (np.cos(t), np.sin(t)) for k, t in angles.items()})
+    path = tmp_path / "p.tsv"
+    path.write_text("a\tb\t4\na\tc\t3\na\td\t2\na\te\t1\n", encoding="utf-8")  # cos order b > d > c > e
+    rec = run_sts(model, load_pairs(path), progress=False)
+    # cos ranks (high→low): b, d, c, e vs labels 4, 2, 3, 1 → d² = 0+1+1+0 → rho = 0.8
+    assert rec.metrics["cosine_spearman"] == pytest.approx(0.8)
+    assert rec.task == "sts" and rec.data["pairs"] == 4
+    assert all(call[1] is None for call in model.calls)  # no instruction → plain text
+    assert len(model.calls[0][0]) == 5  # "a" repeated four times, embedded once
+
+
+@needs_data
+def test_sts_on_real_slice_is_deterministic(tmp_path):
+    data = load_pairs(slice_file(tmp_path, DATA / "STS-B-zh" / "STS-B.test.data", 200))
+    a = run_sts(HashingEmbedder(64), data, progress=False)
+    b = run_sts(HashingEmbedder(64), data, progress=False)
+    assert a.metrics == b.metrics and 0 < a.metrics["cosine_spearman"] < 1
+
+
+# ---- few-shot pairs --------------------------------------------------------------------------
+def test_pair_features_layout():
+    u = np.array([[1.0, -2.0]])
+    v = np.array([[3.0, 4.0]])
+    np.testing.assert_array_equal(pair_features(u, v), [[1, -2, 3, 4, 2, 6, 3, -8]])
+
+
+def test_stratified_sample_is_stratified_and_seeded():
+    labels = np.array([0] * 300 + [1] * 100)
+    idx = stratified_sample(labels, 40, seed=3)
+    assert len(idx) == 40 and (labels[idx] == 1).sum() == 10  # 25 % positives, as in the pool
+    np.testing.assert_array_equal(idx, stratified_sample(labels, 40, seed=3))
+    assert not np.array_equal(idx, stratified_sample(labels, 40, seed=4))
+    np.testing.assert_array_equal(stratified_sample(labels, 1000, seed=0), np.arange(400))
+
+
+def test_parse_shots():
+    assert parse_shots("50, 100,all") == [50, 100, None]
+    with pytest.raises(Exception, match="neither a positive integer"):
+        parse_shots("50,lots")
+
+
+@needs_data
+def test_pairs_on_real_slices(tmp_path):
+    train = load_pairs(slice_file(tmp_path, DATA / "LCQMC" / "LCQMC.valid.data", 200))
+    test = load_pairs(slice_file(tmp_path, DATA / "LCQMC" / "LCQMC.test.data", 200))
+    run = lambda: run_pairs(HashingEmbedder(64), train, test, shots=[20, None], seeds=3, progress=False)  # noqa: E731
+    rec = run()
+    rows = rec.details["shots"]
+    assert [r["shots"] for r in rows] == [20, "all"]
+    assert rows[0]["runs"] == 3 and len(rows[0]["accuracy_runs"]) == 3 and rows[0]["accuracy_std"] > 0
+    assert rows[1]["runs"] == 1 and rows[1]["train_size"] == 200
+    assert rec.metrics["accuracy"] == rows[1]["accuracy_mean"]
+    assert 0 <= rec.metrics["zero_shot_accuracy"] <= 1
+    assert rec.data["train_pairs"] == 200 and len(rec.data["train_sha256"]) == 64
+    assert run().details == rec.details  # same seeds → same numbers
+
+
+# ---- retrieval -------------------------------------------------------------------------------
+def test_rank_breaks_ties_by_corpus_order():
+    q = np.array([[1.0, 0.0]])
+    d = np.array([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.5, 0.5]])
+    assert rank(q, d, top_k=2).tolist() == [[1, 2]]
+    assert rank(q, d).tolist() == [[1, 2, 3, 0]]
+
+
+def test_retrieval_known_ranking_and_categories(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(
+        '{"id": "q1", "query": "Q1", "positive": "A", "negatives": ["B"], "category": "easy"}\n'
+        '{"id": "q2", "query": "Q2", "positive": "C", "negatives": ["D"], "category": "hard"}\n',
+        encoding="utf-8",
+    )
+    table = {"Q1": (1, 0), "Q2": (0, 1), "A": (1, 0.1), "B": (1, 0.5), "C": (0.6, 1), "D": (0.2, 1)}
+    model = LookupEmbedder(table)
+    rec = run_retrieval(model, load_retrieval(str(path)), instruction="find it", progress=False)
+    # q1: A first (MRR 1); q2: D (0.98) beats C (0.86) → C at rank 2 (MRR 0.5)
+    assert rec.metrics["mrr_at_10"] == pytest.approx(0.75)
+    assert rec.metrics["top1_accuracy"] == 0.5 and rec.metrics["top3_accuracy"] == 1
+    assert rec.details["by_category"]["easy"]["mrr_at_10"] == 1
+    assert rec.details["by_category"]["hard"]["mrr_at_10"] == 0.5
+    # instruction on queries only, documents never
+    assert ("document", None) in [(c[1], c[2]) for c in model.calls]
+    assert ("query", "find it") in [(c[1], c[2]) for c in model.calls]
+
+
+def test_zh_hard_runs_with_baseline():
+    rec = run_retrieval(HashingEmbedder(128), load_retrieval("builtin:zh-hard"), progress=False)
+    assert len(rec.details["by_category"]) >= 8
+    assert 0 < rec.metrics["top1_accuracy"] < 1
