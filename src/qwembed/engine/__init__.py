@@ -18,7 +18,14 @@ _EXPORTS = {
     "truncate_dimensions": ".postprocess",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "BatchWorker",
+    "Embedder",
+    "InvalidDimensionsError",
+    "OverloadedError",
+    "WorkerStoppedError",
+    "truncate_dimensions",
+]
 
 if TYPE_CHECKING:
     from .embedder import Embedder
