@@ -1,9 +1,12 @@
 """schemathesis against the served OpenAPI spec: no 5xx, responses as the spec declares them.
 
-Bounded for CI (about 1,200 generated requests in all); `bench/fuzz_api.sh` runs a longer session.
+Bounded for CI (over 1,000 generated requests in all); `bench/fuzz_api.sh` runs a longer session.
 """
 
 from __future__ import annotations
+
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -11,16 +14,20 @@ schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is a tes
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 from qwembed.api import ServerSettings, create_app  # noqa: E402
-from qwembed.backends import LoadOptions, load_encoder  # noqa: E402
+from qwembed.backends import LoadOptions, load_encoder, load_reranker  # noqa: E402
 from qwembed.engine.pool import ModelPool  # noqa: E402
 
 # per operation; the parameter-less GET routes run out of distinct cases early, POST does not
-EXAMPLES_PER_OPERATION = 900
+EXAMPLES_PER_OPERATION = 400
 
 
 def _app():
+    from rerank_fixtures import build_minilm_cross_encoder
+
     pool = ModelPool()
     pool.add_encoder(load_encoder("minilm", options=LoadOptions(device="cpu")))
+    cross_encoder = build_minilm_cross_encoder(Path(tempfile.mkdtemp()) / "cross-encoder")
+    pool.add_reranker(load_reranker(str(cross_encoder), options=LoadOptions(device="cpu")))
     return create_app(pool, ServerSettings(max_client_batch_size=64, max_body_bytes=256 * 1024))
 
 

@@ -57,9 +57,16 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="OpenAI-compatible embeddings server")
-    serve.add_argument("--model", action="append", required=True, help=_MODEL_HELP + " (repeatable)")
+    serve.add_argument("--model", action="append", default=[], help=_MODEL_HELP + " (repeatable)")
     serve.add_argument(
         "--served-name", action="append", default=[], help="name clients use, one per --model, in order"
+    )
+    serve.add_argument(
+        "--reranker",
+        action="append",
+        default=[],
+        help="a reranker for /v1/rerank: a Qwen3-Reranker checkpoint (official yes/no recipe) or a "
+        "sentence-transformers cross-encoder, as folder or hub id (repeatable)",
     )
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
     serve.add_argument("--port", type=int, default=8000)
@@ -118,6 +125,16 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_model_options(embed)
     embed.set_defaults(func=_embed)
 
+    rerank = commands.add_parser("rerank", help="score documents against a query with a reranker")
+    rerank.add_argument("--model", required=True, help="Qwen3-Reranker checkpoint or cross-encoder")
+    rerank.add_argument("--query", required=True)
+    rerank.add_argument("documents", nargs="*", help="documents to score")
+    rerank.add_argument("--file", type=Path, help="one document per line (UTF-8)")
+    rerank.add_argument("--instruction", help="task for Qwen3-Reranker (default: web search)")
+    rerank.add_argument("--top-n", type=int, help="print only the best N")
+    _add_model_options(rerank)
+    rerank.set_defaults(func=_rerank)
+
     for register in _optional_commands():
         register(commands)
     return parser
@@ -144,11 +161,13 @@ class ModelLoadError(RuntimeError):
     """A model that exists could not be loaded (bad files, no safetensors, out of memory …)."""
 
 
-def _load(model: str, args: argparse.Namespace, name: str | None = None):
-    from .backends import LoadOptions, ModelNotFoundError, load_encoder
+def _load(model: str, args: argparse.Namespace, name: str | None = None, kind: str = "embedding"):
+    from .backends import LoadOptions, ModelNotFoundError, load_encoder, load_reranker
 
     options = LoadOptions(args.device, args.dtype, args.max_tokens, args.trust_remote_code)
     try:
+        if kind == "reranker":
+            return load_reranker(model, options=options)
         return load_encoder(model, name=name, backend=args.backend, options=options)
     except ModelNotFoundError:
         raise
@@ -161,6 +180,8 @@ def _serve(args: argparse.Namespace) -> int:
     from .api.server import run_server
     from .engine.pool import BatchSettings, ModelPool
 
+    if not args.model and not args.reranker:
+        raise SystemExit("qwembed serve: give at least one --model or --reranker")
     if args.served_name and len(args.served_name) != len(args.model):
         raise SystemExit("qwembed serve: give one --served-name per --model")
     pool = ModelPool(
@@ -172,6 +193,9 @@ def _serve(args: argparse.Namespace) -> int:
     for model, name in zip(args.model, names, strict=True):
         log.info("loading %s", model)
         pool.add_encoder(_load(model, args, name))
+    for reranker in args.reranker:
+        log.info("loading reranker %s", reranker)
+        pool.add_reranker(_load(reranker, args, kind="reranker"))
     settings = ServerSettings(
         api_keys=_api_keys(args),
         auto_truncate=args.auto_truncate,
@@ -225,6 +249,23 @@ def _embed(args: argparse.Namespace) -> int:
         args.out.write_bytes(lines)
     else:
         sys.stdout.buffer.write(lines)
+    return 0
+
+
+def _rerank(args: argparse.Namespace) -> int:
+    import orjson
+
+    from .engine.rerank import rerank
+
+    documents = list(args.documents)
+    if args.file:
+        documents += [line for line in args.file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not documents:
+        raise SystemExit("qwembed rerank: give documents as arguments or --file")
+    reranker = _load(args.model, args, kind="reranker")
+    for result in rerank(reranker, args.query, documents, instruction=args.instruction, top_n=args.top_n):
+        line = {"index": result.index, "score": result.score, "document": documents[result.index]}
+        sys.stdout.buffer.write(orjson.dumps(line) + b"\n")
     return 0
 
 

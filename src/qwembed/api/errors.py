@@ -15,7 +15,7 @@ from starlette.responses import Response
 from ..backends import InputTooLongError, InvalidTokenIdsError
 from ..engine import InvalidDimensionsError, OverloadedError, WorkerStoppedError
 from ..engine.inputs import InstructionWithTokenIdsError, InvalidTextError
-from ..engine.pool import UnknownModelError
+from ..engine.pool import ModelRequiredError, UnknownModelError
 
 log = logging.getLogger("qwembed.api")
 
@@ -75,6 +75,8 @@ def from_engine_error(error: Exception) -> APIError:
         return APIError(400, str(error), "invalid_text", "input")
     if isinstance(error, InstructionWithTokenIdsError):
         return APIError(400, str(error), "invalid_request", "instruction")
+    if isinstance(error, ModelRequiredError):
+        return APIError(400, str(error), "model_required", "model")
     if isinstance(error, UnknownModelError):
         return APIError(404, str(error), "model_not_found", "model")
     if isinstance(error, OverloadedError):
@@ -97,6 +99,8 @@ def _validation_message(error: RequestValidationError) -> tuple[str, str | None,
         return "the request body is not valid JSON", None, "invalid_json"
     if first.get("type") == "missing" and field:
         return f"{'.'.join(location)} is required", field, "missing_field"
+    if field in ("documents", "texts", "query") and kinds & {"string_too_short", "too_short"}:
+        return f"{field} must not be empty", field, "empty_input"
     if field == "input":
         # `input` is a union of four shapes: pydantic reports a failure per shape, so name them all
         if kinds & {"string_too_short", "too_short"}:

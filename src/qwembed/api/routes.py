@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -10,12 +11,27 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from ..engine.inputs import EmbedOptions
-from ..engine.pool import ModelPool, UnknownModelError
+from ..engine.pool import Kind, ModelPool, ModelRequiredError, UnknownModelError
 from .auth import KeyChecker
 from .encoding import embeddings_body
 from .errors import APIError, from_engine_error
 from .metrics import Metrics
-from .schemas import EmbeddingRequest, EmbeddingResponse, ErrorResponse, Health, ModelList, ModelObject
+from .schemas import (
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ErrorResponse,
+    Health,
+    ModelList,
+    ModelObject,
+    RerankDocument,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+    TEIRerankItem,
+    TEIRerankList,
+    TEIRerankRequest,
+    Usage,
+)
 from .settings import ServerSettings
 
 T = TypeVar("T")
@@ -58,6 +74,12 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
+def _logit(probability: float) -> float:
+    """TEI's raw_scores: Qwen3-Reranker's P(yes) back to the yes-vs-no logit difference."""
+    p = min(max(probability, 1e-7), 1 - 1e-7)
+    return math.log(p / (1 - p))
+
+
 def _normalise_input(raw: object) -> list[str] | list[list[int]]:
     if isinstance(raw, str):
         return [raw]
@@ -82,16 +104,35 @@ def build_router(pool: ModelPool, settings: ServerSettings, metrics: Metrics, st
     protected = [Depends(keys)]
     json_body = [*protected, Depends(require_json)]
 
-    def resolve_model(name: str | None) -> str:
-        if not name:
-            if len(pool.names) == 1:
-                return pool.names[0]
+    def resolve_model(name: str | None, kind: Kind) -> str:
+        try:
+            return pool.resolve(name, kind)
+        except (UnknownModelError, ModelRequiredError) as error:
+            raise from_engine_error(error) from None
+
+    def check_ready() -> None:
+        if not state["ready"]:
+            raise APIError(503, "the server is not ready", "not_ready", headers={"Retry-After": "1"})
+
+    def check_count(count: int, param: str) -> None:
+        if count > settings.max_client_batch_size:
             raise APIError(
-                400, f"model is required; served models: {', '.join(pool.names)}", "model_required", "model"
+                413,
+                f"{count} {param} exceed --max-client-batch-size {settings.max_client_batch_size}",
+                "too_many_inputs",
+                param,
             )
-        if name not in pool.names:
-            raise from_engine_error(UnknownModelError(name, pool.names))
-        return name
+
+    async def answer(request: Request, work: Awaitable[T]) -> T | Response:
+        """Run engine work for a request; a client that left gets nothing, engine errors their status."""
+        try:
+            return await _unless_disconnected(request, work)
+        except ClientGoneError:
+            return Response(status_code=499)
+        except APIError:
+            raise
+        except Exception as error:
+            raise from_engine_error(error) from error
 
     @router.post(
         "/v1/embeddings",
@@ -101,36 +142,81 @@ def build_router(pool: ModelPool, settings: ServerSettings, metrics: Metrics, st
         summary="Create embeddings (OpenAI-compatible)",
     )
     async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
-        if not state["ready"]:
-            raise APIError(503, "the server is not ready", "not_ready", headers={"Retry-After": "1"})
-        model = resolve_model(body.model)
+        check_ready()
+        model = resolve_model(body.model, "embedding")
         inputs = _normalise_input(body.input)
         if not inputs:
             raise APIError(400, "input must not be empty", "empty_input", "input")
-        if len(inputs) > settings.max_client_batch_size:
-            raise APIError(
-                413,
-                f"{len(inputs)} inputs exceed --max-client-batch-size {settings.max_client_batch_size}",
-                "too_many_inputs",
-                "input",
-            )
+        check_count(len(inputs), "input")
         if isinstance(inputs[0], str):
             empty = next((i for i, text in enumerate(inputs) if not text), None)
             if empty is not None:
                 raise APIError(400, f"input[{empty}] is an empty string", "empty_input", "input")
         truncate = settings.auto_truncate if body.truncate is None else body.truncate
         options = EmbedOptions(body.input_type, body.instruction, truncate)
-        try:
-            result = await _unless_disconnected(request, pool.embed(model, inputs, options, body.dimensions))
-        except ClientGoneError:
-            return Response(status_code=499)
-        except APIError:
-            raise
-        except Exception as error:
-            raise from_engine_error(error) from error
+        result = await answer(request, pool.embed(model, inputs, options, body.dimensions))
+        if isinstance(result, Response):
+            return result
         return Response(
             embeddings_body(result.vectors, model, result.total_tokens, body.encoding_format),
             media_type="application/json",
+        )
+
+    @router.post(
+        "/v1/rerank",
+        response_model=RerankResponse,
+        responses=_ERRORS,
+        dependencies=json_body,
+        summary="Rerank documents for a query (Cohere / Jina / Infinity shape)",
+    )
+    async def rerank(body: RerankRequest, request: Request) -> Response:
+        check_ready()
+        model = resolve_model(body.model, "reranker")
+        documents = [d if isinstance(d, str) else d.text for d in body.documents]
+        check_count(len(documents), "documents")
+        ranking = await answer(
+            request, pool.rerank(model, body.query, documents, instruction=body.instruction, top_n=body.top_n)
+        )
+        if isinstance(ranking, Response):
+            return ranking
+        results = [
+            RerankResult(
+                index=r.index,
+                relevance_score=r.score,
+                document=RerankDocument(text=documents[r.index]) if body.return_documents else None,
+            )
+            for r in ranking.results
+        ]
+        usage = Usage(prompt_tokens=ranking.total_tokens, total_tokens=ranking.total_tokens)
+        response = RerankResponse(model=model, results=results, usage=usage)
+        return Response(response.model_dump_json(exclude_none=True), media_type="application/json")
+
+    @router.post(
+        "/rerank",
+        response_model=list[TEIRerankItem],
+        responses=_ERRORS,
+        dependencies=json_body,
+        summary="Rerank in text-embeddings-inference's shape",
+    )
+    async def rerank_tei(body: TEIRerankRequest, request: Request) -> Response:
+        check_ready()
+        model = resolve_model(body.model, "reranker")
+        check_count(len(body.texts), "texts")
+        ranking = await answer(request, pool.rerank(model, body.query, body.texts))
+        if isinstance(ranking, Response):
+            return ranking
+        items = [
+            TEIRerankItem(
+                index=r.index,
+                score=_logit(r.score)
+                if body.raw_scores and pool.reranker(model).backend == "qwen3-reranker"
+                else r.score,
+                text=body.texts[r.index] if body.return_text else None,
+            )
+            for r in ranking.results
+        ]
+        return Response(
+            TEIRerankList(items).model_dump_json(exclude_none=True), media_type="application/json"
         )
 
     @router.get("/v1/models", response_model=ModelList, dependencies=protected, summary="Served models")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 TokenList = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 Text = Annotated[str, Field(min_length=1)]
@@ -72,6 +72,62 @@ class ModelObject(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelObject]
+
+
+class RerankDocument(BaseModel):
+    text: str
+
+
+class RerankRequest(BaseModel):
+    """Cohere / Jina / Infinity's rerank body, plus Qwen3-Reranker's `instruction`."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    model: str | None = Field(None, description="A served reranker; optional when only one is served.")
+    query: Text
+    documents: Annotated[list[str | RerankDocument], Field(min_length=1)]
+    top_n: Annotated[int, Field(ge=1)] | None = Field(None, description="Return only the best N.")
+    return_documents: bool = False
+    instruction: str | None = Field(
+        None,
+        description="Qwen3-Reranker task, default `Given a web search query, retrieve relevant passages "
+        "that answer the query`; ignored by cross-encoders.",
+    )
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: RerankDocument | None = None
+
+
+class RerankResponse(BaseModel):
+    object: Literal["rerank"] = "rerank"
+    model: str
+    results: list[RerankResult]
+    usage: Usage
+
+
+class TEIRerankRequest(BaseModel):
+    """text-embeddings-inference's /rerank body."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    model: str | None = None
+    query: Text
+    texts: Annotated[list[str], Field(min_length=1)]
+    raw_scores: bool = False
+    return_text: bool = False
+
+
+class TEIRerankItem(BaseModel):
+    index: int
+    score: float
+    text: str | None = None
+
+
+class TEIRerankList(RootModel[list[TEIRerankItem]]):
+    pass
 
 
 class ErrorBody(BaseModel):

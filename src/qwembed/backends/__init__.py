@@ -1,7 +1,7 @@
 """Model families behind one small interface: :class:`Encoder` (embeddings) and :class:`Reranker`."""
 
 from .base import Encoder, InputTooLongError, InputType, InvalidTokenIdsError, ModelCard, Reranker, TokenIds
-from .registry import BUNDLED, LoadOptions, ModelNotFoundError, load_encoder
+from .registry import BUNDLED, LoadOptions, ModelNotFoundError, load_encoder, load_reranker
 
 __all__ = [
     "BUNDLED",
@@ -15,4 +15,5 @@ __all__ = [
     "Reranker",
     "TokenIds",
     "load_encoder",
+    "load_reranker",
 ]

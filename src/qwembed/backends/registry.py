@@ -10,7 +10,7 @@ from typing import Literal
 
 import torch
 
-from .base import Encoder
+from .base import Encoder, Reranker
 
 BackendName = Literal["auto", "qwen3", "sentence-transformers", "use"]
 
@@ -111,3 +111,29 @@ def load_encoder(
     from .sentence_transformer import SentenceTransformerEncoder
 
     return SentenceTransformerEncoder.load(source, name=name, **kwargs)
+
+
+def load_reranker(
+    name_or_path: str, *, name: str | None = None, options: LoadOptions | None = None
+) -> Reranker:
+    """Qwen3 causal-LM checkpoints get the official yes/no recipe; others are cross-encoders.
+
+    Rerankers are named as such on the command line (``--reranker``) because a Qwen3-Reranker and
+    a Qwen3-Embedding checkpoint cannot be told apart reliably from their configs."""
+    options = options or LoadOptions()
+    if name_or_path.startswith((".", "/", "~")) and not Path(name_or_path).expanduser().is_dir():
+        raise ModelNotFoundError(f"model folder {name_or_path!r} does not exist")
+    kwargs = {
+        "name": name or served_name(name_or_path),
+        "device": options.device,
+        "dtype": options.dtype,
+        "max_tokens": options.max_tokens,
+        "trust_remote_code": options.trust_remote_code,
+    }
+    if detect_backend(name_or_path, options.trust_remote_code) == "qwen3":
+        from .qwen3_reranker import Qwen3Reranker
+
+        return Qwen3Reranker.load(name_or_path, **kwargs)
+    from .cross_encoder import CrossEncoderReranker
+
+    return CrossEncoderReranker.load(name_or_path, **kwargs)

@@ -1,8 +1,8 @@
-"""The models a server runs, each behind its own batching worker, and the embed pipeline they share.
+"""The models a server runs, each behind its own batching worker, and the pipelines they share.
 
 A route hands the pool a parsed request; the pool turns texts into token ids (off the event loop),
-queues them on the model's worker, waits, and applies ``dimensions``. That is the whole path from
-request to vector.
+queues them on the model's worker, waits, and post-processes (``dimensions`` for embeddings,
+ordering for reranking). That is the whole path from request to answer.
 """
 
 from __future__ import annotations
@@ -10,19 +10,30 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-from ..backends import Encoder, ModelCard
-from .inputs import EmbedOptions, tokenize_ids, tokenize_texts
+from ..backends import Encoder, ModelCard, Reranker
+from .inputs import EmbedOptions, check_texts, tokenize_ids, tokenize_texts
 from .postprocess import check_dimensions, truncate_dimensions
+from .rerank import RerankResult, rank
 from .worker import BatchObserver, BatchWorker
+
+Kind = Literal["embedding", "reranker"]
 
 
 class UnknownModelError(LookupError):
-    def __init__(self, name: str, served: Sequence[str]):
-        super().__init__(f"model {name!r} is not served here; served models: {', '.join(served)}")
+    def __init__(self, name: str, served: Sequence[str], kind: Kind | None = None):
+        what = f"{kind} models" if kind else "models"
+        served_text = ", ".join(served) or "none"
+        super().__init__(f"model {name!r} is not served here; served {what}: {served_text}")
         self.served = list(served)
+
+
+class ModelRequiredError(ValueError):
+    def __init__(self, kind: Kind, served: Sequence[str]):
+        super().__init__(f"model is required: several {kind} models are served ({', '.join(served)})")
 
 
 @dataclass(frozen=True)
@@ -44,62 +55,87 @@ class Embeddings:
         return sum(self.token_counts)
 
 
+@dataclass(frozen=True)
+class Ranking:
+    results: list[RerankResult]
+    total_tokens: int
+
+
 @dataclass
-class ServedEncoder:
-    encoder: Encoder
+class ServedModel:
+    model: Encoder | Reranker
     worker: BatchWorker
+
+    @property
+    def kind(self) -> Kind:
+        return "embedding" if isinstance(self.model, Encoder) else "reranker"
 
 
 class ModelPool:
     def __init__(self, settings: BatchSettings | None = None):
         self.settings = settings or BatchSettings()
-        self._encoders: dict[str, ServedEncoder] = {}
+        self._models: dict[str, ServedModel] = {}
 
+    # ---- what is served -------------------------------------------------------------------
     def add_encoder(self, encoder: Encoder) -> None:
-        if encoder.name in self._encoders:
-            raise ValueError(f"two models are named {encoder.name!r}; rename one (--served-name)")
+        self._add(encoder, encoder.embed_token_ids)
+
+    def add_reranker(self, reranker: Reranker) -> None:
+        self._add(reranker, reranker.score_token_ids)
+
+    def _add(self, model: Encoder | Reranker, run_batch) -> None:
+        if model.name in self._models:
+            raise ValueError(f"two models are named {model.name!r}; rename one (--served-name)")
         worker = BatchWorker(
-            encoder.embed_token_ids,
-            name=encoder.name,
+            run_batch,
+            name=model.name,
             max_batch_tokens=self.settings.max_batch_tokens,
             max_batch_size=self.settings.max_batch_size,
             max_queue_items=self.settings.max_queue_items,
             max_queue_wait=self.settings.max_queue_wait,
         )
-        self._encoders[encoder.name] = ServedEncoder(encoder, worker)
-
-    def start(self) -> None:
-        for served in self._encoders.values():
-            served.worker.start()
+        self._models[model.name] = ServedModel(model, worker)
 
     def observe_with(self, make_observer: Callable[[str], BatchObserver]) -> None:
         """Report every worker's batches (e.g. to Prometheus) without the engine knowing the exporter."""
-        for name, served in self._encoders.items():
+        for name, served in self._models.items():
             served.worker.observer = make_observer(name)
 
     @property
     def names(self) -> list[str]:
-        return list(self._encoders)
+        return list(self._models)
+
+    def names_of(self, kind: Kind) -> list[str]:
+        return [name for name, served in self._models.items() if served.kind == kind]
 
     def cards(self) -> list[ModelCard]:
-        return [served.encoder.card() for served in self._encoders.values()]
+        return [served.model.card() for served in self._models.values()]
 
     def queue_depth(self, name: str) -> int:
-        return self._encoders[name].worker.queue_depth
+        return self._models[name].worker.queue_depth
+
+    def resolve(self, name: str | None, kind: Kind) -> str:
+        """The served model a request means: the one named, or the only one of its kind."""
+        candidates = self.names_of(kind)
+        if not name:
+            if len(candidates) == 1:
+                return candidates[0]
+            raise ModelRequiredError(kind, candidates)
+        if name not in candidates:
+            raise UnknownModelError(name, candidates, kind)
+        return name
 
     def encoder(self, name: str) -> Encoder:
-        return self._served(name).encoder
+        return self._models[self.resolve(name, "embedding")].model  # type: ignore[return-value]
 
-    def _served(self, name: str) -> ServedEncoder:
-        try:
-            return self._encoders[name]
-        except KeyError:
-            raise UnknownModelError(name, self.names) from None
+    def reranker(self, name: str) -> Reranker:
+        return self._models[self.resolve(name, "reranker")].model  # type: ignore[return-value]
 
+    # ---- embeddings ---------------------------------------------------------------------------
     def tokenize(
         self, name: str, inputs: Sequence[str] | Sequence[Sequence[int]], options: EmbedOptions
     ) -> list[list[int]]:
-        encoder = self._served(name).encoder
+        encoder = self.encoder(name)
         if inputs and isinstance(inputs[0], str):
             return tokenize_texts(encoder, inputs, options)  # type: ignore[arg-type]
         return tokenize_ids(encoder, inputs, options)  # type: ignore[arg-type]
@@ -111,21 +147,50 @@ class ModelPool:
         options: EmbedOptions,
         dimensions: int | None = None,
     ) -> Embeddings:
-        served = self._served(name)
-        check_dimensions(dimensions, served.encoder.dimension)
+        encoder = self.encoder(name)
+        check_dimensions(dimensions, encoder.dimension)
         # Tokenising a large request takes milliseconds: keep it off the event loop.
         ids = await asyncio.to_thread(self.tokenize, name, inputs, options)
-        vectors = await served.worker.run(ids)
+        vectors = await self._models[name].worker.run(ids)
         return Embeddings(truncate_dimensions(vectors, dimensions), [len(x) for x in ids])
+
+    # ---- reranking ----------------------------------------------------------------------------
+    async def rerank(
+        self,
+        name: str,
+        query: str,
+        documents: Sequence[str],
+        *,
+        instruction: str | None = None,
+        top_n: int | None = None,
+    ) -> Ranking:
+        reranker = self.reranker(name)
+
+        def tokenize() -> list[list[int]]:
+            check_texts([query, *documents])
+            return reranker.tokenize_pairs(query, documents, instruction)
+
+        sequences = await asyncio.to_thread(tokenize)
+        scores = await self._models[name].worker.run(sequences)
+        return Ranking(rank(scores, top_n), sum(len(ids) for ids in sequences))
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        for served in self._models.values():
+            served.worker.start()
 
     def warm_up(self) -> None:
         """Start the workers and run one tiny batch per model, so the first client does not pay
         for lazy initialisation."""
         self.start()
-        for served in self._encoders.values():
-            encoder = served.encoder
-            served.worker.run_sync(tokenize_texts(encoder, ["warm-up"], EmbedOptions()))
+        for served in self._models.values():
+            model = served.model
+            if isinstance(model, Encoder):
+                sequences = tokenize_texts(model, ["warm-up"], EmbedOptions())
+            else:
+                sequences = model.tokenize_pairs("warm-up", ["warm-up"], None)
+            served.worker.run_sync(sequences)
 
     def close(self, timeout: float | None = None) -> None:
-        for served in self._encoders.values():
+        for served in self._models.values():
             served.worker.stop(timeout)

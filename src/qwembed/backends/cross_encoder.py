@@ -1,0 +1,136 @@
+"""Classic cross-encoder rerankers (BGE reranker, ms-marco MiniLM …) through sentence-transformers.
+
+The model reads ``[CLS] query [SEP] document [SEP]`` (or its RoBERTa form) and one logit comes out;
+the score is that logit passed through the activation the model declares (sigmoid unless its
+config says otherwise), i.e. exactly what ``CrossEncoder.predict`` returns.
+
+Pairs travel as plain token-id lists through the engine, so the segment ids BERT-like models
+need are rebuilt from the ids: everything after the first ``[SEP]`` is the document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from sentence_transformers import CrossEncoder
+
+from .base import Reranker, TokenIds
+from .device import resolve_device, resolve_dtype
+
+# Tokenizers without a real limit report a huge sentinel as model_max_length.
+_NO_LIMIT = 1_000_000
+
+
+def _model_limit(model: CrossEncoder) -> int:
+    """The longest pair the model accepts: the tokenizer's limit, else the position table's."""
+    declared = model.max_seq_length or model.tokenizer.model_max_length
+    if declared and declared < _NO_LIMIT:
+        return int(declared)
+    config = model.config
+    positions = int(getattr(config, "max_position_embeddings", 512))
+    # RoBERTa-style models number positions from padding_idx + 1, which costs two table rows.
+    if "roberta" in str(getattr(config, "model_type", "")):
+        positions -= 2
+    return positions
+
+
+class CrossEncoderReranker(Reranker):
+    backend = "cross-encoder"
+
+    def __init__(self, model: CrossEncoder, *, name: str, source: str, max_tokens: int | None = None):
+        if model.num_labels != 1:
+            raise ValueError(
+                f"{source} has {model.num_labels} output labels; a reranker needs exactly one relevance score"
+            )
+        first = model[0]
+        if getattr(first, "transformer_task", "sequence-classification") != "sequence-classification":
+            raise ValueError(
+                f"{source} is a causal LM, not a sequence classifier; "
+                "serve Qwen3 rerankers with Qwen3Reranker"
+            )
+        limit = _model_limit(model)
+        super().__init__(name=name, source=source, max_tokens=min(max_tokens or limit, limit))
+        self.model = model
+        self.tokenizer = model.tokenizer
+        self.device = model.device
+        self.activation = model.activation_fn
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        self.pad_left = self.tokenizer.padding_side == "left"
+        self._sep_id = self.tokenizer.sep_token_id
+        self._needs_token_types = (
+            "token_type_ids" in self.tokenizer.model_input_names and self._sep_id is not None
+        )
+
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str,
+        *,
+        name: str | None = None,
+        device: str = "auto",
+        dtype: str | torch.dtype = "auto",
+        max_tokens: int | None = None,
+        trust_remote_code: bool = False,
+    ) -> CrossEncoderReranker:
+        dev = resolve_device(device)
+        model = CrossEncoder(
+            name_or_path,
+            device=str(dev),
+            trust_remote_code=trust_remote_code,
+            model_kwargs={"dtype": resolve_dtype(dtype, dev), "use_safetensors": True},
+        )
+        model.eval()
+        return cls(model, name=name or name_or_path, source=name_or_path, max_tokens=max_tokens)
+
+    def tokenize_pairs(self, query: str, documents: Sequence[str], instruction: str | None) -> list[TokenIds]:
+        # Classic cross-encoders have no instruction slot; an instruction is ignored, as
+        # CrossEncoder.predict would ignore it.
+        if not documents:
+            return []
+        query_len = len(self.tokenizer(query, add_special_tokens=False, verbose=False)["input_ids"])
+        overhead = self.tokenizer.num_special_tokens_to_add(pair=True)
+        # Cut the document, never the query, unless the query alone leaves no room for any of it.
+        strategy = "only_second" if query_len + overhead < self.max_tokens else "longest_first"
+        encoded = self.tokenizer(
+            [query] * len(documents),
+            list(documents),
+            truncation=strategy,
+            max_length=self.max_tokens,
+            verbose=False,
+        )
+        return encoded["input_ids"]
+
+    def _token_types(self, ids: TokenIds) -> list[int]:
+        # Segment A runs up to and including the first [SEP]; the rest (document, final [SEP]) is B.
+        try:
+            cut = ids.index(self._sep_id) + 1
+        except ValueError:
+            cut = len(ids)
+        return [0] * cut + [1] * (len(ids) - cut)
+
+    @torch.inference_mode()
+    def score_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
+        if not batch:
+            return np.zeros(0, dtype=np.float32)
+        longest = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        types = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            span = slice(longest - len(ids), longest) if self.pad_left else slice(0, len(ids))
+            input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
+            mask[row, span] = 1
+            if self._needs_token_types:
+                types[row, span] = torch.tensor(self._token_types(list(ids)), dtype=torch.long)
+        features = {"input_ids": input_ids, "attention_mask": mask}
+        if self._needs_token_types:
+            features["token_type_ids"] = types
+        features = {key: value.to(self.device) for key, value in features.items()}
+        # Going through the CrossEncoder's modules (not the bare HF model) keeps any extra heads
+        # a model defines; the activation is the one predict() applies.
+        scores = self.model({**features, "modality": "text"})["scores"].float()
+        if self.activation is not None:
+            scores = self.activation(scores)
+        return scores.reshape(len(batch)).cpu().numpy().astype(np.float32)

@@ -1,0 +1,135 @@
+"""Qwen3-Reranker served from its original causal-LM checkpoint, with the official recipe.
+
+The model is a chat LM asked "does this document meet the query's requirements?"; the score is
+P(yes) from a two-way softmax over the ``no`` / ``yes`` logits at the last position. Stacks that
+load it as a sequence classifier, or forget the template, return scores that look random.
+
+Two things keep it fast without changing a single score beyond float noise:
+
+* only the last position goes through the LM head, and only the two rows of it we read
+  (``hidden[:, -1] @ W[[no, yes]].T``) instead of ``batch × length × 151k`` logits;
+* left padding with positions counted from each sequence's first real token, so a pair scores
+  the same alone and inside a batch of longer pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .base import Reranker, TokenIds
+from .device import resolve_device, resolve_dtype
+
+DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
+    'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+)
+SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+#: the official reference code caps sequences at 8192 tokens, well below the model's 32k window
+DEFAULT_MAX_TOKENS = 8192
+
+
+def format_body(query: str, document: str, instruction: str | None = None) -> str:
+    """The user turn between prefix and suffix; the document comes last so cutting the tail
+    of the body shortens the document first."""
+    return f"<Instruct>: {instruction or DEFAULT_INSTRUCTION}\n<Query>: {query}\n<Document>: {document}"
+
+
+class Qwen3Reranker(Reranker):
+    backend = "qwen3-reranker"
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        name: str,
+        source: str,
+        max_tokens: int | None = None,
+    ):
+        window = int(getattr(model.config, "max_position_embeddings", DEFAULT_MAX_TOKENS))
+        limit = min(window, DEFAULT_MAX_TOKENS) if max_tokens is None else min(max_tokens, window)
+        super().__init__(name=name, source=source, max_tokens=limit)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        # The prefix, body and suffix are tokenised separately, as the reference code does: BPE
+        # merges never cross the template's boundaries, so the template ids are fixed.
+        self.prefix_ids: TokenIds = tokenizer(PREFIX, add_special_tokens=False)["input_ids"]
+        self.suffix_ids: TokenIds = tokenizer(SUFFIX, add_special_tokens=False)["input_ids"]
+        self.body_budget = limit - len(self.prefix_ids) - len(self.suffix_ids)
+        if self.body_budget < 1:
+            raise ValueError(f"max_tokens={limit} leaves no room for the query and document")
+        no_id, yes_id = (self._single_token_id(tokenizer, word) for word in ("no", "yes"))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else no_id
+        # Only these two LM-head rows are ever read; keep them in float32 so the 2-way softmax
+        # is at least as exact as the full-vocabulary recipe in the model's own dtype.
+        head = model.get_output_embeddings()
+        self._head_weight = head.weight[[no_id, yes_id]].detach().float()
+        bias = getattr(head, "bias", None)
+        self._head_bias = bias[[no_id, yes_id]].detach().float() if bias is not None else None
+        self._body = model.base_model
+
+    @staticmethod
+    def _single_token_id(tokenizer: PreTrainedTokenizerBase, word: str) -> int:
+        token_id = tokenizer.convert_tokens_to_ids(word)
+        if token_id is None or token_id == tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer has no single token {word!r}; is this a Qwen3-Reranker?")
+        return int(token_id)
+
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str,
+        *,
+        name: str | None = None,
+        device: str = "auto",
+        dtype: str | torch.dtype = "auto",
+        max_tokens: int | None = None,
+        trust_remote_code: bool = False,
+    ) -> Qwen3Reranker:
+        dev = resolve_device(device)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path,
+            dtype=resolve_dtype(dtype, dev),
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
+        model.eval().to(dev)
+        return cls(model, tokenizer, name=name or name_or_path, source=name_or_path, max_tokens=max_tokens)
+
+    def tokenize_pairs(self, query: str, documents: Sequence[str], instruction: str | None) -> list[TokenIds]:
+        if not documents:
+            return []
+        bodies = [format_body(query, document, instruction) for document in documents]
+        encoded = self.tokenizer(bodies, add_special_tokens=False, verbose=False)["input_ids"]
+        # Cutting the body's tail is what the reference's ``truncation=True`` does; the prefix and
+        # suffix are added after, so the question the model answers always survives.
+        return [[*self.prefix_ids, *ids[: self.body_budget], *self.suffix_ids] for ids in encoded]
+
+    @torch.inference_mode()
+    def score_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
+        if not batch:
+            return np.zeros(0, dtype=np.float32)
+        longest = max(len(ids) for ids in batch)
+        input_ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, ids in enumerate(batch):  # left padding: the answer position is the last column
+            input_ids[row, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            mask[row, longest - len(ids) :] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        hidden = self._body(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            use_cache=False,
+        ).last_hidden_state
+        logits = hidden[:, -1].float() @ self._head_weight.T  # (n, 2): [no, yes]
+        if self._head_bias is not None:
+            logits = logits + self._head_bias
+        return torch.softmax(logits, dim=-1)[:, 1].cpu().numpy().astype(np.float32)

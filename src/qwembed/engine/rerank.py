@@ -1,0 +1,76 @@
+"""The library rerank call: score every (query, document) pair, best first.
+
+Synchronous and single-request on purpose (scripts, evaluation, the knowledge base); it uses the
+same token-budget planner as embeddings so a pair's score never depends on its batch-mates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backends.base import Reranker
+from .batching import plan_batches
+
+DEFAULT_MAX_BATCH_TOKENS = 16384
+DEFAULT_MAX_BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class RerankResult:
+    """``index`` is the document's position in the request; ``score`` its relevance."""
+
+    index: int
+    score: float
+
+
+def score_pairs(
+    reranker: Reranker,
+    query: str,
+    documents: Sequence[str],
+    *,
+    instruction: str | None = None,
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+) -> np.ndarray:
+    """float32 scores in the documents' order (what evaluation wants before sorting)."""
+    sequences = reranker.tokenize_pairs(query, documents, instruction)
+    scores = np.zeros(len(sequences), dtype=np.float32)
+    lengths = [len(ids) for ids in sequences]
+    for batch in plan_batches(lengths, max_batch_tokens, max_batch_size):
+        scores[batch] = reranker.score_token_ids([sequences[i] for i in batch])
+    return scores
+
+
+def rank(scores: Sequence[float] | np.ndarray, top_n: int | None = None) -> list[RerankResult]:
+    """Best first; equal scores keep the documents' order so results are deterministic."""
+    if top_n is not None and top_n < 1:
+        raise ValueError(f"top_n must be at least 1, got {top_n}")
+    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+    return [RerankResult(i, float(scores[i])) for i in order[:top_n]]
+
+
+def rerank(
+    reranker: Reranker,
+    query: str,
+    documents: Sequence[str],
+    *,
+    instruction: str | None = None,
+    top_n: int | None = None,
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+) -> list[RerankResult]:
+    """Score every document against ``query`` and return the ``top_n`` best (all by default)."""
+    if top_n is not None and top_n < 1:
+        raise ValueError(f"top_n must be at least 1, got {top_n}")
+    scores = score_pairs(
+        reranker,
+        query,
+        documents,
+        instruction=instruction,
+        max_batch_tokens=max_batch_tokens,
+        max_batch_size=max_batch_size,
+    )
+    return rank(scores, top_n)

