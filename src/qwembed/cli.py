@@ -110,6 +110,20 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--body-timeout", type=float, default=30.0, help="seconds for a request's body to arrive"
     )
+    serve.add_argument(
+        "--kb-dir",
+        type=Path,
+        default=None,
+        help="knowledge-base collections for /v1/kb (default: $QWEMBED_KB_DIR or ~/.local/share/qwembed/kb)",
+    )
+    serve.add_argument("--no-kb", action="store_true", help="serve no /v1/kb routes")
+    serve.add_argument(
+        "--kb-file-root",
+        action="append",
+        type=Path,
+        default=[],
+        help="a folder whose files /v1/kb may ingest by path (repeatable; none by default)",
+    )
     serve.add_argument("--shutdown-grace", type=float, default=30.0, help="seconds to finish in-flight work")
     serve.set_defaults(func=_serve)
 
@@ -144,8 +158,9 @@ def _optional_commands():
     """Subcommands that live with their own package (evaluation, reranking, knowledge base)."""
     registrations = []
     from .eval.cli import add_bench_parser, add_eval_parser
+    from .kb.cli import add_kb_parser
 
-    registrations += [add_eval_parser, add_bench_parser]
+    registrations += [add_eval_parser, add_bench_parser, add_kb_parser]
     return registrations
 
 
@@ -173,6 +188,20 @@ def _load(model: str, args: argparse.Namespace, name: str | None = None, kind: s
         raise
     except Exception as error:
         raise ModelLoadError(f"could not load model {model!r}: {type(error).__name__}: {error}") from error
+
+
+def _knowledge_base(args: argparse.Namespace, pool):
+    """Collections embed through the served models' workers; only served models can be named."""
+    if args.no_kb or not pool.names_of("embedding"):
+        return None
+    from .kb import KnowledgeBaseManager, default_kb_dir
+
+    return KnowledgeBaseManager(
+        args.kb_dir or default_kb_dir(),
+        pool.embedder,
+        reranker_factory=pool.reranker,
+        file_roots=args.kb_file_root,
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -205,7 +234,7 @@ def _serve(args: argparse.Namespace) -> int:
         protect_metrics=args.protect_metrics,
         body_timeout=args.body_timeout,
     )
-    app = create_app(pool, settings, shutdown_grace=args.shutdown_grace)
+    app = create_app(pool, settings, shutdown_grace=args.shutdown_grace, kb=_knowledge_base(args, pool))
     log.info("serving %s on http://%s:%d", ", ".join(pool.names), args.host, args.port)
     run_server(
         app, host=args.host, port=args.port, log_level=args.log_level, shutdown_grace=args.shutdown_grace

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from contextlib import asynccontextmanager
+import logging
+from contextlib import asynccontextmanager, suppress
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from .. import __version__
 from ..engine.pool import ModelPool
+from .auth import KeyChecker
 from .errors import install_error_handlers
 from .limits import BodyLimits
 from .metrics import Metrics
@@ -17,12 +20,32 @@ from .observe import RequestMetrics
 from .routes import build_router
 from .settings import ServerSettings
 
+if TYPE_CHECKING:
+    from ..kb import KnowledgeBaseManager
+
+log = logging.getLogger("qwembed.api")
+
+#: how often knowledge-base collections fold new rows into their indexes (ANN past a size, keywords)
+KB_MAINTENANCE_SECONDS = 60.0
+
+
+async def _maintain_collections(kb: KnowledgeBaseManager) -> None:
+    """Index building takes seconds to minutes: it runs here, in the background, never on a request."""
+    while True:
+        await asyncio.sleep(KB_MAINTENANCE_SECONDS)
+        for name in await asyncio.to_thread(kb.names):
+            try:
+                await asyncio.to_thread(lambda n=name: kb.get(n).maintain())
+            except Exception:
+                log.exception("maintenance of collection %r failed; will retry", name)
+
 
 def create_app(
     pool: ModelPool,
     settings: ServerSettings | None = None,
     metrics: Metrics | None = None,
     shutdown_grace: float = 30.0,
+    kb: KnowledgeBaseManager | None = None,
 ) -> FastAPI:
     settings = settings or ServerSettings()
     metrics = metrics or Metrics()
@@ -32,9 +55,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         await asyncio.to_thread(pool.warm_up)
+        maintenance = asyncio.create_task(_maintain_collections(kb)) if kb is not None else None
         state["ready"] = True
         yield
         state["ready"] = False  # tell load balancers first, then drain
+        if maintenance is not None:
+            maintenance.cancel()
+            with suppress(asyncio.CancelledError):
+                await maintenance
         await asyncio.to_thread(pool.close, shutdown_grace)
 
     app = FastAPI(
@@ -47,7 +75,12 @@ def create_app(
     app.state.metrics = metrics
     app.state.readiness = state
     install_error_handlers(app)
-    app.include_router(build_router(pool, settings, metrics, state))
+    keys = KeyChecker(settings.api_keys)
+    app.include_router(build_router(pool, settings, metrics, state, keys))
+    if kb is not None:
+        from .kb_routes import build_kb_router
+
+        app.include_router(build_kb_router(kb, keys))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]

@@ -9,17 +9,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .metrics import Metrics
 
-_ROUTES = {
-    "/v1/embeddings",
-    "/embeddings",
-    "/v1/models",
-    "/health",
-    "/ready",
-    "/metrics",
-    "/v1/rerank",
-    "/rerank",
-}
-
 
 class RequestMetrics:
     def __init__(self, app: ASGIApp, metrics: Metrics):
@@ -30,8 +19,6 @@ class RequestMetrics:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # unknown paths share one label so scanners cannot blow up the label set
-        route = scope["path"] if scope["path"] in _ROUTES else "other"
         started = time.perf_counter()
         status = 500
         error_body = b""
@@ -47,6 +34,10 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, observing_send)
         finally:
+            # the route's template (/v1/kb/{name}), set by the router; unknown paths share one
+            # label so that scanners cannot blow up the label set
+            matched = scope.get("route")
+            route = getattr(matched, "path", None) or "other"
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
             if status >= 400:

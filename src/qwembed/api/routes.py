@@ -98,9 +98,10 @@ def require_json(request: Request) -> None:
         )
 
 
-def build_router(pool: ModelPool, settings: ServerSettings, metrics: Metrics, state: dict) -> APIRouter:
+def build_router(
+    pool: ModelPool, settings: ServerSettings, metrics: Metrics, state: dict, keys: KeyChecker
+) -> APIRouter:
     router = APIRouter()
-    keys = KeyChecker(settings.api_keys)
     protected = [Depends(keys)]
     json_body = [*protected, Depends(require_json)]
 

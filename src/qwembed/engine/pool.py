@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 
 from ..backends import Encoder, ModelCard, Reranker
+from .embedder import Embedder
 from .inputs import EmbedOptions, check_texts, tokenize_ids, tokenize_texts
 from .postprocess import check_dimensions, truncate_dimensions
 from .rerank import RerankResult, rank
@@ -131,6 +132,13 @@ class ModelPool:
     def reranker(self, name: str) -> Reranker:
         return self._models[self.resolve(name, "reranker")].model  # type: ignore[return-value]
 
+    def embedder(self, name: str) -> Embedder:
+        """A library-style :class:`Embedder` for a served model whose forward passes go through the
+        model's worker: other server features (the knowledge base) share its batching, queue limits
+        and metrics instead of competing with it for the model. Call it from a thread, not the loop."""
+        served = self._models[self.resolve(name, "embedding")]
+        return _WorkerEmbedder(served.model, served.worker)  # type: ignore[arg-type]
+
     # ---- embeddings ---------------------------------------------------------------------------
     def tokenize(
         self, name: str, inputs: Sequence[str] | Sequence[Sequence[int]], options: EmbedOptions
@@ -194,3 +202,12 @@ class ModelPool:
     def close(self, timeout: float | None = None) -> None:
         for served in self._models.values():
             served.worker.stop(timeout)
+
+
+class _WorkerEmbedder(Embedder):
+    def __init__(self, encoder: Encoder, worker: BatchWorker):
+        super().__init__(encoder)
+        self._worker = worker
+
+    def _run(self, ids: list[list[int]]) -> np.ndarray:
+        return self._worker.run_sync(ids)

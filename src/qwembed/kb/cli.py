@@ -1,0 +1,193 @@
+"""``qwembed kb create|add|search|delete|list|stats``: the knowledge base from the command line.
+
+Registered by ``qwembed.cli`` through :func:`add_kb_parser`. ``add`` prints one ``added``/
+``replaced`` line per document only after its batch is committed, so what is printed is durable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import KBError
+from .manager import KnowledgeBaseManager, default_kb_dir
+from .search import MODES, hit_json
+
+
+def _manager(args: argparse.Namespace) -> KnowledgeBaseManager:
+    from ..engine import Embedder
+
+    def load_embedder(model: str) -> Embedder:
+        return Embedder.load(model, device=args.device)
+
+    def load_reranker(model: str):
+        from ..backends import LoadOptions, load_reranker
+
+        return load_reranker(model, options=LoadOptions(device=args.device))
+
+    return KnowledgeBaseManager(args.kb_dir, load_embedder, reranker_factory=load_reranker)
+
+
+def _create(args: argparse.Namespace) -> int:
+    chunking = None
+    if args.chunk_tokens is not None:
+        overlap = args.overlap_tokens if args.overlap_tokens is not None else args.chunk_tokens // 8
+        chunking = {"chunk_tokens": args.chunk_tokens, "overlap_tokens": overlap}
+    settings, created = _manager(args).create(
+        args.name,
+        args.model,
+        dimensions=args.dimensions,
+        chunking=chunking,
+        query_instruction=args.instruction,
+        store=args.store,
+    )
+    print(f"{'created' if created else 'exists'}: {json.dumps(settings.public(), ensure_ascii=False)}")
+    return 0
+
+
+def _add(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .documents import Document
+    from .ingest import Failure, read_paths
+
+    manager = _manager(args)
+    manager.open(args.name)  # fail fast on a missing collection or a mismatched model
+    failures = 0
+    documents: list[Document] = []
+    for item in tqdm(read_paths(args.paths), desc="reading", unit="file", disable=args.quiet, leave=False):
+        if isinstance(item, Failure):
+            print(f"skipped {item.item}: {item.reason}", file=sys.stderr)
+            failures += 1
+        else:
+            documents.append(item)
+    progress = tqdm(total=len(documents), desc="adding", unit="doc", disable=args.quiet)
+    for report in manager.add_stream(args.name, documents, batch_size=args.batch_documents):
+        for doc_id in report.added:
+            progress.write(f"added {doc_id}")
+        for doc_id in report.replaced:
+            progress.write(f"replaced {doc_id}")
+        for doc_id in report.unchanged:
+            progress.write(f"unchanged {doc_id}")
+        for doc_id, reason in report.failed:
+            print(f"skipped {doc_id}: {reason}", file=sys.stderr)
+        failures += len(report.failed)
+        progress.update(len(report.added) + len(report.replaced) + len(report.unchanged) + len(report.failed))
+    progress.close()
+    for line in manager.get(args.name).maintain():  # offline: building an index here is fine
+        print(line, file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    hits = _manager(args).search(
+        args.name,
+        args.query,
+        k=args.k,
+        mode=args.mode,
+        filter=json.loads(args.filter) if args.filter else None,
+        rerank=args.rerank,
+    )
+    for rank, hit in enumerate(hits, start=1):
+        if args.json:
+            row = {"rank": rank, "score": hit.score, **hit_json(hit)}
+            print(json.dumps(row, ensure_ascii=False))
+        else:
+            print(f"{rank}. [{hit.score:.4f}] {hit.document_id} #{hit.position} ({hit.source or '-'})")
+            print("   " + hit.text[:300].replace("\n", " "))
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    collection = _manager(args).get(args.name)
+    for doc_id in args.ids:
+        collection.delete(doc_id)
+        print(f"deleted {doc_id}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    manager = _manager(args)
+    if args.name is None:
+        for stats in manager.all_stats():
+            s = stats.settings
+            print(f"{s.name}\t{s.model}\t{stats.documents} documents\t{stats.chunks} chunks")
+        return 0
+    for info in manager.get(args.name).documents(limit=args.limit, offset=args.offset):
+        print(f"{info.document_id}\t{info.chunks} chunks\t{info.source or '-'}")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    print(json.dumps(_manager(args).get(args.name).stats().to_json(), ensure_ascii=False, indent=2))
+    return 0
+
+
+def _guarded(func):
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except KBError as error:
+            print(f"qwembed kb {args.kb_command}: {error}", file=sys.stderr)
+            return 2
+        except json.JSONDecodeError as error:
+            print(f"qwembed kb {args.kb_command}: --filter is not JSON: {error}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def add_kb_parser(subparsers) -> None:
+    kb = subparsers.add_parser("kb", help="knowledge base: ingest documents, search them")
+    kb_commands = kb.add_subparsers(dest="kb_command", required=True)
+
+    def command(name: str, help_: str, func) -> argparse.ArgumentParser:
+        parser = kb_commands.add_parser(name, help=help_)
+        parser.add_argument(
+            "--kb-dir", type=Path, default=default_kb_dir(), help="collections folder (default: %(default)s)"
+        )
+        parser.add_argument("--device", default="auto", help="auto, cpu, cuda …")
+        parser.set_defaults(func=_guarded(func))
+        return parser
+
+    create = command("create", "create a collection", _create)
+    create.add_argument("name")
+    create.add_argument("--model", required=True, help="minilm, use-multilingual, a folder or a hub id")
+    create.add_argument("--dimensions", type=int, default=None, help="Matryoshka width (default: full)")
+    create.add_argument(
+        "--store", default="lance", help="lance (default), milvus-lite:FILE.db, milvus://HOST:PORT"
+    )
+    create.add_argument(
+        "--chunk-tokens", type=int, default=None, help="tokens per chunk (default min(256, limit))"
+    )
+    create.add_argument("--overlap-tokens", type=int, default=None, help="overlap (default chunk/8)")
+    create.add_argument("--instruction", default=None, help="query instruction (default: the model's own)")
+
+    add = command("add", "add files, folders or JSONL records (re-adding replaces)", _add)
+    add.add_argument("name")
+    add.add_argument("paths", nargs="+", help=".txt .md .html .pdf .docx .jsonl files or folders")
+    add.add_argument("--batch-documents", type=int, default=64, help="documents per commit")
+    add.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    search = command("search", "search a collection", _search)
+    search.add_argument("name")
+    search.add_argument("query")
+    search.add_argument("-k", "--k", type=int, default=5)
+    search.add_argument("--mode", choices=MODES, default="hybrid")
+    search.add_argument("--filter", default=None, help='JSON, e.g. \'{"lang": "zh"}\'')
+    search.add_argument("--rerank", default=None, metavar="MODEL", help="rerank the candidates with MODEL")
+    search.add_argument("--json", action="store_true", help="JSON lines")
+
+    delete = command("delete", "delete documents by id", _delete)
+    delete.add_argument("name")
+    delete.add_argument("ids", nargs="+")
+
+    listing = command("list", "list collections, or a collection's documents", _list)
+    listing.add_argument("name", nargs="?")
+    listing.add_argument("--limit", type=int, default=1000)
+    listing.add_argument("--offset", type=int, default=0)
+
+    stats = command("stats", "document and chunk counts, settings", _stats)
+    stats.add_argument("name")

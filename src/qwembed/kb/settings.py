@@ -1,0 +1,144 @@
+"""What a collection was built with, stored next to it and checked on every add and search.
+
+Vectors from a different model, a different ``dimensions`` or a different chunking are silent
+garbage when mixed, so the settings are written once at creation and compared, never updated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidNameError, SettingsMismatchError
+
+SCHEMA_VERSION = 1
+SETTINGS_FILE = "collection.json"
+# Collection names become directory names and table names: keep them boring.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name) or ".." in name:
+        raise InvalidNameError(
+            f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit",
+            "name",
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class ChunkingSettings:
+    """``chunk_tokens`` counts the model's special tokens; ``overlap_tokens`` whole sentences only."""
+
+    chunk_tokens: int = 256
+    overlap_tokens: int = 32
+
+    def validate(self, max_tokens: int) -> None:
+        if not 8 <= self.chunk_tokens <= max_tokens:
+            raise SettingsMismatchError(
+                f"chunking.chunk_tokens must be between 8 and the model's limit {max_tokens}, "
+                f"got {self.chunk_tokens}",
+                "chunking",
+            )
+        if not 0 <= self.overlap_tokens <= self.chunk_tokens // 2:
+            raise SettingsMismatchError(
+                f"chunking.overlap_tokens must be between 0 and chunk_tokens/2, got {self.overlap_tokens}",
+                "chunking",
+            )
+
+
+def default_chunking(max_tokens: int) -> ChunkingSettings:
+    # 256 tokens keeps passages focused (and fits MiniLM); long-context models gain little from
+    # bigger chunks for passage retrieval, and an eighth of overlap keeps sentence context.
+    size = min(256, max_tokens)
+    return ChunkingSettings(chunk_tokens=size, overlap_tokens=size // 8)
+
+
+@dataclass(frozen=True)
+class CollectionSettings:
+    name: str
+    model: str  # what the embedder factory is given to load the model
+    model_name: str  # the loaded model's own name, compared on every open
+    model_dimension: int  # the model's full output width
+    dimensions: int | None  # Matryoshka truncation, None = full width
+    chunking: ChunkingSettings
+    query_instruction: str | None = None  # None: the model's own query prompt
+    keyword_tokenizer: str = "jieba"
+    store: str = "lance"
+    # A few components of a probe sentence's vector: catches a different checkpoint behind the
+    # same name (a re-downloaded folder, a swapped file) before it pollutes the collection.
+    fingerprint: list[float] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def vector_dimension(self) -> int:
+        return self.dimensions or self.model_dimension
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CollectionSettings:
+        data = dict(data)
+        data["chunking"] = ChunkingSettings(**data["chunking"])
+        return cls(**data)
+
+    def public(self) -> dict[str, Any]:
+        """What the API and CLI show (the fingerprint is an implementation detail)."""
+        data = self.to_json()
+        data.pop("fingerprint")
+        return data
+
+    def check_request(
+        self,
+        *,
+        model: str | None = None,
+        dimensions: int | None = None,
+        chunking: ChunkingSettings | None = None,
+    ) -> None:
+        """An explicit model/dimensions/chunking in a request must equal the stored one."""
+        if model is not None and model not in (self.model, self.model_name):
+            raise SettingsMismatchError(
+                f"collection {self.name!r} was built with model {self.model!r}, not {model!r}", "model"
+            )
+        if dimensions is not None and dimensions != self.vector_dimension:
+            raise SettingsMismatchError(
+                f"collection {self.name!r} stores {self.vector_dimension}-dimensional vectors, "
+                f"not {dimensions}",
+                "dimensions",
+            )
+        if chunking is not None and chunking != self.chunking:
+            raise SettingsMismatchError(
+                f"collection {self.name!r} was built with chunking {asdict(self.chunking)}, "
+                f"not {asdict(chunking)}",
+                "chunking",
+            )
+
+
+def write_settings(directory: Path, settings: CollectionSettings) -> None:
+    """Atomic and durable: a crash leaves the old file or the new one, never half of one."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / SETTINGS_FILE
+    temporary = directory / (SETTINGS_FILE + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(settings.to_json(), handle, ensure_ascii=False, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, target)
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def read_settings(directory: Path) -> CollectionSettings | None:
+    path = directory / SETTINGS_FILE
+    if not path.is_file():
+        return None
+    return CollectionSettings.from_json(json.loads(path.read_text(encoding="utf-8")))
