@@ -24,6 +24,11 @@ import numpy as np
 
 from ..backends import TokenIds
 from .batching import plan_batches
+from .memory import release_free_memory
+
+#: hand freed memory back at most this often when idle / under continuous load (it costs milliseconds)
+MEMORY_RELEASE_IDLE_SECONDS = 1.0
+MEMORY_RELEASE_BUSY_SECONDS = 5.0
 
 log = logging.getLogger("qwembed.worker")
 
@@ -199,15 +204,23 @@ class BatchWorker:
             return window
 
     def _loop(self) -> None:
+        last_release = time.monotonic()
         while (window := self._take_window()) is not None:
-            now = time.perf_counter()
-            for job, _ in window:
-                if not job.started:
-                    job.started = True
-                    self.observer.queue_wait(now - job.submitted)
-            lengths = [len(job.items[index]) for job, index in window]
-            for batch in plan_batches(lengths, self.max_batch_tokens, self.max_batch_size):
-                self._run([window[i] for i in batch])
+            self._process(window)
+            interval = MEMORY_RELEASE_BUSY_SECONDS if self._pending else MEMORY_RELEASE_IDLE_SECONDS
+            if time.monotonic() - last_release > interval:
+                release_free_memory()
+                last_release = time.monotonic()
+
+    def _process(self, window: list[tuple[_Job, int]]) -> None:
+        now = time.perf_counter()
+        for job, _ in window:
+            if not job.started:
+                job.started = True
+                self.observer.queue_wait(now - job.submitted)
+        lengths = [len(job.items[index]) for job, index in window]
+        for batch in plan_batches(lengths, self.max_batch_tokens, self.max_batch_size):
+            self._run([window[i] for i in batch])
 
     def _run(self, entries: list[tuple[_Job, int]], retry: bool = True) -> None:
         live = [(job, index) for job, index in entries if not job.done]
