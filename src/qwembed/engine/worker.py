@@ -26,8 +26,7 @@ from ..backends import TokenIds
 from .batching import plan_batches
 from .memory import release_free_memory
 
-#: hand freed memory back at most this often when idle / under continuous load (it costs milliseconds)
-MEMORY_RELEASE_IDLE_SECONDS = 1.0
+#: under continuous load, hand freed memory back at most this often (it costs a few milliseconds)
 MEMORY_RELEASE_BUSY_SECONDS = 5.0
 
 log = logging.getLogger("qwembed.worker")
@@ -204,13 +203,17 @@ class BatchWorker:
             return window
 
     def _loop(self) -> None:
-        last_release = time.monotonic()
-        while (window := self._take_window()) is not None:
-            self._process(window)
-            interval = MEMORY_RELEASE_BUSY_SECONDS if self._pending else MEMORY_RELEASE_IDLE_SECONDS
-            if time.monotonic() - last_release > interval:
+        last_release, dirty = time.monotonic(), False
+        while True:
+            # about to go idle after work, or busy for a while: give freed memory back
+            if dirty and (not self._pending or time.monotonic() - last_release > MEMORY_RELEASE_BUSY_SECONDS):
                 release_free_memory()
-                last_release = time.monotonic()
+                last_release, dirty = time.monotonic(), False
+            window = self._take_window()
+            if window is None:
+                return
+            self._process(window)
+            dirty = True
 
     def _process(self, window: list[tuple[_Job, int]]) -> None:
         now = time.perf_counter()
