@@ -28,7 +28,11 @@ def _app():
     pool.add_encoder(load_encoder("minilm", options=LoadOptions(device="cpu")))
     cross_encoder = build_minilm_cross_encoder(Path(tempfile.mkdtemp()) / "cross-encoder")
     pool.add_reranker(load_reranker(str(cross_encoder), options=LoadOptions(device="cpu")))
-    return create_app(pool, ServerSettings(max_client_batch_size=64, max_body_bytes=256 * 1024))
+    from qwembed.kb import KnowledgeBaseManager
+
+    kb = KnowledgeBaseManager(Path(tempfile.mkdtemp()) / "kb", pool.embedder, reranker_factory=pool.reranker)
+    settings = ServerSettings(max_client_batch_size=64, max_body_bytes=256 * 1024)
+    return create_app(pool, settings, kb=kb)
 
 
 APP = _app()

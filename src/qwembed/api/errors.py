@@ -16,6 +16,7 @@ from ..backends import InputTooLongError, InvalidTokenIdsError
 from ..engine import InvalidDimensionsError, OverloadedError, WorkerStoppedError
 from ..engine.inputs import InstructionWithTokenIdsError, InvalidTextError
 from ..engine.pool import ModelRequiredError, UnknownModelError
+from .schemas import ErrorResponse
 
 log = logging.getLogger("qwembed.api")
 
@@ -29,6 +30,25 @@ _TYPES = {
     429: "rate_limit_error",
     500: "server_error",
     503: "service_unavailable",
+}
+
+
+#: the error statuses every API route may answer, for the OpenAPI spec
+ERROR_RESPONSES: dict[int | str, dict] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        400: "Bad input: invalid JSON or schema, input too long, bad dimensions or token ids",
+        401: "Missing or invalid API key",
+        403: "A file path outside the folders the server may read (--kb-file-root)",
+        404: "Unknown model, collection or document",
+        408: "The request body did not arrive within --body-timeout",
+        409: "Conflict with the stored state (e.g. a collection's settings)",
+        413: "Body larger than --max-body-bytes, or more inputs than --max-client-batch-size",
+        415: "Content type other than application/json",
+        429: "Queue full: retry after the Retry-After header",
+        500: "Inference failed",
+        503: "Not ready or shutting down",
+    }.items()
 }
 
 
@@ -121,6 +141,15 @@ def _validation_message(error: RequestValidationError) -> tuple[str, str | None,
     return (f"{'.'.join(location)}: {detail}" if location else detail), field, "invalid_request"
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.routes:
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path) and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, error: APIError) -> Response:
@@ -132,7 +161,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(400, message, code, param)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, error: StarletteHTTPException) -> Response:
+    async def _http(request: Request, error: StarletteHTTPException) -> Response:
+        if error.status_code == 405:
+            # Starlette names only the first route whose path matched; RFC 9110 wants them all
+            error.headers = {"Allow": ", ".join(_allowed_methods(request))}
         phrase = (
             HTTPStatus(error.status_code).phrase if error.status_code in HTTPStatus._value2member_map_ else ""
         )

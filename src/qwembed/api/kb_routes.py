@@ -18,14 +18,15 @@ from ..kb.errors import KBError
 from ..kb.ingest import Failure, confine, read_paths
 from ..kb.manager import KnowledgeBaseManager
 from ..kb.search import hit_json
-from .errors import APIError, from_engine_error
+from .errors import ERROR_RESPONSES, APIError, from_engine_error
 
 MAX_DOCUMENTS_PER_REQUEST = 2048
 MAX_K = 1000
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON "12" is not a number of tokens, `true` is not 1
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ChunkingBody(_Strict):
@@ -84,7 +85,12 @@ async def _call(func, *args, **kwargs):
 
 
 def build_kb_router(manager: KnowledgeBaseManager, key_dependency) -> APIRouter:
-    router = APIRouter(prefix="/v1/kb", tags=["knowledge base"], dependencies=[Depends(key_dependency)])
+    router = APIRouter(
+        prefix="/v1/kb",
+        tags=["knowledge base"],
+        dependencies=[Depends(key_dependency)],
+        responses=ERROR_RESPONSES,
+    )
 
     @router.put("/{name}")
     async def create_collection(name: str, body: CreateBody) -> dict[str, Any]:

@@ -14,12 +14,11 @@ from ..engine.inputs import EmbedOptions
 from ..engine.pool import Kind, ModelPool, ModelRequiredError, UnknownModelError
 from .auth import KeyChecker
 from .encoding import embeddings_body
-from .errors import APIError, from_engine_error
+from .errors import ERROR_RESPONSES, APIError, from_engine_error
 from .metrics import Metrics
 from .schemas import (
     EmbeddingRequest,
     EmbeddingResponse,
-    ErrorResponse,
     Health,
     ModelList,
     ModelObject,
@@ -35,20 +34,6 @@ from .schemas import (
 from .settings import ServerSettings
 
 T = TypeVar("T")
-
-_ERRORS = {
-    status: {"model": ErrorResponse, "description": text}
-    for status, text in {
-        400: "Bad input: invalid JSON or schema, input too long, bad dimensions or token ids",
-        401: "Missing or invalid API key",
-        404: "Unknown model",
-        415: "Content type other than application/json",
-        413: "Body larger than --max-body-bytes, or more inputs than --max-client-batch-size",
-        429: "Queue full: retry after the Retry-After header",
-        500: "Inference failed",
-        503: "Not ready or shutting down",
-    }.items()
-}
 
 
 class ClientGoneError(Exception):
@@ -138,7 +123,7 @@ def build_router(
     @router.post(
         "/v1/embeddings",
         response_model=EmbeddingResponse,
-        responses=_ERRORS,
+        responses=ERROR_RESPONSES,
         dependencies=json_body,
         summary="Create embeddings (OpenAI-compatible)",
     )
@@ -166,7 +151,7 @@ def build_router(
     @router.post(
         "/v1/rerank",
         response_model=RerankResponse,
-        responses=_ERRORS,
+        responses=ERROR_RESPONSES,
         dependencies=json_body,
         summary="Rerank documents for a query (Cohere / Jina / Infinity shape)",
     )
@@ -195,7 +180,7 @@ def build_router(
     @router.post(
         "/rerank",
         response_model=list[TEIRerankItem],
-        responses=_ERRORS,
+        responses=ERROR_RESPONSES,
         dependencies=json_body,
         summary="Rerank in text-embeddings-inference's shape",
     )
