@@ -72,8 +72,9 @@ def test_top_n_objects_and_instruction(client, models):
     assert [r["relevance_score"] for r in with_task["results"]] == pytest.approx([r.score for r in expected])
 
 
-def test_tei_rerank_shape(client, models):
-    name = models["qwen3"].name
+@pytest.mark.parametrize("model", ["qwen3", "cross"])
+def test_tei_rerank_shape(client, models, model):
+    name = models[model].name
     body = {"model": name, "query": QUERY, "texts": DOCUMENTS, "return_text": True}
     items = client.post("/rerank", json=body).json()
     assert {item["index"] for item in items} == set(range(len(DOCUMENTS)))

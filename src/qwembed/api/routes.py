@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Awaitable
 from typing import TypeVar
 
+import numpy as np
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
@@ -57,12 +57,6 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         task.cancel()
         raise ClientGoneError
     return task.result()
-
-
-def _logit(probability: float) -> float:
-    """TEI's raw_scores: Qwen3-Reranker's P(yes) back to the yes-vs-no logit difference."""
-    p = min(max(probability, 1e-7), 1 - 1e-7)
-    return math.log(p / (1 - p))
 
 
 def _normalise_input(raw: object) -> list[str] | list[list[int]]:
@@ -191,15 +185,14 @@ def build_router(
         ranking = await answer(request, pool.rerank(model, body.query, body.texts))
         if isinstance(ranking, Response):
             return ranking
+        scores = np.array([r.score for r in ranking.results], dtype=np.float32)
+        if body.raw_scores:
+            scores = pool.reranker(model).raw_scores(scores)
         items = [
             TEIRerankItem(
-                index=r.index,
-                score=_logit(r.score)
-                if body.raw_scores and pool.reranker(model).backend == "qwen3-reranker"
-                else r.score,
-                text=body.texts[r.index] if body.return_text else None,
+                index=r.index, score=float(score), text=body.texts[r.index] if body.return_text else None
             )
-            for r in ranking.results
+            for r, score in zip(ranking.results, scores, strict=True)
         ]
         return Response(
             TEIRerankList(items).model_dump_json(exclude_none=True), media_type="application/json"

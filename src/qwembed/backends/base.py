@@ -124,5 +124,9 @@ class Reranker(ABC):
     def score_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
         """float32 array ``(len(batch),)`` of relevance scores."""
 
+    def raw_scores(self, scores: np.ndarray) -> np.ndarray:
+        """Scores before the model's final activation (TEI's ``raw_scores``): logits, not probabilities."""
+        return scores
+
     def card(self) -> ModelCard:
         return ModelCard(self.name, "reranker", self.backend, None, self.max_tokens, self.source)

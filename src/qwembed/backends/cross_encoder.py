@@ -134,3 +134,10 @@ class CrossEncoderReranker(Reranker):
         if self.activation is not None:
             scores = self.activation(scores)
         return scores.reshape(len(batch)).cpu().numpy().astype(np.float32)
+
+    def raw_scores(self, scores: np.ndarray) -> np.ndarray:
+        """Undo a sigmoid activation (what 1-label cross-encoders use by default); others are raw."""
+        if isinstance(self.activation, torch.nn.Sigmoid):
+            p = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1 - 1e-7)
+            return np.log(p / (1 - p)).astype(np.float32)
+        return scores

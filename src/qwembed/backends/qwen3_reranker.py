@@ -133,3 +133,8 @@ class Qwen3Reranker(Reranker):
         if self._head_bias is not None:
             logits = logits + self._head_bias
         return torch.softmax(logits, dim=-1)[:, 1].cpu().numpy().astype(np.float32)
+
+    def raw_scores(self, scores: np.ndarray) -> np.ndarray:
+        """P(yes) back to the yes-minus-no logit difference (softmax over two tokens is a sigmoid)."""
+        p = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1 - 1e-7)
+        return np.log(p / (1 - p)).astype(np.float32)
