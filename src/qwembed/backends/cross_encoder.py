@@ -17,7 +17,7 @@ import torch
 from sentence_transformers import CrossEncoder
 
 from .base import Reranker, TokenIds
-from .device import resolve_device, resolve_dtype
+from .device import sentence_transformers_options
 
 # Tokenizers without a real limit report a huge sentinel as model_max_length.
 _NO_LIMIT = 1_000_000
@@ -74,14 +74,10 @@ class CrossEncoderReranker(Reranker):
         max_tokens: int | None = None,
         trust_remote_code: bool = False,
     ) -> CrossEncoderReranker:
-        dev = resolve_device(device)
-        model = CrossEncoder(
-            name_or_path,
-            device=str(dev),
-            trust_remote_code=trust_remote_code,
-            model_kwargs={"dtype": resolve_dtype(dtype, dev), "use_safetensors": True},
+        options = sentence_transformers_options(
+            device=device, dtype=dtype, trust_remote_code=trust_remote_code
         )
-        model.eval()
+        model = CrossEncoder(name_or_path, **options).eval()
         return cls(model, name=name or name_or_path, source=name_or_path, max_tokens=max_tokens)
 
     def tokenize_pairs(self, query: str, documents: Sequence[str], instruction: str | None) -> list[TokenIds]:

@@ -32,3 +32,28 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None
         return _DTYPES[dtype]
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; choose auto, {', '.join(_DTYPES)}") from None
+
+
+def load_transformers_model(auto_class, name_or_path: str, *, device: str, dtype, trust_remote_code: bool):
+    """Tokenizer and model from a folder or hub id: safetensors only, eval mode, on the chosen device."""
+    from transformers import AutoTokenizer
+
+    dev = resolve_device(device)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    model = auto_class.from_pretrained(
+        name_or_path,
+        dtype=resolve_dtype(dtype, dev),
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+    )
+    return model.eval().to(dev), tokenizer
+
+
+def sentence_transformers_options(*, device: str, dtype, trust_remote_code: bool) -> dict:
+    """Constructor arguments for SentenceTransformer / CrossEncoder with the same loading rules."""
+    dev = resolve_device(device)
+    return {
+        "device": str(dev),
+        "trust_remote_code": trust_remote_code,
+        "model_kwargs": {"dtype": resolve_dtype(dtype, dev), "use_safetensors": True},
+    }

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
 from .base import Encoder, InputType, TokenIds
-from .device import resolve_device, resolve_dtype
+from .device import load_transformers_model
 from .framing import Framing
 
 END_OF_TEXT = "<|endoftext|>"
@@ -68,15 +68,9 @@ class Qwen3Encoder(Encoder):
         max_tokens: int | None = None,
         trust_remote_code: bool = False,
     ) -> Qwen3Encoder:
-        dev = resolve_device(device)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        model = AutoModel.from_pretrained(
-            name_or_path,
-            dtype=resolve_dtype(dtype, dev),
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
+        model, tokenizer = load_transformers_model(
+            AutoModel, name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code
         )
-        model.eval().to(dev)
         return cls(model, tokenizer, name=name or name_or_path, source=name_or_path, max_tokens=max_tokens)
 
     def format(self, text: str, input_type: InputType | None, instruction: str | None) -> str:

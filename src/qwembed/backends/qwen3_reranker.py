@@ -18,10 +18,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from .base import Reranker, TokenIds
-from .device import resolve_device, resolve_dtype
+from .device import load_transformers_model
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 PREFIX = (
@@ -92,15 +92,13 @@ class Qwen3Reranker(Reranker):
         max_tokens: int | None = None,
         trust_remote_code: bool = False,
     ) -> Qwen3Reranker:
-        dev = resolve_device(device)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
+        model, tokenizer = load_transformers_model(
+            AutoModelForCausalLM,
             name_or_path,
-            dtype=resolve_dtype(dtype, dev),
-            use_safetensors=True,
+            device=device,
+            dtype=dtype,
             trust_remote_code=trust_remote_code,
         )
-        model.eval().to(dev)
         return cls(model, tokenizer, name=name or name_or_path, source=name_or_path, max_tokens=max_tokens)
 
     def tokenize_pairs(self, query: str, documents: Sequence[str], instruction: str | None) -> list[TokenIds]:

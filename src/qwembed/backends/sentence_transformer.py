@@ -9,7 +9,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from .base import Encoder, InputType, TokenIds
-from .device import resolve_device, resolve_dtype
+from .device import sentence_transformers_options
 from .framing import framing_of
 
 # Prompt names that models use for the document side (e5 says "passage").
@@ -46,14 +46,10 @@ class SentenceTransformerEncoder(Encoder):
         max_tokens: int | None = None,
         trust_remote_code: bool = False,
     ) -> SentenceTransformerEncoder:
-        dev = resolve_device(device)
-        model = SentenceTransformer(
-            name_or_path,
-            device=str(dev),
-            trust_remote_code=trust_remote_code,
-            model_kwargs={"dtype": resolve_dtype(dtype, dev), "use_safetensors": True},
+        options = sentence_transformers_options(
+            device=device, dtype=dtype, trust_remote_code=trust_remote_code
         )
-        model.eval()
+        model = SentenceTransformer(name_or_path, **options).eval()
         return cls(model, name=name or name_or_path, source=name_or_path, max_tokens=max_tokens)
 
     def _prompt(self, input_type: InputType | None, instruction: str | None) -> str:
