@@ -13,10 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,39 +21,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "BQ" / "BQ.test.data"
-
-
-def machine() -> dict:
-    flags = ""
-    model = platform.processor()
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        model = next(
-            line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")
-        )
-        flags = next(line for line in cpuinfo.splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        pass
-    wanted = ["avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "flags": [f for f in wanted if f" {f}" in flags],
-        "python": platform.python_version(),
-    }
-
-
-def load_sentences(path: Path, n: int) -> list[str]:
-    seen: dict[str, None] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        for text in line.split("\t")[:2]:
-            if text.strip():
-                seen.setdefault(text.strip(), None)
-        if len(seen) >= n:
-            break
-    return list(seen)[:n]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_DATA, free_port, load_sentences, machine, start_server
 
 
 def timed_pair(a, b, repeats: int) -> tuple[float, float, object, object]:
@@ -96,30 +62,10 @@ async def _load_server(url: str, model: str, texts: list[str], clients: int, bat
 
 
 def bench_server(model: str, texts: list[str], repeats: int, clients: int, batch: int) -> dict:
-    port = 18000 + os.getpid() % 1000
-    server = subprocess.Popen(
-        [
-            str(REPO / ".venv" / "bin" / "qwembed"),
-            "serve",
-            "--model",
-            model,
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    port = free_port()
+    server = start_server(model, port, [])
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
         runs = []
         all_latencies: list[float] = []
         asyncio.run(_load_server(url, model, texts, clients, batch))  # warm-up

@@ -20,8 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,13 +30,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from bench_embed import DEFAULT_DATA, load_sentences, machine  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from common import DEFAULT_DATA, free_port, load_sentences, machine, start_server  # noqa: E402
 
 
 def rss_mib(pid: int) -> float:
@@ -67,33 +59,6 @@ class Outcomes:
 
     def count(self, status: int) -> int:
         return len(self.latencies.get(status, []))
-
-
-def start_server(model: str, port: int, extra: list[str]) -> subprocess.Popen:
-    command = [
-        str(REPO / ".venv" / "bin" / "qwembed"),
-        "serve",
-        "--model",
-        model,
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        *extra,
-    ]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None:
-            raise RuntimeError(f"server exited with {server.returncode}")
-        time.sleep(0.2)
-    server.kill()
-    raise RuntimeError("server did not become ready")
 
 
 async def _post(http: httpx.AsyncClient, url: str, texts: list[str], outcomes: Outcomes) -> None:

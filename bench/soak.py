@@ -24,8 +24,8 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from bench_embed import DEFAULT_DATA, load_sentences, machine  # noqa: E402
-from overload import free_port, open_fds, rss_mib, start_server  # noqa: E402
+from common import DEFAULT_DATA, free_port, load_sentences, machine, start_server  # noqa: E402
+from overload import open_fds, rss_mib  # noqa: E402
 
 
 def _bodies(texts: list[str], rng: random.Random) -> dict:
