@@ -127,11 +127,7 @@ def build_router(
         inputs = _normalise_input(body.input)
         if not inputs:
             raise APIError(400, "input must not be empty", "empty_input", "input")
-        check_count(len(inputs), "input")
-        if isinstance(inputs[0], str):
-            empty = next((i for i, text in enumerate(inputs) if not text), None)
-            if empty is not None:
-                raise APIError(400, f"input[{empty}] is an empty string", "empty_input", "input")
+        check_count(len(inputs), "input")  # empty strings were refused by the schema already
         truncate = settings.auto_truncate if body.truncate is None else body.truncate
         options = EmbedOptions(body.input_type, body.instruction, truncate)
         result = await answer(request, pool.embed(model, inputs, options, body.dimensions))
