@@ -145,9 +145,11 @@ def test_admission_by_estimated_wait():
         time.sleep(0.05)
         return np.zeros((len(batch), 1), np.float32)
 
-    worker = _worker(run, max_queue_wait=0.5, max_batch_size=4)
+    worker = _worker(run, max_queue_wait=0.5, max_batch_size=4, min_rate_sample_tokens=400)
     gate.set()
-    worker.submit([[1] * 100] * 4).result(5)  # measures ~8,000 tokens/s
+    worker.submit([[1] * 100] * 2).result(5)
+    assert worker.tokens_per_second is None  # 200 tokens are too few to judge throughput by
+    worker.submit([[1] * 100] * 4).result(5)  # now 600 tokens: ~6,000 tokens/s
     gate.clear()
     worker.submit([[1] * 100] * 4)  # occupies the worker
     time.sleep(0.05)

@@ -24,7 +24,7 @@ async def _burst(url: str, requests: int) -> list[httpx.Response]:
 
 def test_burst_beyond_capacity_is_refused_with_429_not_queued():
     encoder = SlowEncoder(delay=0.05)  # 20 batches/s at most
-    pool = ModelPool(BatchSettings(max_batch_size=8, max_queue_wait=0.2))
+    pool = ModelPool(BatchSettings(max_batch_size=8, max_queue_wait=0.2, min_rate_sample_tokens=100))
     pool.add_encoder(encoder)
     with running_server(create_app(pool)) as url:
         for _ in range(3):  # measure throughput first

@@ -44,6 +44,8 @@ class BatchSettings:
     max_queue_items: int = 16384
     #: refuse new work (429) when the queued work would take longer than this many seconds
     max_queue_wait: float | None = 5.0
+    #: tokens of recent batches needed before the throughput estimate is trusted for admission
+    min_rate_sample_tokens: int = 2048
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class ModelPool:
             max_batch_size=self.settings.max_batch_size,
             max_queue_items=self.settings.max_queue_items,
             max_queue_wait=self.settings.max_queue_wait,
+            min_rate_sample_tokens=self.settings.min_rate_sample_tokens,
         )
         self._models[model.name] = ServedModel(model, worker)
 

@@ -92,6 +92,7 @@ class BatchWorker:
         max_batch_size: int = 128,
         max_queue_items: int = 16384,
         max_queue_wait: float | None = None,
+        min_rate_sample_tokens: int = 2048,
         window_items: int | None = None,
         observer: BatchObserver | None = None,
     ):
@@ -101,6 +102,7 @@ class BatchWorker:
         self.max_batch_size = max_batch_size
         self.max_queue_items = max_queue_items
         self.max_queue_wait = max_queue_wait
+        self.min_rate_sample_tokens = min_rate_sample_tokens
         self.window_items = window_items or max_batch_size * 8
         self.observer = observer or _NullObserver()
         self._pending: deque[tuple[_Job, int]] = deque()
@@ -110,7 +112,7 @@ class BatchWorker:
         # Admission by time, not only by count: tokens accepted but not yet embedded, divided by
         # the measured tokens/s, estimates how long a new request would wait.
         self._backlog_tokens = 0
-        self._tokens_per_second: float | None = None
+        self._recent: deque[tuple[int, float]] = deque(maxlen=32)  # (tokens, seconds) of recent batches
 
     # ---- lifecycle ----------------------------------------------------------------------
     def start(self) -> BatchWorker:
@@ -137,11 +139,21 @@ class BatchWorker:
     def queue_depth(self) -> int:
         return len(self._pending)
 
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Throughput over the recent batches, once they add up to a fair sample. Tiny batches (the
+        warm-up, a lone short request) are latency-bound and would make the server look slow, so
+        until enough tokens have been seen no time-based refusal happens."""
+        tokens = sum(t for t, _ in self._recent)
+        seconds = sum(s for _, s in self._recent)
+        if tokens < self.min_rate_sample_tokens or seconds <= 0:
+            return None
+        return tokens / seconds
+
     def estimated_wait(self, extra_tokens: int = 0) -> float:
         """Seconds until ``extra_tokens`` more would be embedded, at the throughput measured so far."""
-        if not self._tokens_per_second:
-            return 0.0
-        return (self._backlog_tokens + extra_tokens) / self._tokens_per_second
+        rate = self.tokens_per_second
+        return 0.0 if rate is None else (self._backlog_tokens + extra_tokens) / rate
 
     def _settle(self, tokens: int) -> None:
         with self._cond:
@@ -239,9 +251,7 @@ class BatchWorker:
             self._handle_failure(live, error, retry)
             return
         seconds = time.perf_counter() - started
-        rate = tokens / max(seconds, 1e-6)
-        previous = self._tokens_per_second
-        self._tokens_per_second = rate if previous is None else 0.8 * previous + 0.2 * rate
+        self._recent.append((tokens, seconds))
         self._settle(tokens)
         longest = max(len(ids) for ids in inputs)
         self.observer.batch_done(len(inputs), tokens, longest * len(inputs), seconds)
