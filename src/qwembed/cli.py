@@ -72,7 +72,10 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     _add_model_options(serve)
     serve.add_argument(
-        "--max-batch-tokens", type=int, default=16384, help="padded tokens per forward pass (rows × longest)"
+        "--max-batch-tokens",
+        type=int,
+        default=None,
+        help="padded tokens per forward pass (rows × longest); default 2048 on CPU, 16384 on CUDA",
     )
     serve.add_argument("--max-batch-size", type=int, default=128, help="inputs per forward pass")
     serve.add_argument(

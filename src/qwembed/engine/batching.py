@@ -25,3 +25,15 @@ def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: 
     if current:
         batches.append(current)
     return batches
+
+
+#: padded tokens per forward pass when the caller does not say: on a CPU, small batches stay in
+#: cache and beat large ones (measured on all-MiniLM-L6-v2, docs/benchmarks.md); a GPU needs large
+#: ones to fill its units
+CPU_BATCH_TOKENS = 2048
+GPU_BATCH_TOKENS = 16384
+
+
+def default_batch_tokens(model: object) -> int:
+    device = getattr(model, "device", None)
+    return GPU_BATCH_TOKENS if getattr(device, "type", str(device)) == "cuda" else CPU_BATCH_TOKENS

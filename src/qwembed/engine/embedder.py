@@ -13,11 +13,10 @@ import torch
 
 from ..backends import Encoder, InputType, LoadOptions, TokenIds, load_encoder
 from ..backends.registry import BackendName
-from .batching import plan_batches
+from .batching import default_batch_tokens, plan_batches
 from .inputs import EmbedOptions, tokenize_ids, tokenize_texts
 from .postprocess import check_dimensions, truncate_dimensions
 
-DEFAULT_MAX_BATCH_TOKENS = 16384
 DEFAULT_MAX_BATCH_SIZE = 128
 
 
@@ -26,11 +25,11 @@ class Embedder:
         self,
         encoder: Encoder,
         *,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_tokens: int | None = None,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     ):
         self.encoder = encoder
-        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens = max_batch_tokens or default_batch_tokens(encoder)
         self.max_batch_size = max_batch_size
 
     @classmethod
@@ -44,7 +43,7 @@ class Embedder:
         dtype: str | torch.dtype = "auto",
         max_tokens: int | None = None,
         trust_remote_code: bool = False,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_tokens: int | None = None,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     ) -> Embedder:
         options = LoadOptions(device, dtype, max_tokens, trust_remote_code)

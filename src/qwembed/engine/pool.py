@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 
 from ..backends import Encoder, ModelCard, Reranker
+from .batching import default_batch_tokens
 from .embedder import Embedder
 from .inputs import EmbedOptions, check_texts, tokenize_ids, tokenize_texts
 from .postprocess import check_dimensions, truncate_dimensions
@@ -39,7 +40,8 @@ class ModelRequiredError(ValueError):
 
 @dataclass(frozen=True)
 class BatchSettings:
-    max_batch_tokens: int = 16384
+    #: None: chosen per model's device (engine.batching.default_batch_tokens)
+    max_batch_tokens: int | None = None
     max_batch_size: int = 128
     max_queue_items: int = 16384
     #: refuse new work (429) when the queued work would take longer than this many seconds
@@ -92,7 +94,7 @@ class ModelPool:
         worker = BatchWorker(
             run_batch,
             name=model.name,
-            max_batch_tokens=self.settings.max_batch_tokens,
+            max_batch_tokens=self.settings.max_batch_tokens or default_batch_tokens(model),
             max_batch_size=self.settings.max_batch_size,
             max_queue_items=self.settings.max_queue_items,
             max_queue_wait=self.settings.max_queue_wait,
