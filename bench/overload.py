@@ -156,10 +156,18 @@ def main() -> int:
     batches = [texts[i : i + args.batch] for i in range(0, len(texts), args.batch)]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = start_server(args.model, port, args.server_arg)
+    # Latency and capacity are measured on a server with default settings, so that the admission
+    # limit under test (--server-arg) cannot lower them; then the configured server takes the burst.
+    baseline = start_server(args.model, port, [])
     try:
         unloaded = asyncio.run(sequential(url, batches, seconds=10, max_requests=300))
         capacity, _ = asyncio.run(closed_loop(url, batches, clients=8, seconds=10))
+    finally:
+        baseline.terminate()
+        baseline.wait(60)
+    server = start_server(args.model, port, args.server_arg)
+    try:
+        asyncio.run(closed_loop(url, batches, clients=8, seconds=5))  # reach working size
         working_rss = rss_mib(server.pid)
         fds_before = open_fds(server.pid)
         rss: list[float] = []
@@ -178,6 +186,8 @@ def main() -> int:
         )
         del burst_end
         idle = asyncio.run(with_idle_connections(url, port, args.idle, batches))
+        time.sleep(2)  # let the server see the idle sockets close
+        fds_after = open_fds(server.pid)
         result = {
             "machine": machine(),
             "model": args.model,
@@ -203,7 +213,7 @@ def main() -> int:
                 "peak_during_burst": max(rss, default=float("nan")),
                 "ratio": max(rss, default=float("nan")) / working_rss,
             },
-            "open_fds": {"before_burst": fds_before, "after": open_fds(server.pid)},
+            "open_fds": {"before_burst": fds_before, "after_idle_phase": fds_after},
             "recovery_seconds_to_normal_latency": recovery_seconds,
             "with_idle_connections_ms": {
                 "idle": args.idle,
