@@ -12,9 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backends.base import Reranker
-from .batching import plan_batches
+from .batching import default_batch_tokens, plan_batches
 
-DEFAULT_MAX_BATCH_TOKENS = 16384
 DEFAULT_MAX_BATCH_SIZE = 64
 
 
@@ -32,14 +31,15 @@ def score_pairs(
     documents: Sequence[str],
     *,
     instruction: str | None = None,
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    max_batch_tokens: int | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
 ) -> np.ndarray:
     """float32 scores in the documents' order (what evaluation wants before sorting)."""
     sequences = reranker.tokenize_pairs(query, documents, instruction)
     scores = np.zeros(len(sequences), dtype=np.float32)
     lengths = [len(ids) for ids in sequences]
-    for batch in plan_batches(lengths, max_batch_tokens, max_batch_size):
+    budget = max_batch_tokens or default_batch_tokens(reranker)
+    for batch in plan_batches(lengths, budget, max_batch_size):
         scores[batch] = reranker.score_token_ids([sequences[i] for i in batch])
     return scores
 
@@ -59,7 +59,7 @@ def rerank(
     *,
     instruction: str | None = None,
     top_n: int | None = None,
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    max_batch_tokens: int | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
 ) -> list[RerankResult]:
     """Score every document against ``query`` and return the ``top_n`` best (all by default)."""
