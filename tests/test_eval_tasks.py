@@ -12,7 +12,7 @@ from qwembed.eval.encoding import encode
 from qwembed.eval.hashing_embedder import HashingEmbedder
 from qwembed.eval.pairs import pair_features, parse_shots, run_pairs, stratified_sample
 from qwembed.eval.pairs_data import load_pairs
-from qwembed.eval.retrieval import rank, run_retrieval
+from qwembed.eval.retrieval import rank, run_retrieval, run_retrieval_stages
 from qwembed.eval.retrieval_data import load_retrieval
 from qwembed.eval.sts import run_sts
 
@@ -140,6 +140,41 @@ def test_retrieval_known_ranking_and_categories(tmp_path):
     # instruction on queries only, documents never
     assert ("document", None) in [(c[1], c[2]) for c in model.calls]
     assert ("query", "find it") in [(c[1], c[2]) for c in model.calls]
+
+
+class OracleReranker:
+    """Scores a document 1 when it is the query's positive: reranking must then fix every query."""
+
+    name = "oracle"
+
+    def __init__(self, positives: dict[str, str]):
+        self.positives = positives
+
+    def tokenize_pairs(self, query, documents, instruction):
+        return [[1 if self.positives[query] == d else 0, 0] for d in documents]
+
+    def score_token_ids(self, batch):
+        return np.array([ids[0] for ids in batch], dtype=np.float32)
+
+
+def test_retrieval_before_and_after_reranking(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(
+        '{"id": "q1", "query": "Q1", "positive": "A", "negatives": ["B"]}\n'
+        '{"id": "q2", "query": "Q2", "positive": "C", "negatives": ["D"]}\n',
+        encoding="utf-8",
+    )
+    table = {"Q1": (1, 0), "Q2": (0, 1), "A": (1, 0.1), "B": (1, 0.5), "C": (0.6, 1), "D": (0.2, 1)}
+    before, after = run_retrieval_stages(
+        LookupEmbedder(table),
+        load_retrieval(str(path)),
+        progress=False,
+        reranker=OracleReranker({"Q1": "A", "Q2": "C"}),
+        rerank_top_k=2,
+    )
+    assert before.metrics["mrr_at_10"] == pytest.approx(0.75)
+    assert after.metrics["mrr_at_10"] == 1.0 and after.metrics["top1_accuracy"] == 1.0
+    assert after.model.endswith("+ oracle") and after.config["rerank_top_k"] == 2
 
 
 def test_zh_hard_runs_with_baseline():

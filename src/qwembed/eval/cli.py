@@ -68,6 +68,14 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     )
     ret.add_argument("--instruction", help="query instruction (default: the model's own); documents get none")
     ret.add_argument("--split", default="test", help="BEIR qrels split (default: %(default)s)")
+    ret.add_argument(
+        "--rerank",
+        metavar="RERANKER",
+        help="re-order the embedder's top documents with a reranker (Qwen3-Reranker or cross-encoder "
+        "folder / hub id); the report shows metrics before and after",
+    )
+    ret.add_argument("--rerank-top-k", type=_positive_int, default=100, help="documents reranked per query")
+    ret.add_argument("--rerank-instruction", help="Qwen3-Reranker task (default: web search)")
     ret.set_defaults(func=cmd_retrieval)
 
     sweep = sub.add_parser(
@@ -183,15 +191,28 @@ def cmd_pairs(args: argparse.Namespace) -> int:
 
 def cmd_retrieval(args: argparse.Namespace) -> int:
     def prepare() -> Task:
-        from .retrieval import run_retrieval
+        from .retrieval import run_retrieval_stages
         from .retrieval_data import load_retrieval
 
         sets = [load_retrieval(spec, split=args.split).head(args.limit) for spec in args.data]
+        reranker = None
+        if args.rerank:
+            from ..backends import LoadOptions, load_reranker
+
+            reranker = load_reranker(args.rerank, options=LoadOptions(device=args.device, dtype=args.dtype))
         return lambda m: [
-            run_retrieval(
-                m, s, instruction=args.instruction, batch_size=args.batch_size, progress=not args.quiet
-            )
+            record
             for s in sets
+            for record in run_retrieval_stages(
+                m,
+                s,
+                instruction=args.instruction,
+                batch_size=args.batch_size,
+                progress=not args.quiet,
+                reranker=reranker,
+                rerank_top_k=args.rerank_top_k,
+                rerank_instruction=args.rerank_instruction,
+            )
         ]
 
     return _run(args, prepare)

@@ -7,7 +7,7 @@ when none is given); documents as ``"document"`` and never with an instruction.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,6 +16,9 @@ from .metrics import mean_scores, retrieval_scores
 from .protocol import TextEmbedder
 from .results import EvalRecord
 from .retrieval_data import RetrievalSet
+
+if TYPE_CHECKING:
+    from ..backends.base import Reranker
 
 #: documents kept per query; enough for recall@100, the deepest cut-off reported
 TOP_K = 100
@@ -45,12 +48,43 @@ def score_rankings(
     data: RetrievalSet, query_vecs: np.ndarray, doc_vecs: np.ndarray
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """(mean metrics, per-query metrics) for the given query and document vectors."""
+    return score_top(data, rank(query_vecs, doc_vecs))
+
+
+def score_top(data: RetrievalSet, top: np.ndarray) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """(mean metrics, per-query metrics) of a ranking: corpus indices per query, best first."""
     doc_ids = list(data.corpus)
     qids = list(data.queries)
-    top = rank(query_vecs, doc_vecs)
     ranking = {q: [doc_ids[i] for i in row] for q, row in zip(qids, top, strict=True)}
     per_query = retrieval_scores(data.qrels, ranking)
     return mean_scores(per_query, qids), per_query
+
+
+def rerank_top(
+    data: RetrievalSet,
+    top: np.ndarray,
+    reranker: Reranker,
+    *,
+    top_k: int = TOP_K,
+    instruction: str | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """The two-stage recipe: re-order each query's first ``top_k`` documents by the reranker's
+    scores; documents below the cut keep their embedding order."""
+    from tqdm.auto import tqdm
+
+    from ..engine.rerank import score_pairs
+
+    doc_texts = list(data.corpus.values())
+    reordered = top.copy()
+    rows = zip(data.queries.values(), top, strict=True)
+    for row, (query, candidates) in enumerate(
+        tqdm(rows, total=len(top), disable=not progress, desc="rerank")
+    ):
+        head = candidates[:top_k]
+        scores = score_pairs(reranker, query, [doc_texts[i] for i in head], instruction=instruction)
+        reordered[row, : len(head)] = head[np.argsort(-scores, kind="stable")]
+    return reordered
 
 
 def by_category(data: RetrievalSet, per_query: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
@@ -102,12 +136,67 @@ def run_retrieval(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
 ) -> EvalRecord:
+    return run_retrieval_stages(
+        model, data, instruction=instruction, batch_size=batch_size, progress=progress
+    )[0]
+
+
+def run_retrieval_stages(
+    model: TextEmbedder,
+    data: RetrievalSet,
+    *,
+    instruction: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+    reranker: Reranker | None = None,
+    rerank_top_k: int = TOP_K,
+    rerank_instruction: str | None = None,
+) -> list[EvalRecord]:
+    """The embedding ranking's record, then — with a reranker — the reranked ranking's record
+    (model named ``EMBEDDER + RERANKER``), so one report shows metrics before and after."""
     start = time.perf_counter()
     stats = EncodeStats()
     query_vecs, doc_vecs = embed_retrieval_set(
         model, data, instruction=instruction, batch_size=batch_size, stats=stats, progress=progress
     )
-    metrics, per_query = score_rankings(data, query_vecs, doc_vecs)
+    top = rank(query_vecs, doc_vecs)
+    records = [_record(model.name, data, top, int(doc_vecs.shape[1]), instruction, stats, start)]
+    if reranker is not None:
+        rerank_start = time.perf_counter()
+        reranked = rerank_top(
+            data, top, reranker, top_k=rerank_top_k, instruction=rerank_instruction, progress=progress
+        )
+        record = _record(
+            f"{model.name} + {reranker.name}",
+            data,
+            reranked,
+            int(doc_vecs.shape[1]),
+            instruction,
+            stats,
+            start,
+        )
+        record.config.update(
+            {
+                "reranker": reranker.name,
+                "rerank_top_k": rerank_top_k,
+                "rerank_instruction": rerank_instruction,
+            }
+        )
+        record.timing["rerank_s"] = round(time.perf_counter() - rerank_start, 3)
+        records.append(record)
+    return records
+
+
+def _record(
+    name: str,
+    data: RetrievalSet,
+    top: np.ndarray,
+    dimension: int,
+    instruction: str | None,
+    stats: EncodeStats,
+    start: float,
+) -> EvalRecord:
+    metrics, per_query = score_top(data, top)
     details: dict[str, Any] = {}
     if data.categories:
         details["by_category"] = by_category(data, per_query)
@@ -120,8 +209,8 @@ def run_retrieval(
             "queries": len(data.queries),
             "documents": len(data.corpus),
         },
-        model=model.name,
-        dimension=int(doc_vecs.shape[1]),
+        model=name,
+        dimension=dimension,
         metrics=metrics,
         config={"instruction": instruction, "top_k": TOP_K},
         timing={**stats.as_dict(), "total_s": round(time.perf_counter() - start, 3)},
