@@ -283,3 +283,54 @@ def test_one_character_repeated_a_million_times(encoders):
             cut = post(test_client, {"model": model, "input": ["好" * 1_000_000], "truncate": True})
             assert cut.status_code == 200
         assert post(test_client, GOOD).status_code == 200
+
+
+def test_missing_content_type_is_refused_clearly(client):
+    import json
+
+    response = client.post("/v1/embeddings", content=json.dumps(GOOD).encode(), headers={"content-type": ""})
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+    assert "application/json" in response.json()["error"]["message"]
+
+
+def test_chunked_body_over_the_limit_is_refused(client):
+    def chunks():
+        for _ in range(20):
+            yield b" " * 4096  # no Content-Length: the limit applies while the body streams in
+
+    response = client.post("/v1/embeddings", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "body_too_large"
+    assert post(client, GOOD).status_code == 200
+
+
+def test_a_failing_batch_answers_500_and_the_server_goes_on():
+    from fake_encoders import SlowEncoder
+
+    class PoisonEncoder(SlowEncoder):
+        def embed_token_ids(self, batch):
+            if any(ids == [ord(c) for c in "poison"] for ids in batch):
+                raise RuntimeError("out of memory on this batch")
+            return super().embed_token_ids(batch)
+
+    pool = ModelPool()
+    pool.add_encoder(PoisonEncoder(delay=0.0))
+    with TestClient(create_app(pool)) as test_client:
+        failed = test_client.post("/v1/embeddings", json={"input": ["fine", "poison"]})
+        assert failed.status_code == 500
+        assert failed.json()["error"]["code"] == "internal_error"
+        assert "out of memory" not in failed.json()["error"]["message"]  # no internals leak
+        assert test_client.post("/v1/embeddings", json={"input": ["fine"]}).status_code == 200
+
+
+def test_api_keys_from_flag_environment_and_file(tmp_path, monkeypatch):
+    from qwembed.cli import _api_keys, _build_parser
+
+    key_file = tmp_path / "keys"
+    key_file.write_text("k3\n\nk4\n")
+    monkeypatch.setenv("QWEMBED_API_KEYS", "k2, k5")
+    args = _build_parser().parse_args(
+        ["serve", "--model", "minilm", "--api-key", "k1", "--api-key-file", str(key_file)]
+    )
+    assert sorted(_api_keys(args)) == ["k1", "k2", "k3", "k4", "k5"]

@@ -68,12 +68,15 @@ def _normalise_input(raw: object) -> list[str] | list[list[int]]:
 
 
 def require_json(request: Request) -> None:
-    """Bodies are JSON; a missing content type is read as JSON, any other type is refused clearly."""
-    content_type = request.headers.get("content-type", "")
-    media = content_type.split(";")[0].strip().lower()
-    if media and media != "application/json" and not media.endswith("+json"):
+    """Bodies are JSON and must say so. A missing content type is refused too: browsers send such
+    bodies cross-site without a CORS preflight, so reading them as JSON would open the server to
+    request forgery from any web page (FastAPI's strict content-type rule)."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
         raise APIError(
-            415, f"content type {media!r} is not supported; send application/json", "unsupported_media_type"
+            415,
+            f"content type {media or 'missing'!r} is not supported; send Content-Type: application/json",
+            "unsupported_media_type",
         )
 
 
