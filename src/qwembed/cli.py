@@ -152,19 +152,17 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_model_options(rerank)
     rerank.set_defaults(func=_rerank)
 
-    for register in _optional_commands():
+    for register in _package_commands():
         register(commands)
     return parser
 
 
-def _optional_commands():
-    """Subcommands that live with their own package (evaluation, reranking, knowledge base)."""
-    registrations = []
+def _package_commands():
+    """Subcommands that live with their own package (evaluation and benchmarks, knowledge base)."""
     from .eval.cli import add_bench_parser, add_eval_parser
     from .kb.cli import add_kb_parser
 
-    registrations += [add_eval_parser, add_bench_parser, add_kb_parser]
-    return registrations
+    return [add_eval_parser, add_bench_parser, add_kb_parser]
 
 
 def _api_keys(args: argparse.Namespace) -> list[str]:

@@ -72,6 +72,27 @@ def served_name(name_or_path: str) -> str:
     return path.resolve().name if path.is_dir() else name_or_path
 
 
+def _load_kwargs(options: LoadOptions) -> dict:
+    """The keyword arguments every torch backend's ``load`` takes."""
+    return {
+        "device": options.device,
+        "dtype": options.dtype,
+        "max_tokens": options.max_tokens,
+        "trust_remote_code": options.trust_remote_code,
+    }
+
+
+def _check_folder(name_or_path: str) -> Path | None:
+    """The folder a name points to, or None for a hub id; a path-like name that is no folder is an
+    error here, rather than a confusing hub lookup of "/models/typo"."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if name_or_path.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"model folder {name_or_path!r} does not exist")
+    return None
+
+
 def load_encoder(
     name_or_path: str,
     *,
@@ -80,12 +101,7 @@ def load_encoder(
     options: LoadOptions | None = None,
 ) -> Encoder:
     options = options or LoadOptions()
-    kwargs = {
-        "device": options.device,
-        "dtype": options.dtype,
-        "max_tokens": options.max_tokens,
-        "trust_remote_code": options.trust_remote_code,
-    }
+    kwargs = _load_kwargs(options)
     if name_or_path == "use-multilingual" or backend == "use":
         from .universal_sentence_encoder import UniversalSentenceEncoder
 
@@ -94,9 +110,7 @@ def load_encoder(
     if name_or_path == "minilm":
         source = str(bundled_minilm_path())
         name = name or "minilm"
-    elif name_or_path.startswith((".", "/", "~")) and not Path(name_or_path).expanduser().is_dir():
-        raise ModelNotFoundError(f"model folder {name_or_path!r} does not exist")
-    elif not Path(name_or_path).is_dir() and "/" not in name_or_path:
+    elif _check_folder(name_or_path) is None and "/" not in name_or_path:
         raise ModelNotFoundError(
             f"unknown model {name_or_path!r}: give a bundled name ({', '.join(BUNDLED)}), "
             "a local folder or a Hugging Face id such as Qwen/Qwen3-Embedding-0.6B"
@@ -121,15 +135,8 @@ def load_reranker(
     Rerankers are named as such on the command line (``--reranker``) because a Qwen3-Reranker and
     a Qwen3-Embedding checkpoint cannot be told apart reliably from their configs."""
     options = options or LoadOptions()
-    if name_or_path.startswith((".", "/", "~")) and not Path(name_or_path).expanduser().is_dir():
-        raise ModelNotFoundError(f"model folder {name_or_path!r} does not exist")
-    kwargs = {
-        "name": name or served_name(name_or_path),
-        "device": options.device,
-        "dtype": options.dtype,
-        "max_tokens": options.max_tokens,
-        "trust_remote_code": options.trust_remote_code,
-    }
+    _check_folder(name_or_path)
+    kwargs = {"name": name or served_name(name_or_path), **_load_kwargs(options)}
     if detect_backend(name_or_path, options.trust_remote_code) == "qwen3":
         from .qwen3_reranker import Qwen3Reranker
 
