@@ -18,7 +18,7 @@ GOOD = {"model": "minilm", "input": ["a good request"]}
 
 @pytest.fixture(scope="module")
 def encoders(qwen3_dirs):
-    options = LoadOptions(device="cpu")
+    options = LoadOptions(device="cpu", dtype="float32")
     return {
         "minilm": load_encoder("minilm", options=options),
         "qwen3-tiny": load_encoder(str(qwen3_dirs["plain"]), name="qwen3-tiny", options=options),

@@ -20,7 +20,7 @@ DOCUMENTS = ["The capital of China is Beijing.", "北京是中国的首都。", 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, qwen3_dirs):
     root = tmp_path_factory.mktemp("rerankers")
-    options = LoadOptions(device="cpu")
+    options = LoadOptions(device="cpu", dtype="float32")
     return {
         "qwen3": load_reranker(str(build_tiny_qwen3_reranker(root / "qwen3-reranker")), options=options),
         "cross": load_reranker(str(build_minilm_cross_encoder(root / "cross-encoder")), options=options),

@@ -15,7 +15,7 @@ TEXTS = ["The quick brown fox", "  leading and trailing spaces  ", "Résumé of 
 def test_minilm_equals_sentence_transformers_encode(minilm_dir):
     from sentence_transformers import SentenceTransformer
 
-    ours = Embedder.load("minilm", device="cpu")
+    ours = Embedder.load("minilm", device="cpu", dtype="float32")
     assert ours.name == "minilm" and ours.dimension == 384
     reference = SentenceTransformer(str(minilm_dir), device="cpu").encode(TEXTS, normalize_embeddings=True)
     np.testing.assert_allclose(ours.embed(TEXTS), reference, atol=1e-5)

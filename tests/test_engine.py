@@ -42,7 +42,7 @@ def test_check_dimensions_rejects(bad):
 
 @pytest.fixture(scope="module")
 def qwen3(qwen3_dirs) -> Embedder:
-    return Embedder.load(str(qwen3_dirs["plain"]), device="cpu")
+    return Embedder.load(str(qwen3_dirs["plain"]), device="cpu", dtype="float32")
 
 
 def test_vector_alone_equals_vector_in_a_batch_of_longer_texts(qwen3):

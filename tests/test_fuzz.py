@@ -25,9 +25,9 @@ def _app():
     from rerank_fixtures import build_minilm_cross_encoder
 
     pool = ModelPool()
-    pool.add_encoder(load_encoder("minilm", options=LoadOptions(device="cpu")))
+    pool.add_encoder(load_encoder("minilm", options=LoadOptions(device="cpu", dtype="float32")))
     cross_encoder = build_minilm_cross_encoder(Path(tempfile.mkdtemp()) / "cross-encoder")
-    pool.add_reranker(load_reranker(str(cross_encoder), options=LoadOptions(device="cpu")))
+    pool.add_reranker(load_reranker(str(cross_encoder), options=LoadOptions(device="cpu", dtype="float32")))
     from qwembed.kb import KnowledgeBaseManager
 
     kb = KnowledgeBaseManager(Path(tempfile.mkdtemp()) / "kb", pool.embedder, reranker_factory=pool.reranker)

@@ -20,7 +20,7 @@ QUERIES = 120  # a fixed sample of the ~1,200 rephrasings: ingest (~500 chunks) 
 def minilm(minilm_dir):
     from qwembed.engine import Embedder
 
-    return Embedder.load("minilm")
+    return Embedder.load("minilm", dtype="float32")
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,11 @@ TEXTS = ["What is Matryoshka representation learning?", "俄罗斯套娃表示�
 def server(qwen3_dirs):
     pool = ModelPool()
     pool.add_encoder(
-        load_encoder(str(qwen3_dirs["plain"]), name="qwen3-tiny", options=LoadOptions(device="cpu"))
+        load_encoder(
+            str(qwen3_dirs["plain"]), name="qwen3-tiny", options=LoadOptions(device="cpu", dtype="float32")
+        )
     )
-    pool.add_encoder(load_encoder("minilm", options=LoadOptions(device="cpu")))
+    pool.add_encoder(load_encoder("minilm", options=LoadOptions(device="cpu", dtype="float32")))
     with running_server(create_app(pool)) as url:
         yield url
 
@@ -43,7 +45,7 @@ def test_openai_client_float_and_base64_agree(client, qwen3_dirs):
     a = np.array([d.embedding for d in default.data], dtype=np.float32)
     b = np.array([d.embedding for d in floats.data], dtype=np.float32)
     np.testing.assert_array_equal(a, b)
-    local = Embedder.load(str(qwen3_dirs["appends"]), device="cpu").embed(TEXTS)
+    local = Embedder.load(str(qwen3_dirs["appends"]), device="cpu", dtype="float32").embed(TEXTS)
     np.testing.assert_allclose(a, local, atol=1e-5)
     assert default.usage.prompt_tokens == floats.usage.prompt_tokens > len(TEXTS)
 
@@ -74,6 +76,8 @@ def test_cli_library_and_server_agree(client, qwen3_dirs, tmp_path):
             str(qwen3_dirs["plain"]),
             "--device",
             "cpu",
+            "--dtype",
+            "float32",
             "--input-type",
             "query",
             "--out",
@@ -85,7 +89,9 @@ def test_cli_library_and_server_agree(client, qwen3_dirs, tmp_path):
         timeout=300,
     )
     from_cli = np.load(out)
-    from_library = Embedder.load(str(qwen3_dirs["plain"]), device="cpu").embed(TEXTS, input_type="query")
+    from_library = Embedder.load(str(qwen3_dirs["plain"]), device="cpu", dtype="float32").embed(
+        TEXTS, input_type="query"
+    )
     served = client.embeddings.create(model="qwen3-tiny", input=TEXTS, extra_body={"input_type": "query"})
     from_server = np.array([d.embedding for d in served.data], dtype=np.float32)
     np.testing.assert_allclose(from_cli, from_library, atol=1e-6)

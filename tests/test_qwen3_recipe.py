@@ -23,7 +23,7 @@ TASK = "Given a web search query, retrieve relevant passages that answer the que
 @pytest.fixture(scope="module", params=["appends", "plain"])
 def embedder(request, qwen3_dirs) -> Embedder:
     """Both tokenizer variants must give identical results."""
-    return Embedder.load(str(qwen3_dirs[request.param]), device="cpu")
+    return Embedder.load(str(qwen3_dirs[request.param]), device="cpu", dtype="float32")
 
 
 def test_backend_is_detected_from_config(embedder):

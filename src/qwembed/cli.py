@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .backends import BUNDLED
+from .backends.precision import DEFAULT_MIN_COSINE
 
 log = logging.getLogger("qwembed")
 
@@ -31,7 +32,22 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 …"
     )
     parser.add_argument(
-        "--dtype", default="auto", help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16, float16"
+        "--dtype",
+        default="auto",
+        help="auto (bfloat16 on CUDA and on CPUs with AMX/AVX512-BF16, checked against float32 at load; "
+        "float32 elsewhere), float32, bfloat16, float16",
+    )
+    parser.add_argument(
+        "--min-bf16-cosine",
+        type=float,
+        default=DEFAULT_MIN_COSINE,
+        help="embedders on CPU: with --dtype auto, fall back to float32 when a calibration text's "
+        f"bf16 vector has a lower cosine to its float32 vector (default {DEFAULT_MIN_COSINE})",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the embedder's forward pass: faster on CPU, 20-60 s longer start",
     )
     parser.add_argument(
         "--backend",
@@ -180,7 +196,14 @@ class ModelLoadError(RuntimeError):
 def _load(model: str, args: argparse.Namespace, name: str | None = None, kind: str = "embedding"):
     from .backends import LoadOptions, ModelNotFoundError, load_encoder, load_reranker
 
-    options = LoadOptions(args.device, args.dtype, args.max_tokens, args.trust_remote_code)
+    options = LoadOptions(
+        args.device,
+        args.dtype,
+        args.max_tokens,
+        args.trust_remote_code,
+        compile=args.compile,
+        min_bf16_cosine=args.min_bf16_cosine,
+    )
     try:
         if kind == "reranker":
             return load_reranker(model, options=options)

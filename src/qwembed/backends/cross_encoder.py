@@ -17,7 +17,8 @@ import torch
 from sentence_transformers import CrossEncoder
 
 from .base import Reranker, TokenIds
-from .device import sentence_transformers_options
+from .device import resolve_device, sentence_transformers_options
+from .precision import resolve_dtype
 
 # Tokenizers without a real limit report a huge sentinel as model_max_length.
 _NO_LIMIT = 1_000_000
@@ -74,8 +75,9 @@ class CrossEncoderReranker(Reranker):
         max_tokens: int | None = None,
         trust_remote_code: bool = False,
     ) -> CrossEncoderReranker:
+        dev = resolve_device(device)
         options = sentence_transformers_options(
-            device=device, dtype=dtype, trust_remote_code=trust_remote_code
+            device=dev, dtype=resolve_dtype(dtype, dev, cpu_bf16=False), trust_remote_code=trust_remote_code
         )
         model = CrossEncoder(name_or_path, **options).eval()
         return cls(model, name=name or name_or_path, source=name_or_path, max_tokens=max_tokens)

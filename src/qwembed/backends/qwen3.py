@@ -14,9 +14,11 @@ import numpy as np
 import torch
 from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
-from .base import Encoder, InputType, TokenIds
-from .device import load_transformers_model
+from .base import InputType, TokenIds
+from .device import load_transformers_model, resolve_device
 from .framing import Framing
+from .precision import DEFAULT_MIN_COSINE, Precision
+from .torch_encoder import TorchEncoder
 
 END_OF_TEXT = "<|endoftext|>"
 DEFAULT_QUERY_TASK = "Given a web search query, retrieve relevant passages that answer the query"
@@ -27,7 +29,7 @@ def query_prompt(task: str, text: str) -> str:
     return f"Instruct: {task}\nQuery:{text}"
 
 
-class Qwen3Encoder(Encoder):
+class Qwen3Encoder(TorchEncoder):
     backend = "qwen3"
 
     def __init__(
@@ -67,11 +69,21 @@ class Qwen3Encoder(Encoder):
         dtype: str | torch.dtype = "auto",
         max_tokens: int | None = None,
         trust_remote_code: bool = False,
+        compile: bool = False,
+        min_bf16_cosine: float = DEFAULT_MIN_COSINE,
     ) -> Qwen3Encoder:
+        dev = resolve_device(device)
+        precision = Precision.plan(dtype, dev)
         model, tokenizer = load_transformers_model(
-            AutoModel, name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code
+            AutoModel,
+            name_or_path,
+            device=dev,
+            dtype=precision.load_dtype,
+            trust_remote_code=trust_remote_code,
         )
-        return cls(model, tokenizer, name=name or name_or_path, source=name_or_path, max_tokens=max_tokens)
+        encoder = cls(model, tokenizer, name=name or name_or_path, source=name_or_path, max_tokens=max_tokens)
+        encoder.prepare(model, precision, compile=compile, min_bf16_cosine=min_bf16_cosine)
+        return encoder
 
     def format(self, text: str, input_type: InputType | None, instruction: str | None) -> str:
         if input_type == "document":
@@ -86,19 +98,20 @@ class Qwen3Encoder(Encoder):
 
     @torch.inference_mode()
     def embed_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
-        longest = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        rows, longest = self.padded_shape(batch)
+        input_ids = torch.full((rows, longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((rows, longest), dtype=torch.long)
         for row, ids in enumerate(batch):  # left padding: every sequence ends at the last column
             input_ids[row, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
             mask[row, longest - len(ids) :] = 1
         # Positions count from each sequence's first real token, so a text sees the same
         # rotary positions alone and inside a batch of longer texts.
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        hidden = self.model(
-            input_ids=input_ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            position_ids=positions.to(self.device),
-        ).last_hidden_state
-        pooled = hidden[:, -1].float()
+        with self.precision.autocast():
+            hidden = self.model(
+                input_ids=input_ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+            ).last_hidden_state
+        pooled = hidden[: len(batch), -1].float()
         return torch.nn.functional.normalize(pooled, p=2, dim=-1).cpu().numpy()

@@ -21,7 +21,8 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from .base import Reranker, TokenIds
-from .device import load_transformers_model
+from .device import load_transformers_model, resolve_device
+from .precision import resolve_dtype
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 PREFIX = (
@@ -92,11 +93,12 @@ class Qwen3Reranker(Reranker):
         max_tokens: int | None = None,
         trust_remote_code: bool = False,
     ) -> Qwen3Reranker:
+        dev = resolve_device(device)
         model, tokenizer = load_transformers_model(
             AutoModelForCausalLM,
             name_or_path,
-            device=device,
-            dtype=dtype,
+            device=dev,
+            dtype=resolve_dtype(dtype, dev, cpu_bf16=False),
             trust_remote_code=trust_remote_code,
         )
         return cls(model, tokenizer, name=name or name_or_path, source=name_or_path, max_tokens=max_tokens)

@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 
 from .base import Encoder, Reranker
+from .precision import DEFAULT_MIN_COSINE
 
 BackendName = Literal["auto", "qwen3", "sentence-transformers", "use"]
 
@@ -21,6 +22,10 @@ class LoadOptions:
     dtype: str | torch.dtype = "auto"
     max_tokens: int | None = None
     trust_remote_code: bool = False
+    #: embedders only: torch.compile the forward pass (see backends/compile.py)
+    compile: bool = False
+    #: embedders only: the load-time bf16 check's bar (see backends/precision.py)
+    min_bf16_cosine: float = DEFAULT_MIN_COSINE
 
 
 def _package_dir(package: str) -> Path:
@@ -118,6 +123,7 @@ def load_encoder(
     if backend == "auto":
         backend = detect_backend(source, options.trust_remote_code)
     name = name or served_name(name_or_path)
+    kwargs.update(compile=options.compile, min_bf16_cosine=options.min_bf16_cosine)
     if backend == "qwen3":
         from .qwen3 import Qwen3Encoder
 

@@ -8,15 +8,17 @@ import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 
-from .base import Encoder, InputType, TokenIds
-from .device import sentence_transformers_options
+from .base import InputType, TokenIds
+from .device import resolve_device, sentence_transformers_options
 from .framing import framing_of
+from .precision import DEFAULT_MIN_COSINE, Precision
+from .torch_encoder import TorchEncoder
 
 # Prompt names that models use for the document side (e5 says "passage").
 _DOCUMENT_PROMPTS = ("document", "passage", "doc", "corpus")
 
 
-class SentenceTransformerEncoder(Encoder):
+class SentenceTransformerEncoder(TorchEncoder):
     backend = "sentence-transformers"
 
     def __init__(self, model: SentenceTransformer, *, name: str, source: str, max_tokens: int | None = None):
@@ -34,6 +36,8 @@ class SentenceTransformerEncoder(Encoder):
         self.framing = framing_of(tokenizer)
         self.device = model.device
         self._needs_token_types = "token_type_ids" in tokenizer.model_input_names
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.pad_left = tokenizer.padding_side == "left"
 
     @classmethod
     def load(
@@ -45,12 +49,23 @@ class SentenceTransformerEncoder(Encoder):
         dtype: str | torch.dtype = "auto",
         max_tokens: int | None = None,
         trust_remote_code: bool = False,
+        compile: bool = False,
+        min_bf16_cosine: float = DEFAULT_MIN_COSINE,
     ) -> SentenceTransformerEncoder:
+        dev = resolve_device(device)
+        precision = Precision.plan(dtype, dev)
         options = sentence_transformers_options(
-            device=device, dtype=dtype, trust_remote_code=trust_remote_code
+            device=dev, dtype=precision.load_dtype, trust_remote_code=trust_remote_code
         )
         model = SentenceTransformer(name_or_path, **options).eval()
-        return cls(model, name=name or name_or_path, source=name_or_path, max_tokens=max_tokens)
+        encoder = cls(model, name=name or name_or_path, source=name_or_path, max_tokens=max_tokens)
+        encoder.prepare(model, precision, compile=compile, min_bf16_cosine=min_bf16_cosine)
+        return encoder
+
+    def compile_target(self) -> torch.nn.Module:
+        # The transformer inside sentence-transformers' first module; pooling stays eager (it is cheap).
+        first = self.model[0]
+        return getattr(first, "model", None) or first.auto_model
 
     def _prompt(self, input_type: InputType | None, instruction: str | None) -> str:
         prompts = self.model.prompts or {}
@@ -71,9 +86,17 @@ class SentenceTransformerEncoder(Encoder):
 
     @torch.inference_mode()
     def embed_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
-        features = self.tokenizer.pad({"input_ids": list(batch)}, return_tensors="pt")
+        rows, longest = self.padded_shape(batch)
+        input_ids = torch.full((rows, longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((rows, longest), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            span = slice(longest - len(ids), longest) if self.pad_left else slice(0, len(ids))
+            input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
+            mask[row, span] = 1
+        features = {"input_ids": input_ids, "attention_mask": mask}
         if self._needs_token_types:
-            features["token_type_ids"] = torch.zeros_like(features["input_ids"])
+            features["token_type_ids"] = torch.zeros_like(input_ids)
         features = {key: value.to(self.device) for key, value in features.items()}
-        pooled = self.model(features)["sentence_embedding"].float()
+        with self.precision.autocast():
+            pooled = self.model(features)["sentence_embedding"][: len(batch)].float()
         return torch.nn.functional.normalize(pooled, p=2, dim=-1).cpu().numpy()

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..backends import Encoder, InputType, LoadOptions, TokenIds, load_encoder
+from ..backends.precision import DEFAULT_MIN_COSINE
 from ..backends.registry import BackendName
 from .batching import default_batch_tokens, plan_batches
 from .inputs import EmbedOptions, tokenize_ids, tokenize_texts
@@ -43,10 +44,17 @@ class Embedder:
         dtype: str | torch.dtype = "auto",
         max_tokens: int | None = None,
         trust_remote_code: bool = False,
+        compile: bool = False,
+        min_bf16_cosine: float = DEFAULT_MIN_COSINE,
         max_batch_tokens: int | None = None,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     ) -> Embedder:
-        options = LoadOptions(device, dtype, max_tokens, trust_remote_code)
+        """``dtype="auto"``: bf16 on CUDA and on CPUs with bf16 matrix units (checked against float32
+        at load, fallback below ``min_bf16_cosine``), float32 elsewhere; ``compile``: torch.compile the
+        forward pass (faster batches, slower start)."""
+        options = LoadOptions(
+            device, dtype, max_tokens, trust_remote_code, compile=compile, min_bf16_cosine=min_bf16_cosine
+        )
         encoder = load_encoder(model, name=name, backend=backend, options=options)
         return cls(encoder, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size)
 

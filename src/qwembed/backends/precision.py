@@ -1,0 +1,207 @@
+"""How a torch model computes: its dtype, bf16 on CPUs with bf16 matrix units, and the check
+that guards it.
+
+On CUDA, bfloat16 means bf16 weights throughout (the Qwen3 checkpoints' own dtype). On a CPU it
+means *mixed* bf16: every ``nn.Linear`` holds bf16 weights and runs under ``torch.autocast``,
+while embeddings, norms and the residual stream stay float32. On all-MiniLM-L6-v2 that keeps the
+cosine to float32 at ≥ 0.9999 where plain bf16 weights reach only 0.99987, at the same speed
+(docs/benchmarks.md) — the matrix multiplications are where the time goes, and where AMX helps.
+
+``--dtype auto`` chooses bf16 only where the hardware multiplies bf16 natively (detected, not
+guessed), then proves it on a fixed calibration set against float32 at load time and falls back
+to float32, saying so, when the vectors drift past the bar.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+log = logging.getLogger("qwembed.precision")
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+#: the load-time check's default: the worst calibration text's cosine to float32
+DEFAULT_MIN_COSINE = 0.999
+
+# Short and long, English, Chinese, mixed, code and numbers: the inputs where reduced precision
+# drifts first are the long ones and the unusual ones.
+CALIBRATION_TEXTS = (
+    "What is the capital of France?",
+    "The quick brown fox jumps over the lazy dog.",
+    "如何申请信用卡的分期付款？",
+    "我的银行卡被冻结了，怎么办",
+    "Qwen3 嵌入模型 supports 100+ languages, 包括中文和 English.",
+    "def add(a, b):\n    return a + b  # sum two numbers",
+    "Order #48213 shipped on 2024-03-07; total $1,299.95 (VAT 19%).",
+    "ok",
+    "Retrieval-augmented generation combines a search index with a language model: the retriever "
+    "finds passages relevant to the question, and the generator writes an answer grounded in them. "
+    "Its quality depends on the embedding model, the chunking of documents, the number of passages "
+    "passed on, and whether a reranker orders them before generation. Long inputs like this one "
+    "accumulate rounding error over more positions, which is why the check includes one.",
+    "知识库问答系统先把文档切分成段落，用向量模型编码后存入索引；用户提问时，系统检索最相关的段落，"
+    "再交给大模型生成答案。段落太长会稀释语义，太短又缺少上下文，因此切分策略和重排序同样重要。",
+)
+
+
+@cache
+def cpu_has_bf16_units() -> bool:
+    """AMX-BF16 tiles or AVX512-BF16 dot products, as the CPU reports them."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:  # a torch without these probes: read the flags ourselves
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def resolve_dtype(
+    dtype: str | torch.dtype = "auto", device: torch.device | None = None, *, cpu_bf16: bool = True
+) -> torch.dtype:
+    """``auto`` → bfloat16 on CUDA and (with ``cpu_bf16``) on CPUs with bf16 matrix units, else
+    float32. Rerankers pass ``cpu_bf16=False``: their scores have no calibration check yet."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device is not None and device.type == "cuda":
+            return torch.bfloat16
+        if cpu_bf16 and device is not None and device.type == "cpu" and cpu_has_bf16_units():
+            return torch.bfloat16
+        return torch.float32
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; choose auto, {', '.join(_DTYPES)}") from None
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a loaded model computes in."""
+
+    dtype: torch.dtype
+    device_type: str
+    #: CPU bf16: Linear weights in ``dtype`` under autocast, everything else float32
+    mixed: bool = False
+    #: ``--dtype auto`` chose this, so a failed calibration may fall back to float32
+    automatic: bool = False
+
+    @classmethod
+    def plan(cls, dtype: str | torch.dtype, device: torch.device) -> Precision:
+        resolved = resolve_dtype(dtype, device)
+        mixed = device.type == "cpu" and resolved == torch.bfloat16
+        return cls(resolved, device.type, mixed, automatic=dtype == "auto")
+
+    @property
+    def load_dtype(self) -> torch.dtype:
+        """The dtype to load weights in: float32 for mixed bf16, whose Linear layers are cast later."""
+        return torch.float32 if self.mixed else self.dtype
+
+    def autocast(self) -> AbstractContextManager:
+        if self.mixed:
+            return torch.autocast(self.device_type, dtype=self.dtype)
+        return nullcontext()
+
+    def describe(self) -> str:
+        name = str(self.dtype).removeprefix("torch.")
+        return f"{name} matmuls, float32 elsewhere" if self.mixed else name
+
+
+FLOAT32_CPU = Precision(torch.float32, "cpu")
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    precision: Precision
+    min_cosine: float
+    fell_back: bool
+
+
+def _cast_linear_layers(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Cast every Linear layer to ``dtype``; returns the original tensors so the cast can be undone."""
+    originals: dict[str, torch.Tensor] = {}
+    for module_name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            for param_name, param in module.named_parameters(recurse=False):
+                originals[f"{module_name}.{param_name}"] = param.data
+            module.to(dtype)
+    return originals
+
+
+def _restore(model: torch.nn.Module, originals: dict[str, torch.Tensor]) -> None:
+    for name, param in model.named_parameters():
+        if name in originals:
+            param.data = originals[name]
+
+
+class _Calibratable(Protocol):
+    """What the check needs of an encoder: its precision switch and its two halves."""
+
+    precision: Precision
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]: ...
+    def truncate(self, ids: list[int]) -> list[int]: ...
+    def embed_token_ids(self, batch: Sequence[list[int]]) -> np.ndarray: ...
+
+
+def apply_precision(
+    encoder: _Calibratable,
+    model: torch.nn.Module,
+    precision: Precision,
+    *,
+    min_cosine: float = DEFAULT_MIN_COSINE,
+) -> CalibrationResult | None:
+    """Give a float32-loaded ``encoder`` its planned precision; mixed bf16 is checked first.
+
+    The calibration set's float32 vectors are the reference. Below ``min_cosine`` an automatic
+    choice falls back to float32 (the float32 weights are kept until the check passes); an explicit
+    ``--dtype bfloat16`` stays, with a warning. Nothing to check for other precisions (None).
+    """
+    encoder.precision = precision
+    if not precision.mixed:
+        return None
+    batch = [encoder.truncate(ids) for ids in encoder.tokenize(CALIBRATION_TEXTS)]
+    encoder.precision = FLOAT32_CPU
+    reference = encoder.embed_token_ids(batch)
+    originals = _cast_linear_layers(model, precision.dtype)
+    encoder.precision = precision
+    worst = float(np.min(np.sum(reference * encoder.embed_token_ids(batch), axis=1)))
+    if worst >= min_cosine:
+        log.info(
+            "%s: %s, calibration cosine to float32 ≥ %.6f",
+            type(encoder).__name__,
+            precision.describe(),
+            worst,
+        )
+        return CalibrationResult(precision, worst, fell_back=False)
+    if not precision.automatic:
+        log.warning(
+            "%s was asked for, but its calibration cosine to float32 is %.6f (< %s)",
+            precision.describe(),
+            worst,
+            min_cosine,
+        )
+        return CalibrationResult(precision, worst, fell_back=False)
+    _restore(model, originals)
+    encoder.precision = FLOAT32_CPU
+    log.warning(
+        "bf16 calibration cosine to float32 was %.6f (< %s): falling back to float32", worst, min_cosine
+    )
+    return CalibrationResult(FLOAT32_CPU, worst, fell_back=True)
