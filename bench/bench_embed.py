@@ -2,10 +2,15 @@
 
     .venv/bin/python bench/bench_embed.py --model minilm --n 4000
 
-Corpus: the sentences of ../shared/data/BQ/BQ.test.data (Chinese bank questions, short). Prints
-texts/s and tokens/s per engine and the ratios to sentence-transformers, with the machine, and
-writes JSON with --out. The server is started as a separate process (``qwembed serve``) and loaded
-by 8 concurrent clients posting batches of 32, so client and server do not share one GIL.
+Short texts: the sentences of ../shared/data/BQ/BQ.test.data (Chinese bank questions, 13.6 tokens
+on average). Engines, timed in turn (A B C D A B C D …) so drift hits all alike:
+sentence-transformers ``encode`` in float32 (the reference vectors), qwembed in float32, qwembed
+with ``--dtype auto`` (mixed bf16 on CPUs with bf16 units), and the same with ``--compile``.
+Long documents: the same sentences joined to the model's longest input, where the figure of merit
+is model FLOP/s as a share of the bf16 matmul peak measured in this run.
+The server is a separate process (``qwembed serve``) loaded by concurrent clients posting batches
+of 32 pre-encoded JSON bodies (base64 answers), so client and server do not share one GIL.
+Prints JSON with the machine, its CPU flags and GEMM peaks; --out writes it.
 """
 
 from __future__ import annotations
@@ -20,38 +25,51 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, free_port, load_sentences, machine, start_server
+from common import (
+    DEFAULT_DATA,
+    free_port,
+    gemm_peak,
+    linear_parameters,
+    load_sentences,
+    machine,
+    model_flops,
+    start_server,
+)
 
 
-def timed_pair(a, b, repeats: int) -> tuple[float, float, object, object]:
-    """Median seconds of ``a`` and ``b`` run in turn (A B A B …), so drift hits both alike."""
-    a(), b()  # warm-up
-    times_a, times_b = [], []
+def timed_in_turn(engines: dict, repeats: int) -> tuple[dict[str, float], dict]:
+    """Median seconds per engine, run in turn ``repeats`` times after one warm-up each."""
+    results = {name: run() for name, run in engines.items()}  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in engines}
     for _ in range(repeats):
-        start = time.perf_counter()
-        result_a = a()
-        times_a.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        result_b = b()
-        times_b.append(time.perf_counter() - start)
-    return statistics.median(times_a), statistics.median(times_b), result_a, result_b
+        for name, run in engines.items():
+            start = time.perf_counter()
+            results[name] = run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}, results
 
 
 async def _load_server(url: str, model: str, texts: list[str], clients: int, batch: int) -> list[float]:
-    chunks = [texts[i : i + batch] for i in range(0, len(texts), batch)]
+    # bodies are encoded before the clock starts: the load generator should cost the server's
+    # 2 cores as little as possible (a real deployment's clients run elsewhere)
+    bodies = [
+        orjson.dumps({"model": model, "input": texts[i : i + batch], "encoding_format": "base64"})
+        for i in range(0, len(texts), batch)
+    ]
     queue: asyncio.Queue = asyncio.Queue()
-    for chunk in chunks:
-        queue.put_nowait(chunk)
+    for body in bodies:
+        queue.put_nowait(body)
     latencies: list[float] = []
 
     async def client(http: httpx.AsyncClient) -> None:
         while not queue.empty():
-            chunk = queue.get_nowait()
+            body = queue.get_nowait()
             start = time.perf_counter()
             response = await http.post(
-                f"{url}/v1/embeddings", json={"model": model, "input": chunk, "encoding_format": "base64"}
+                f"{url}/v1/embeddings", content=body, headers={"content-type": "application/json"}
             )
             response.raise_for_status()
             latencies.append(time.perf_counter() - start)
@@ -61,9 +79,11 @@ async def _load_server(url: str, model: str, texts: list[str], clients: int, bat
     return latencies
 
 
-def bench_server(model: str, texts: list[str], repeats: int, clients: int, batch: int) -> dict:
+def bench_server(
+    model: str, texts: list[str], repeats: int, clients: int, batch: int, server_args: list[str]
+) -> dict:
     port = free_port()
-    server = start_server(model, port, [])
+    server = start_server(model, port, server_args, timeout=600)
     url = f"http://127.0.0.1:{port}"
     try:
         runs = []
@@ -85,6 +105,24 @@ def bench_server(model: str, texts: list[str], repeats: int, clients: int, batch
         server.wait(30)
 
 
+def long_documents(sentences: list[str], embedder, count: int) -> list[str]:
+    """``count`` documents of sentences joined up to the model's longest input (cut to fit)."""
+    limit = embedder.encoder.max_tokens
+    docs, current = [], []
+    for sentence in sentences * 20:
+        current.append(sentence)
+        if len(current) % 8 == 0 and len(embedder.encoder.tokenize([" ".join(current)])[0]) >= limit:
+            docs.append(" ".join(current))
+            current = []
+            if len(docs) == count:
+                break
+    return docs
+
+
+def rate(count: int, seconds: float, tokens: int) -> dict:
+    return {"texts_per_s": count / seconds, "tokens_per_s": tokens / seconds}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -92,10 +130,18 @@ def main() -> int:
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--n", type=int, default=4000)
+    parser.add_argument("--docs", type=int, default=200, help="long documents (0: skip)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--client-batch", type=int, default=32)
+    parser.add_argument("--no-compile", action="store_true", help="skip the --compile engine")
     parser.add_argument("--no-server", action="store_true")
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=None,
+        help="extra `qwembed serve` argument (default: --compile)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -104,37 +150,72 @@ def main() -> int:
 
     from qwembed.engine import Embedder
 
+    peaks = {"fp32_gflops": gemm_peak("float32"), "bf16_gflops": gemm_peak("bfloat16")}
     texts = load_sentences(args.data, args.n)
-    embedder = Embedder.load(args.model, device="cpu")
-    tokens = sum(len(ids) for ids in embedder.tokenize(texts))
-    reference = SentenceTransformer(embedder.encoder.source, device="cpu")
+    exact = Embedder.load(args.model, device="cpu", dtype="float32")
+    engines = {"qwembed float32": exact, "qwembed auto": Embedder.load(args.model, device="cpu")}
+    if not args.no_compile:
+        engines["qwembed auto + compile"] = Embedder.load(args.model, device="cpu", compile=True)
+    reference = SentenceTransformer(exact.encoder.source, device="cpu")
+    tokens = sum(len(ids) for ids in exact.tokenize(texts))
 
-    st_seconds, qw_seconds, st_vectors, qw_vectors = timed_pair(
-        lambda: reference.encode(texts, normalize_embeddings=True),
-        lambda: embedder.embed(texts),
-        args.repeats,
-    )
-    cosine = np.sum(np.asarray(st_vectors) * qw_vectors, axis=1)
+    def runs(inputs: list[str], truncate: bool) -> dict:
+        calls = {"sentence-transformers": lambda: reference.encode(inputs, normalize_embeddings=True)}
+        for name, embedder in engines.items():
+            calls[name] = lambda e=embedder: e.embed(inputs, truncate=truncate)
+        return calls
 
+    seconds, vectors = timed_in_turn(runs(texts, False), args.repeats)
+    base = seconds["sentence-transformers"]
+    short = {}
+    for name, took in seconds.items():
+        cosine = np.sum(np.asarray(vectors["sentence-transformers"]) * np.asarray(vectors[name]), axis=1)
+        short[name] = {
+            **rate(len(texts), took, tokens),
+            "x_st": base / took,
+            "min_cosine_to_fp32": float(cosine.min()),
+        }
     result = {
-        "machine": machine(),
+        "machine": {**machine(), **peaks},
         "torch_threads": torch.get_num_threads(),
         "model": args.model,
-        "corpus": f"{args.data.name}: {len(texts)} texts, {tokens / len(texts):.1f} tokens/text",
-        "sentence_transformers": {
-            "texts_per_s": len(texts) / st_seconds,
-            "tokens_per_s": tokens / st_seconds,
+        "precision": {name: e.encoder.precision.describe() for name, e in engines.items()},
+        "short": {
+            "corpus": f"{args.data.name}: {len(texts)} texts, {tokens / len(texts):.1f} tokens/text",
+            **short,
         },
-        "qwembed_engine": {"texts_per_s": len(texts) / qw_seconds, "tokens_per_s": tokens / qw_seconds},
-        "engine_vs_st": st_seconds / qw_seconds,
-        "min_cosine_to_st": float(cosine.min()),
     }
+    if args.docs:
+        docs = long_documents(texts, exact, args.docs)
+        lengths = [len(ids) for ids in exact.encoder.tokenize(docs)]
+        lengths = [min(n, exact.encoder.max_tokens) for n in lengths]
+        transformer = exact.encoder.compile_target()
+        flops = model_flops(transformer.config, linear_parameters(transformer), lengths)
+        seconds, vectors = timed_in_turn(runs(docs, True), args.repeats)
+        base = seconds["sentence-transformers"]
+        long = {
+            "corpus": f"{len(docs)} documents of {statistics.mean(lengths):.0f} tokens (the model's limit)"
+        }
+        for name, took in seconds.items():
+            cosine = np.sum(np.asarray(vectors["sentence-transformers"]) * np.asarray(vectors[name]), axis=1)
+            long[name] = {
+                **rate(len(docs), took, sum(lengths)),
+                "x_st": base / took,
+                "model_gflops": flops / took / 1e9,
+                "share_of_bf16_peak": flops / took / 1e9 / peaks["bf16_gflops"],
+                "min_cosine_to_fp32": float(cosine.min()),
+            }
+        result["long"] = long
     if not args.no_server:
-        served = bench_server(args.model, texts, args.repeats, args.clients, args.client_batch)
+        server_args = args.server_arg if args.server_arg is not None else ["--compile"]
+        engine_name = "qwembed auto + compile" if "--compile" in server_args else "qwembed auto"
+        served = bench_server(args.model, texts, args.repeats, args.clients, args.client_batch, server_args)
         served["tokens_per_s"] = tokens / served["seconds"]
-        result["qwembed_server"] = served
-        result["server_vs_st"] = st_seconds / served["seconds"]
-        result["server_vs_engine"] = qw_seconds / served["seconds"]
+        served["args"] = server_args
+        served["x_st"] = served["texts_per_s"] / short["sentence-transformers"]["texts_per_s"]
+        engine_rate = short.get(engine_name, short["qwembed auto"])["texts_per_s"]
+        served["http_cost_vs_engine"] = 1 - served["texts_per_s"] / engine_rate
+        result["server"] = served
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -35,6 +35,27 @@ def machine() -> dict:
     }
 
 
+def gemm_peak(dtype_name: str, size: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a ``size``³ matrix multiplication in ``dtype_name`` (best of ``repeats``): the
+    machine's practical ceiling, measured in the same run as the figures it is compared with."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
 def load_sentences(path: Path, n: int) -> list[str]:
     seen: dict[str, None] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -52,7 +73,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: str, port: int, extra: list[str]) -> subprocess.Popen:
+def start_server(model: str, port: int, extra: list[str], timeout: float = 300) -> subprocess.Popen:
     command = [
         str(REPO / ".venv" / "bin" / "qwembed"),
         "serve",
@@ -65,7 +86,7 @@ def start_server(model: str, port: int, extra: list[str]) -> subprocess.Popen:
         *extra,
     ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
@@ -77,3 +98,18 @@ def start_server(model: str, port: int, extra: list[str]) -> subprocess.Popen:
         time.sleep(0.2)
     server.kill()
     raise RuntimeError("server did not become ready")
+
+
+def linear_parameters(module) -> int:
+    """Weights of every nn.Linear: 2 FLOPs each per token is the model's matmul work."""
+    import torch
+
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
+
+
+def model_flops(config, linear_params: int, lengths: list[int]) -> float:
+    """Forward FLOPs for sequences of ``lengths`` tokens: the Linear layers (2 per weight per token)
+    plus attention scores and weighted sums (2 × 2 × n² × attention width per layer)."""
+    heads = config.num_attention_heads
+    width = heads * (getattr(config, "head_dim", None) or config.hidden_size // heads)
+    return sum(2 * linear_params * n + 4 * n * n * width * config.num_hidden_layers for n in lengths)

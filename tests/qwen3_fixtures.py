@@ -45,8 +45,11 @@ def _tiny_config(vocab_size: int, **overrides) -> Qwen3Config:
     return Qwen3Config(**settings)
 
 
-def make_tiny_qwen3(folder: Path, *, append_end_token: bool, seed: int = 0, **config) -> Path:
-    """Save a random Qwen3Model plus tokenizer files into ``folder``."""
+def make_tiny_qwen3(
+    folder: Path, *, append_end_token: bool, seed: int = 0, weight_std: float | None = 0.2, **config
+) -> Path:
+    """Save a random Qwen3Model plus tokenizer files into ``folder`` (``weight_std=None`` keeps
+    transformers' own initialisation, as the full-size benchmark model does)."""
     source = qwen_tokenizer_files()
     assert source is not None
     folder.mkdir(parents=True, exist_ok=True)
@@ -57,11 +60,12 @@ def make_tiny_qwen3(folder: Path, *, append_end_token: bool, seed: int = 0, **co
     tokenizer = AutoTokenizer.from_pretrained(folder)
     torch.manual_seed(seed)
     model = Qwen3Model(_tiny_config(len(tokenizer), **config))
-    # random init is tiny (std 0.02); widen it so pooled vectors differ clearly between texts
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() > 1:
-                parameter.normal_(0.0, 0.2)
+    if weight_std is not None:
+        # random init is tiny (std 0.02); widen it so pooled vectors differ clearly between texts
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.dim() > 1:
+                    parameter.normal_(0.0, weight_std)
     model.save_pretrained(folder, safe_serialization=True)
     return folder
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from qwembed.eval.bench import measure_latency, parse_batch_sizes, run_bench
@@ -58,3 +59,15 @@ def test_bench_command(tmp_path, capsys):
     assert record["dataset"] == "builtin:zh-hard" and record["data"]["texts"] == 225
     assert "Speed and memory" in capsys.readouterr().out
     assert main(["bench", "--model", "hashing", "--batch-sizes", "x", "--out", str(out)]) == 2
+
+
+def test_st_peer_is_sentence_transformers_on_the_same_model(minilm_dir):
+    from qwembed.engine import Embedder
+    from qwembed.eval.models import open_embedder
+
+    peer = open_embedder("st:minilm", device="cpu")
+    texts = ["a peer for speed comparisons", "银行卡"]
+    assert peer.name == "st:minilm" and peer.dimension == 384
+    ours = Embedder.load("minilm", device="cpu", dtype="float32").embed(texts)
+    np.testing.assert_allclose(peer.embed(texts), ours, atol=1e-5)
+    assert peer.embed(texts, dimensions=64).shape == (2, 64)

@@ -96,6 +96,7 @@ def bench_model(
     repeats: int = DEFAULT_REPEATS,
     device: str = "auto",
     dtype: str = "auto",
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Load ``spec`` and measure it, in the calling process; returns a plain dict."""
     from .models import open_embedder
@@ -106,7 +107,7 @@ def bench_model(
         import qwembed.engine.embedder  # noqa: F401
 
     start = time.perf_counter()
-    model = open_embedder(spec, device=device, dtype=dtype)
+    model = open_embedder(spec, device=device, dtype=dtype, compile=compile)
     load_s = time.perf_counter() - start
     rows = measure_latency(model, texts, batch_sizes, repeats)
     return {

@@ -116,6 +116,9 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     )
     bench.add_argument("--batch-sizes", default="1,8,32", help="(default: %(default)s)")
     bench.add_argument("--repeats", type=_positive_int, default=10, help="timed calls per batch size")
+    bench.add_argument(
+        "--compile", action="store_true", help="local qwembed models: torch.compile the forward pass"
+    )
     bench.set_defaults(func=cmd_bench)
 
 
@@ -126,7 +129,8 @@ def _common(batch_size: bool = True) -> argparse.ArgumentParser:
         action="append",
         required=True,
         metavar="M",
-        help="bundled name, local path, hub id, http(s)://host:port/v1#MODEL, or hashing[:DIM]; repeatable",
+        help="bundled name, local path, hub id, http(s)://host:port/v1#MODEL, st:MODEL "
+        "(sentence-transformers encode, a peer), or hashing[:DIM]; repeatable",
     )
     p.add_argument("--out", required=True, type=Path, metavar="R.json", help="results JSON")
     p.add_argument("--report", type=Path, metavar="R.md", help="Markdown report; PNG plots go beside it")
@@ -264,6 +268,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     repeats=args.repeats,
                     device=args.device,
                     dtype=args.dtype,
+                    compile=args.compile,
                 )
             )
         _write(args, records)

@@ -5,12 +5,14 @@ Specs:
 * ``http(s)://host:port/v1#MODEL`` – an OpenAI-compatible endpoint; ``#MODEL`` is the
   ``model`` field sent (omit it for a server that serves one model);
 * ``hashing`` or ``hashing:DIM`` – the model-free character n-gram baseline;
+* ``st:MODEL`` – sentence-transformers' own ``encode`` on the same model, as a speed peer;
 * anything else – ``qwembed.engine.embedder.Embedder.load(spec)``: a bundled short name
   (``minilm``, ``use-multilingual``), a local folder or a Hugging Face hub id.
 """
 
 from __future__ import annotations
 
+from . import st_peer
 from .errors import EvalError
 from .hashing_embedder import HashingEmbedder
 from .protocol import TextEmbedder
@@ -25,7 +27,12 @@ def split_endpoint_spec(spec: str) -> tuple[str, str | None]:
 
 
 def open_embedder(
-    spec: str, *, device: str = "auto", dtype: str = "auto", batch_size: int | None = None
+    spec: str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_size: int | None = None,
+    compile: bool = False,
 ) -> TextEmbedder:
     """Open the model a ``--model`` value names. Heavy imports (torch, httpx) happen only for
     the kind of model actually asked for."""
@@ -43,9 +50,12 @@ def open_embedder(
             raise EvalError(f"--model {spec!r}: expected hashing:DIM with a positive integer DIM")
         return HashingEmbedder(int(dim)) if dim else HashingEmbedder(name=HASHING)
 
+    if spec.startswith(st_peer.PREFIX):
+        return st_peer.SentenceTransformersPeer(spec.removeprefix(st_peer.PREFIX), device=device)
+
     from ..engine.embedder import Embedder
 
     try:
-        return Embedder.load(spec, device=device, dtype=dtype)
+        return Embedder.load(spec, device=device, dtype=dtype, compile=compile)
     except (OSError, ValueError) as exc:  # ModelNotFoundError is a ValueError
         raise EvalError(f"--model {spec!r}: cannot load: {exc}") from None

