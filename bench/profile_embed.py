@@ -1,0 +1,59 @@
+"""Where the time goes: torch profiler summaries of qwembed's engine per precision, one run.
+
+    .venv/bin/python bench/profile_embed.py --model minilm --n 2000 > docs/profiles/minilm-cpu.txt
+
+Embeds the same BQ sentences with float32, ``--dtype auto`` (mixed bf16) and auto + ``--compile``,
+and prints, for each, the wall time and the operators that took the most CPU time. The summaries
+in docs/profiles/ were made with this script; docs/benchmarks.md explains what changed between them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_DATA, load_sentences, machine
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--rows", type=int, default=12, help="operators listed per profile")
+    args = parser.parse_args()
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from qwembed.engine import Embedder
+
+    texts = load_sentences(args.data, args.n)
+    print(f"# {args.model}, {len(texts)} sentences of {args.data.name}; {machine()}\n")
+    variants = {
+        "float32": {"dtype": "float32"},
+        "auto (mixed bf16)": {},
+        "auto + compile": {"compile": True},
+    }
+    for label, options in variants.items():
+        embedder = Embedder.load(args.model, device="cpu", **options)
+        embedder.embed(texts)  # warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            embedder.embed(texts)
+            seconds = time.perf_counter() - start
+        print(f"## {label}: {embedder.encoder.precision.describe()}, {len(texts) / seconds:,.0f} texts/s\n")
+        print(
+            prof.key_averages().table(
+                sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=48
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
