@@ -61,6 +61,9 @@ class Encoder(ABC):
 
     #: short backend name, e.g. ``"qwen3"``
     backend: str = "base"
+    #: True when padding costs the forward pass (almost) nothing, so batches are budgeted by real
+    #: tokens rather than ``rows × longest`` (see backends/packed_bert.py)
+    packed: bool = False
 
     def __init__(self, name: str, source: str, dimension: int, max_tokens: int, vocab_size: int):
         self.name = name

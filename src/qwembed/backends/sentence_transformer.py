@@ -11,6 +11,7 @@ from sentence_transformers import SentenceTransformer
 from .base import InputType, TokenIds
 from .device import resolve_device, sentence_transformers_options
 from .framing import framing_of
+from .packed_bert import PackedBatch, packed_bert_forward, supports_packing
 from .precision import DEFAULT_MIN_COSINE, Precision
 from .torch_encoder import TorchEncoder
 
@@ -38,6 +39,8 @@ class SentenceTransformerEncoder(TorchEncoder):
         self._needs_token_types = "token_type_ids" in tokenizer.model_input_names
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.pad_left = tokenizer.padding_side == "left"
+        #: padding-free forward for plain BERT models (see backends/packed_bert.py)
+        self.packed = supports_packing(self.compile_target())
 
     @classmethod
     def load(
@@ -86,6 +89,8 @@ class SentenceTransformerEncoder(TorchEncoder):
 
     @torch.inference_mode()
     def embed_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
+        if self.packed:
+            return self._embed_packed(batch)
         rows, longest = self.padded_shape(batch)
         input_ids = torch.full((rows, longest), self.pad_id, dtype=torch.long)
         mask = torch.zeros((rows, longest), dtype=torch.long)
@@ -99,4 +104,19 @@ class SentenceTransformerEncoder(TorchEncoder):
         features = {key: value.to(self.device) for key, value in features.items()}
         with self.precision.autocast():
             pooled = self.model(features)["sentence_embedding"][: len(batch)].float()
+        return torch.nn.functional.normalize(pooled, p=2, dim=-1).cpu().numpy()
+
+    def _embed_packed(self, batch: Sequence[TokenIds]) -> np.ndarray:
+        """BERT without padding in its Linear layers (backends/packed_bert.py), then the model's
+        own pooling and normalisation modules on the unpacked token embeddings."""
+        rows, longest = self.padded_shape(batch)
+        packed = PackedBatch.of(list(batch), rows, longest)
+        with self.precision.autocast():
+            features = {
+                "token_embeddings": packed_bert_forward(self.compile_target(), packed),
+                "attention_mask": packed.mask.to(self.device),
+            }
+            for module in list(self.model)[1:]:
+                features = module(features)
+        pooled = features["sentence_embedding"][: len(batch)].float()
         return torch.nn.functional.normalize(pooled, p=2, dim=-1).cpu().numpy()

@@ -5,23 +5,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def plan_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int) -> list[list[int]]:
+def plan_batches(
+    lengths: Sequence[int], max_batch_tokens: int, max_batch_size: int, *, padded: bool = True
+) -> list[list[int]]:
     """Split input positions into batches, longest first.
 
-    A batch's cost is ``rows × longest row`` (what a padded forward pass computes), kept within
-    ``max_batch_tokens``; an input longer than the budget runs alone rather than being refused.
-    Sorting by length keeps every batch's rows close in size.
+    A batch's cost is ``rows × longest row`` (what a padded forward pass computes), or for a
+    padding-free model (``padded=False``) its real tokens; it is kept within ``max_batch_tokens``.
+    An input longer than the budget runs alone rather than being refused. Sorting by length keeps
+    every batch's rows close in size.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     batches: list[list[int]] = []
     current: list[int] = []
+    cost = 0
     for index in order:
         # Longest first: the batch's first row fixes its padded width.
         width = lengths[current[0]] if current else lengths[index]
-        if current and ((len(current) + 1) * width > max_batch_tokens or len(current) >= max_batch_size):
+        added = width if padded else lengths[index]
+        if current and (cost + added > max_batch_tokens or len(current) >= max_batch_size):
             batches.append(current)
-            current = []
+            current, cost = [], 0
+            added = lengths[index]
         current.append(index)
+        cost += added
     if current:
         batches.append(current)
     return batches

@@ -104,6 +104,8 @@ class Embedder:
 
     def _run(self, ids: list[TokenIds]) -> np.ndarray:
         out = np.empty((len(ids), self.dimension), dtype=np.float32)
-        for batch in plan_batches([len(x) for x in ids], self.max_batch_tokens, self.max_batch_size):
+        lengths = [len(x) for x in ids]
+        padded = not self.encoder.packed
+        for batch in plan_batches(lengths, self.max_batch_tokens, self.max_batch_size, padded=padded):
             out[batch] = self.encoder.embed_token_ids([ids[i] for i in batch])
         return out

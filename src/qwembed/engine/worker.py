@@ -3,12 +3,13 @@
 Requests put their tokenised inputs on a bounded queue and await a future. The worker drains the
 queue in windows of whole requests, in arrival order, about one token budget each: a window is
 sorted by length, cut into batches under the budget and run, so short inputs do not pay for long
-ones' padding and no request waits behind more than the requests queued before it. Windows are
-kept that small on purpose: a request is answered only when all its inputs are done, so a window
-of everything waiting would answer all clients at once and then idle while they send again
-(measured: the model thread was busy only ~70 % of the time under 8 concurrent clients). A request whose client went away is cancelled
-and its inputs are skipped. A batch that raises is split by request and retried once, so one
-poisonous input fails only its own request.
+ones' padding and no request waits behind more than the requests queued before it. A request is
+answered when all its inputs are done, so small windows answer early requests early, and their
+clients can send again while the model works on the next window. (Window size barely moved
+throughput under 8 concurrent clients — 1k to 100k tokens measured within noise — padding did;
+see docs/benchmarks.md.) A request whose client went away is cancelled and its inputs are
+skipped. A batch that raises is split by request and retried once, so one poisonous input fails
+only its own request.
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ class BatchWorker:
         max_queue_wait: float | None = None,
         min_rate_sample_tokens: int = 2048,
         window_items: int | None = None,
+        window_tokens: int | None = None,
+        padded_batches: bool = True,
         observer: BatchObserver | None = None,
     ):
         self._run_batch = run_batch
@@ -107,6 +110,8 @@ class BatchWorker:
         self.max_queue_wait = max_queue_wait
         self.min_rate_sample_tokens = min_rate_sample_tokens
         self.window_items = window_items or max_batch_size * 8
+        self.window_tokens = window_tokens or max_batch_tokens
+        self.padded_batches = padded_batches
         self.observer = observer or _NullObserver()
         self._pending: deque[tuple[_Job, int]] = deque()
         self._cond = threading.Condition()
@@ -211,7 +216,7 @@ class BatchWorker:
             window, tokens = [], 0
             while self._pending and len(window) < self.window_items:
                 job, index = self._pending[0]
-                if index == 0 and window and tokens >= self.max_batch_tokens:
+                if index == 0 and window and tokens >= self.window_tokens:
                     break  # a new request starts and the window is full: it goes in the next one
                 self._pending.popleft()
                 if job.done:  # cancelled (client gone) or already failed
@@ -241,7 +246,8 @@ class BatchWorker:
                 job.started = True
                 self.observer.queue_wait(now - job.submitted)
         lengths = [len(job.items[index]) for job, index in window]
-        for batch in plan_batches(lengths, self.max_batch_tokens, self.max_batch_size):
+        plan = plan_batches(lengths, self.max_batch_tokens, self.max_batch_size, padded=self.padded_batches)
+        for batch in plan:
             self._run([window[i] for i in batch])
 
     def _run(self, entries: list[tuple[_Job, int]], retry: bool = True) -> None:
