@@ -1,8 +1,12 @@
 """Knowledge-base benchmarks (results go to docs/knowledge-base.md).
 
-# store only, precomputed vectors: ingest rate, p50/p99 per mode exact and with the ANN index,
-# ANN recall@10 against exact search (random clustered vectors unless --vectors X.npy is given)
+# store only, precomputed vectors: ingest rate, p50/p99 per mode exact and with ANN indexes,
+# ANN recall@10 against numpy brute force, by id and by distance (ann-benchmarks' way), on
+# held-out queries (random clustered vectors unless --vectors X.npy is given)
 .venv/bin/python bench/bench_kb.py store --rows 100000 --dim 384
+.venv/bin/python bench/bench_kb.py store --vectors real100k.npy --index IVF_FLAT,IVF_HNSW_SQ \
+    --nprobes 16,32,64 --refine 0,4 --ef 0,100       # last 1,000 rows are the queries
+.venv/bin/python bench/bench_kb.py store --vectors real1m.npy --queries queries.npy --exact-queries 20
 .venv/bin/python bench/bench_kb.py store --rows 1000000 --dim 384     # the 1M run (long)
 # end to end with a real model: documents/s and chunks/s (StackFAQ threads)
 .venv/bin/python bench/bench_kb.py ingest --model minilm
@@ -48,23 +52,77 @@ def _clustered(rows: int, dim: int, seed: int = 0) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def _percentiles(samples: list[float]) -> str:
+def _percentiles(samples: list[float]) -> tuple[float, float]:
     p50, p99 = np.percentile(np.array(samples) * 1000, [50, 99])
-    return f"p50 {p50:.1f} ms · p99 {p99:.1f} ms"
+    return float(p50), float(p99)
+
+
+def _cell(samples: list[float]) -> str:
+    return "{:.1f} / {:.1f}".format(*_percentiles(samples))
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
+def _unit(matrix: np.ndarray) -> np.ndarray:
+    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+
+
+def exact_top_k(base: np.ndarray, queries: np.ndarray, k: int = 10, chunk: int = 65_536):
+    """Brute-force cosine top k in numpy (chunked matmul): ids (q × k) and cosines, best first."""
+    q = _unit(queries).astype(np.float32)
+    best_ids = np.zeros((len(q), 0), dtype=np.int64)
+    best_sims = np.zeros((len(q), 0), dtype=np.float32)
+    for lo in range(0, len(base), chunk):
+        sims = q @ _unit(base[lo : lo + chunk]).T
+        top = np.argpartition(-sims, min(k, sims.shape[1] - 1), axis=1)[:, :k]
+        ids = np.concatenate([best_ids, top + lo], axis=1)
+        values = np.concatenate([best_sims, np.take_along_axis(sims, top, axis=1)], axis=1)
+        keep = np.argsort(-values, axis=1, kind="stable")[:, :k]
+        best_ids, best_sims = np.take_along_axis(ids, keep, axis=1), np.take_along_axis(values, keep, axis=1)
+    return best_ids, best_sims
+
+
+def recall_at_k(base, queries, truth_ids, truth_sims, found: list[list[int]], k: int = 10, eps: float = 1e-4):
+    """(by id, by distance): the second as ann-benchmarks counts it — a returned row is a hit when
+    its exact cosine to the query is ≥ the exact k-th best cosine − eps (ties make ids arbitrary)."""
+    q = _unit(queries)
+    by_id = by_distance = 0.0
+    for n, rows in enumerate(found):
+        rows = list(dict.fromkeys(rows))[:k]
+        by_id += len(set(rows) & set(truth_ids[n].tolist())) / k
+        if rows:
+            cosines = _unit(base[rows]) @ q[n]
+            by_distance += float(np.sum(cosines >= truth_sims[n, k - 1] - eps)) / k
+    return by_id / len(found), by_distance / len(found)
 
 
 def bench_store(args: argparse.Namespace) -> None:
     from qwembed.kb.keywords import segment
-    from qwembed.kb.lance_store import LanceStore
+    from qwembed.kb.lance_store import LanceStore, default_partitions
     from qwembed.kb.search import reciprocal_rank_fusion
     from qwembed.kb.store import ChunkBatch
 
-    vectors = np.load(args.vectors).astype(np.float32) if args.vectors else _clustered(args.rows, args.dim)
-    rows, dim = vectors.shape
-    texts = _sentences(rows)
-    texts = [texts[i % len(texts)] for i in range(rows)]
-    keywords = [segment(t) for t in texts[: min(rows, 200_000)]]
-    keywords = [keywords[i % len(keywords)] for i in range(rows)]
+    if args.vectors:
+        vectors = np.load(args.vectors, mmap_mode="r")
+        source = f"real vectors from {args.vectors.name}"
+    else:  # synthetic; held-out queries are further draws around the same centres
+        vectors = _clustered(args.rows + (0 if args.queries else args.holdout), args.dim)
+        source = "clustered random vectors"
+    if args.queries:
+        queries = np.asarray(np.load(args.queries), dtype=np.float32)
+        base = np.asarray(vectors, dtype=np.float32)
+        held_out = f"{len(queries):,} held-out queries from {args.queries.name}"
+    else:  # no separate query file: the last rows are the queries and are not stored
+        base = np.asarray(vectors[: -args.holdout], dtype=np.float32)
+        queries = np.asarray(vectors[-args.holdout :], dtype=np.float32)
+        held_out = f"the last {args.holdout:,} rows held out as queries (not stored)"
+    rows, dim = base.shape
+    texts = _sentences(min(rows, 200_000))
+    keywords = [segment(t) for t in texts]
+    print(f"## store: {rows:,} chunks × {dim} dims, {source}; {held_out}", flush=True)
+
     store = LanceStore(Path(tempfile.mkdtemp(prefix="bench-kb-")), dim, ann_threshold=rows + 1)
     start = time.perf_counter()
     for lo in range(0, rows, args.batch):
@@ -77,55 +135,73 @@ def bench_store(args: argparse.Namespace) -> None:
                 ids,
                 [0] * len(ids),
                 [1] * len(ids),
-                texts[lo:hi],
-                keywords[lo:hi],
+                [texts[i % len(texts)] for i in range(lo, hi)],
+                [keywords[i % len(keywords)] for i in range(lo, hi)],
                 [""] * len(ids),
                 ["{}"] * len(ids),
                 ["h"] * len(ids),
-                vectors[lo:hi],
+                base[lo:hi],
             ),
         )
     elapsed = time.perf_counter() - start
-    print(
-        f"## store: {rows:,} chunks × {dim} dims ({'given' if args.vectors else 'clustered random'} vectors)"
-    )
     print(f"ingest: {elapsed:.1f} s, {rows / elapsed:,.0f} chunks/s (batches of {args.batch:,})")
     start = time.perf_counter()
     store.maintain()  # what the server does in the background: folds the new rows into the FTS index
     print(f"keyword index update (maintain): {time.perf_counter() - start:.1f} s")
+    start = time.perf_counter()
+    truth_ids, truth_sims = exact_top_k(base, queries)
+    print(f"ground truth (numpy brute force, {len(queries):,} queries): {time.perf_counter() - start:.1f} s")
     rng = random.Random(1)
-    picks = [rng.randrange(rows) for _ in range(args.queries)]
-    queries = [
-        vectors[i] + 0.05 * np.random.default_rng(i).standard_normal(dim).astype(np.float32) for i in picks
-    ]
-    terms = [keywords[i] for i in picks]
+    # keyword queries: the held-out vectors have no text, so stored chunks' terms are the queries
+    terms = [keywords[rng.randrange(len(keywords))] for _ in range(len(queries))]
 
-    def run(label: str) -> dict[str, list[str]]:
-        results: dict[str, list[str]] = {}
+    modes = set(args.modes.split(","))
+
+    def run(count: int) -> tuple[dict[str, list[float]], list[list[int]]]:
         timings: dict[str, list[float]] = {"dense": [], "keyword": [], "hybrid": []}
-        for n, (vector, term) in enumerate(zip(queries, terms, strict=True)):
+        found: list[list[int]] = []
+        for n in range(-args.warmup, count):  # negative n: warm-up, not counted
+            vector, term = queries[n], terms[n]  # warm-up: the last queries (timed later)
             t0 = time.perf_counter()
             dense = store.dense_search(vector, 10, [])
             t1 = time.perf_counter()
-            keyword = store.keyword_search(term, 20, [])
-            t2 = time.perf_counter()
-            reciprocal_rank_fusion([store.dense_search(vector, 20, []), keyword], 10)
-            t3 = time.perf_counter()
-            timings["dense"].append(t1 - t0)
-            timings["keyword"].append(t2 - t1)
-            timings["hybrid"].append(t3 - t2 + (t2 - t1))
-            results[str(n)] = [h.chunk_id for h in dense]
-        for mode, samples in timings.items():
-            print(f"{label} {mode}: {_percentiles(samples)}")
-        return results
+            if n >= 0:
+                timings["dense"].append(t1 - t0)
+                found.append([int(h.chunk_id[1:].split("#")[0]) for h in dense])
+            if modes != {"dense"}:
+                keyword = store.keyword_search(term, 20, [])
+                t2 = time.perf_counter()
+                reciprocal_rank_fusion([store.dense_search(vector, 20, []), keyword], 10)
+                t3 = time.perf_counter()
+                if n >= 0:
+                    timings["keyword"].append(t2 - t1)
+                    timings["hybrid"].append(t3 - t1)  # keyword list + dense list (depth 20) + fusion
+        return timings, found
 
-    exact = run("exact")
-    start = time.perf_counter()
-    store.build_vector_index()
-    print(f"ANN index (IVF_HNSW_SQ) build: {time.perf_counter() - start:.1f} s")
-    approximate = run("ann")
-    recall = np.mean([len(set(exact[q]) & set(approximate[q])) / 10 for q in exact])
-    print(f"ANN recall@10 vs exact: {recall:.3f} over {len(exact)} queries")
+    header = "| index | partitions | nprobes | refine | ef | recall@10 id | recall@10 dist | dense p50 / p99 ms | keyword p50 / p99 ms | hybrid p50 / p99 ms |"  # noqa: E501
+    lines = [header, "|" + "---|" * 10]
+
+    def report(label: str, partitions: str, knobs: tuple, timings, found) -> None:
+        by_id, by_distance = recall_at_k(base, queries, truth_ids, truth_sims, found)
+        cells = [label, partitions, *map(str, knobs), f"{by_id:.3f}", f"{by_distance:.3f}"]
+        cells += [_cell(timings[m]) if timings[m] else "–" for m in ("dense", "keyword", "hybrid")]
+        lines.append("| " + " | ".join(cells) + " |")
+        print(lines[-1], f"({len(found)} queries)", flush=True)
+
+    if args.exact_queries:
+        report("exact (no index)", "–", ("–", "–", "–"), *run(min(args.exact_queries, len(queries))))
+    for index_type in args.index.split(","):
+        partitions = args.partitions or default_partitions(index_type, rows)
+        start = time.perf_counter()
+        store.build_vector_index(index_type, partitions)
+        took = time.perf_counter() - start
+        print(f"{index_type} build ({partitions} partitions): {took:.1f} s", flush=True)
+        for nprobes in _ints(args.nprobes):
+            for refine in _ints(args.refine):
+                for ef in _ints(args.ef) if "HNSW" in index_type else [0]:
+                    store.nprobes, store.refine_factor, store.ef = nprobes, refine, ef
+                    report(index_type, str(partitions), (nprobes, refine, ef or "–"), *run(len(queries)))
+    print("\n" + "\n".join(lines))
 
 
 def bench_ingest(args: argparse.Namespace) -> None:
@@ -206,8 +282,21 @@ def main() -> None:
     store.add_argument(
         "--vectors", type=Path, default=None, help=".npy of real embeddings (overrides rows/dim)"
     )
+    store.add_argument(
+        "--queries", type=Path, default=None, help=".npy of held-out query vectors (else --holdout)"
+    )
+    store.add_argument("--holdout", type=int, default=1000, help="last rows used as queries, not stored")
     store.add_argument("--batch", type=int, default=10_000)
-    store.add_argument("--queries", type=int, default=100)
+    store.add_argument("--exact-queries", type=int, default=100, help="timed without an index (0: skip)")
+    store.add_argument("--warmup", type=int, default=10, help="untimed queries before each configuration")
+    store.add_argument("--index", default="IVF_FLAT", help="comma-separated: IVF_FLAT,IVF_HNSW_SQ,IVF_PQ …")
+    store.add_argument("--partitions", type=int, default=None, help="IVF partitions (default: the store's)")
+    store.add_argument("--nprobes", default="32", help="comma-separated values to sweep")
+    store.add_argument("--refine", default="0", help="refine factors to sweep (0: none)")
+    store.add_argument("--ef", default="0", help="HNSW ef values to sweep (0: LanceDB's default)")
+    store.add_argument(
+        "--modes", default="dense,keyword,hybrid", help="'dense': time only dense search (sweeps)"
+    )
     store.set_defaults(func=bench_store)
     ingest = commands.add_parser("ingest")
     ingest.add_argument("--model", default="minilm")

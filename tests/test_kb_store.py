@@ -231,3 +231,44 @@ def test_milvus_lite_adapter(tmp_path):
     assert (collection.stats().documents, collection.stats().chunks) == (4, 4)
     collection.delete("bank")
     assert collection.stats().documents == 3
+
+
+def _store_with_vectors(path: Path, vectors: np.ndarray, **options):
+    from qwembed.kb.lance_store import LanceStore
+    from qwembed.kb.store import ChunkBatch
+
+    n = len(vectors)
+    store = LanceStore(path, vectors.shape[1], ann_threshold=n, **options)
+    ids = [f"d{i}" for i in range(n)]
+    metadata = [f'{{"g": {i % 100}}}' for i in range(n)]
+    batch = ChunkBatch([f"{d}#0" for d in ids], ids, [0] * n, [1] * n, ["t"] * n, ["t"] * n, [""] * n,
+                       metadata, ["h"] * n, vectors)  # fmt: skip
+    store.replace_documents([], batch)
+    return store
+
+
+def test_lance_ann_index_default_type_and_narrow_filters(tmp_path):
+    from qwembed.kb.filters import Condition
+    from qwembed.kb.lance_store import VECTOR_INDEX, LanceStore
+
+    vectors = np.random.default_rng(0).standard_normal((2000, 16)).astype(np.float32)
+    store = _store_with_vectors(tmp_path / "s", vectors, nprobes=1)
+    assert store.maintain()[0] == "built the vector index over 2000 chunks"
+    assert store.has_vector_index() and VECTOR_INDEX == "IVF_FLAT"
+    assert store.vector_index_type() == "IvfFlat"
+    # a stored vector finds itself first through the index
+    for i in (3, 700, 1999):
+        assert store.dense_search(vectors[i], 1, [])[0].chunk_id == f"d{i}#0"
+    # 20 rows match the filter, scattered over ~45 partitions: one probe alone would miss most of
+    # them, so the search widens (maximum_nprobes 0) until k rows pass the prefilter
+    hits = store.dense_search(vectors[5], 20, [Condition("g", "$eq", 7)])
+    assert sorted(int(h.chunk_id[1:-2]) for h in hits) == list(range(7, 2000, 100))
+    store.build_vector_index("IVF_HNSW_SQ", num_partitions=2)
+    store.ef = 40
+    assert store.vector_index_type() == "IvfHnswSq"
+    assert store.dense_search(vectors[42], 1, [])[0].chunk_id == "d42#0"
+    # an index of another kind (say, from an older version) is replaced by the configured one
+    assert store.maintain() == ["rebuilt the vector index (IvfHnswSq) as IVF_FLAT over 2000 chunks"]
+    assert store.vector_index_type() == "IvfFlat" and store.maintain() == []
+    with pytest.raises(ValueError, match="unknown vector index type"):
+        LanceStore(tmp_path / "t", 16, index_type="HNSW_MAGIC")

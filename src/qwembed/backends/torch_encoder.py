@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -16,6 +17,8 @@ from .precision import (
     apply_precision,
 )
 
+log = logging.getLogger("qwembed.compile")
+
 
 class TorchEncoder(Encoder):
     #: what the forward pass computes in; subclasses run it under ``precision.autocast()``
@@ -29,7 +32,9 @@ class TorchEncoder(Encoder):
     ) -> None:
         """Finish loading a float32-loaded ``model``: planned precision (checked), then compilation."""
         self.calibration = apply_precision(self, model, precision, min_cosine=min_bf16_cosine)
-        if compile:
+        if compile and self.packed:
+            log.info("%s runs the padding-free forward; --compile does not apply to it", self.name)
+        elif compile:
             compile_model(self.compile_target())
             self.compiled = True
             timed_warm_up(self.warm_up, self.name)

@@ -4,7 +4,7 @@ Why LanceDB: appends of ~100k rows in about a second, an offline full-text index
 processes during writes, and commits that are atomic (a new manifest is written only after the
 data files), so ``kill -9`` at any moment leaves the previous version or the next, never a part.
 Its exact vector search gets slow past ~100k rows, so ``maintain`` builds an ANN index once the
-table is big enough; that build takes tens of seconds and runs in the background, never in a
+table is big enough; that build takes seconds to minutes and runs in the background, never in a
 request. Rows added after a build are still searched (exactly) until the next ``maintain``.
 """
 
@@ -27,6 +27,13 @@ log = logging.getLogger("qwembed.kb")
 
 TABLE = "chunks"
 ANN_THRESHOLD = 50_000  # rows: below, exact search is fast enough (and exact)
+# The ANN index and how it is searched: chosen with ``bench/bench_kb.py store`` (see
+# docs/knowledge-base.md, Benchmarks): recall@10 and p50 at 100k real and 1M × 384 vectors.
+VECTOR_INDEX = "IVF_FLAT"
+INDEX_TYPES = ("IVF_FLAT", "IVF_SQ", "IVF_PQ", "IVF_RQ", "IVF_HNSW_FLAT", "IVF_HNSW_SQ", "IVF_HNSW_PQ")
+NPROBES = 32  # IVF partitions searched per query (more are searched when a filter leaves too few)
+REFINE_FACTOR = 0  # > 0: fetch k × this many candidates and re-score them on the full vectors
+EF = 0  # HNSW candidate list; 0 = LanceDB's default (1.5 × k)
 REINDEX_FRACTION = 0.1  # rows added since the last index update before ``maintain`` refreshes it
 _COLUMNS = ["chunk_id", "document_id", "position", "text", "source", "metadata"]
 
@@ -90,14 +97,37 @@ def compile_where(conditions: Sequence[Condition]) -> str | None:
     return " AND ".join(f"({p})" for p in parts) or None
 
 
+def default_partitions(index_type: str, rows: int) -> int:
+    """IVF partitions: ~√n/4 for IVF_HNSW_* (an HNSW graph in each), ~√n for the scanned kinds."""
+    root = rows**0.5
+    return max(1, int(root / 4 if "HNSW" in index_type else root))
+
+
 class LanceStore:
-    def __init__(self, path: Path, dimension: int, *, ann_threshold: int = ANN_THRESHOLD):
+    def __init__(
+        self,
+        path: Path,
+        dimension: int,
+        *,
+        ann_threshold: int = ANN_THRESHOLD,
+        index_type: str = VECTOR_INDEX,
+        nprobes: int = NPROBES,
+        refine_factor: int = REFINE_FACTOR,
+        ef: int = EF,
+    ):
         import lancedb
         from lancedb.index import FTS
 
+        if index_type not in INDEX_TYPES:
+            raise ValueError(f"unknown vector index type {index_type!r}; one of {', '.join(INDEX_TYPES)}")
         self.path = path
         self.dimension = dimension
         self.ann_threshold = ann_threshold
+        self.index_type = index_type
+        # search knobs; they only matter once there is an ANN index (attributes: a bench sweeps them)
+        self.nprobes = nprobes
+        self.refine_factor = refine_factor
+        self.ef = ef
         # interval 0: every read checks for a newer version, so a server sees a CLI's adds at once
         self._db = lancedb.connect(str(path), read_consistency_interval=timedelta(0))
         self._maintenance = threading.Lock()
@@ -185,13 +215,17 @@ class LanceStore:
             .distance_type("cosine")
             .select([*_COLUMNS, "_distance"])
             .limit(k)
-            # an ANN index, when there is one, is asked for more candidates and re-scored exactly
-            .nprobes(32)
-            .refine_factor(4)
+            # with an ANN index: ``nprobes`` partitions; ignored by exact search
+            .nprobes(self.nprobes)
         )
         clause = compile_where(where)
         if clause:
-            query = query.where(clause, prefilter=True)
+            # a prefilter can leave fewer than k rows in those partitions: then search on (up to all)
+            query = query.where(clause, prefilter=True).maximum_nprobes(0)
+        if self.refine_factor:
+            query = query.refine_factor(self.refine_factor)
+        if self.ef:  # LanceDB requires ef ≥ the candidates asked of the graph
+            query = query.ef(max(self.ef, k * max(self.refine_factor, 1)))
         return self._hits(query.to_arrow().to_pylist(), "_distance", lambda d: 1.0 - float(d))
 
     def keyword_search(self, terms: str, k: int, where: Sequence[Condition]) -> list[Hit]:
@@ -246,17 +280,30 @@ class LanceStore:
     def has_vector_index(self) -> bool:
         return any(index.columns == ["vector"] for index in self._table.list_indices())
 
-    def build_vector_index(self) -> None:
+    def build_vector_index(self, index_type: str | None = None, num_partitions: int | None = None) -> None:
+        """(Re)build the ANN index over every row; ``index_type`` defaults to the store's."""
+        from lancedb import index as lance_index
+
+        index_type = index_type or self.index_type
         rows = self.count_chunks()
-        # IVF_HNSW_SQ: ~√n partitions with an HNSW graph each; recall ≥ 0.95 with refine (docs)
-        partitions = max(1, int(rows**0.5 / 4))
-        self._table.create_index(
-            metric="cosine",
-            vector_column_name="vector",
-            index_type="IVF_HNSW_SQ",
-            num_partitions=partitions,
-            replace=True,
-        )
+        partitions = num_partitions or default_partitions(index_type, rows)
+        common = {"distance_type": "cosine", "num_partitions": partitions}
+        config = {
+            "IVF_FLAT": lance_index.IvfFlat,
+            "IVF_SQ": lance_index.IvfSq,
+            "IVF_PQ": lance_index.IvfPq,
+            "IVF_RQ": lance_index.IvfRq,
+            "IVF_HNSW_FLAT": lance_index.HnswFlat,
+            "IVF_HNSW_SQ": lance_index.HnswSq,
+            "IVF_HNSW_PQ": lance_index.HnswPq,
+        }[index_type](**common)
+        self._table.create_index("vector", config=config, replace=True)
+
+    def vector_index_type(self) -> str | None:
+        for index in self._table.list_indices():
+            if index.columns == ["vector"]:
+                return index.index_type
+        return None
 
     def maintain(self) -> list[str]:
         done: list[str] = []
@@ -264,9 +311,14 @@ class LanceStore:
             return done  # another thread is already at it
         try:
             rows = self.count_chunks()
-            if rows >= self.ann_threshold and not self.has_vector_index():
+            built = self.vector_index_type()
+            if rows >= self.ann_threshold and built is None:
                 self.build_vector_index()
                 done.append(f"built the vector index over {rows} chunks")
+            elif built is not None and built.lower() != self.index_type.replace("_", "").lower():
+                # e.g. an IVF_HNSW_SQ index from an older qwembed: replaced by the configured kind
+                self.build_vector_index()
+                done.append(f"rebuilt the vector index ({built}) as {self.index_type} over {rows} chunks")
             unindexed = max(
                 (
                     self._table.index_stats(index.name).num_unindexed_rows
