@@ -152,8 +152,9 @@ def _restore(model: torch.nn.Module, originals: dict[str, torch.Tensor]) -> None
 
 
 class _Calibratable(Protocol):
-    """What the check needs of an encoder: its precision switch and its two halves."""
+    """What the check needs of an encoder: its name, precision switch and its two halves."""
 
+    name: str
     precision: Precision
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]: ...
@@ -186,7 +187,7 @@ def apply_precision(
     if worst >= min_cosine:
         log.info(
             "%s: %s, calibration cosine to float32 ≥ %.6f",
-            type(encoder).__name__,
+            encoder.name,
             precision.describe(),
             worst,
         )
