@@ -18,6 +18,7 @@ from sentence_transformers import CrossEncoder
 
 from .base import Reranker, TokenIds
 from .device import resolve_device, sentence_transformers_options
+from .padding import pad_token_ids
 from .precision import resolve_dtype
 
 # Tokenizers without a real limit report a huge sentinel as model_max_length.
@@ -112,19 +113,11 @@ class CrossEncoderReranker(Reranker):
     def score_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
         if not batch:
             return np.zeros(0, dtype=np.float32)
-        longest = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        types = torch.zeros((len(batch), longest), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            span = slice(longest - len(ids), longest) if self.pad_left else slice(0, len(ids))
-            input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
-            mask[row, span] = 1
-            if self._needs_token_types:
-                types[row, span] = torch.tensor(self._token_types(list(ids)), dtype=torch.long)
+        input_ids, mask = pad_token_ids(batch, self.pad_id, left=self.pad_left)
         features = {"input_ids": input_ids, "attention_mask": mask}
         if self._needs_token_types:
-            features["token_type_ids"] = types
+            types = [self._token_types(list(ids)) for ids in batch]
+            features["token_type_ids"] = pad_token_ids(types, 0, left=self.pad_left)[0]
         features = {key: value.to(self.device) for key, value in features.items()}
         # Going through the CrossEncoder's modules (not the bare HF model) keeps any extra heads
         # a model defines; the activation is the one predict() applies.

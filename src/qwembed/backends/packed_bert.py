@@ -51,6 +51,16 @@ class PackedBatch:
         mask.view(-1)[row_of * longest + positions] = 1
         return cls(ids, positions, row_of * longest + positions, mask, rows, longest)
 
+    def to(self, device: torch.device) -> PackedBatch:
+        return PackedBatch(
+            self.ids.to(device),
+            self.positions.to(device),
+            self.flat_index.to(device),
+            self.mask.to(device),
+            self.rows,
+            self.longest,
+        )
+
     def pad(self, packed: torch.Tensor) -> torch.Tensor:
         """``(tokens, …)`` → ``(rows, longest, …)`` with zeros in the padding."""
         out = packed.new_zeros((self.rows * self.longest, *packed.shape[1:]))
@@ -76,15 +86,10 @@ def packed_bert_forward(bert: torch.nn.Module, batch: PackedBatch) -> torch.Tens
     width = config.hidden_size // heads
     act = _activation(config.hidden_act)
     emb = bert.embeddings
-    device = emb.word_embeddings.weight.device
-    ids, positions = batch.ids.to(device), batch.positions.to(device)
-    flat_index = batch.flat_index.to(device)
-    packed = batch  # the index tensors on the model's device
-    if device.type != "cpu":
-        packed = PackedBatch(ids, positions, flat_index, batch.mask.to(device), batch.rows, batch.longest)
+    packed = batch.to(emb.word_embeddings.weight.device)
     hidden = (
-        emb.word_embeddings(ids)
-        + emb.position_embeddings(positions)
+        emb.word_embeddings(packed.ids)
+        + emb.position_embeddings(packed.positions)
         + emb.token_type_embeddings.weight[0]  # single-segment inputs
     )
     hidden = emb.LayerNorm(hidden)
@@ -93,9 +98,9 @@ def packed_bert_forward(bert: torch.nn.Module, batch: PackedBatch) -> torch.Tens
     for layer in bert.encoder.layer:
         attention = layer.attention.self
         qkv = [packed.pad(proj(hidden)) for proj in (attention.query, attention.key, attention.value)]
-        q, k, v = (x.view(batch.rows, batch.longest, heads, width).transpose(1, 2) for x in qkv)
+        q, k, v = (x.view(packed.rows, packed.longest, heads, width).transpose(1, 2) for x in qkv)
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        context = packed.unpad(context.transpose(1, 2).reshape(batch.rows, batch.longest, heads * width))
+        context = packed.unpad(context.transpose(1, 2).reshape(packed.rows, packed.longest, heads * width))
         output = layer.attention.output
         hidden = output.LayerNorm(output.dense(context) + hidden)
         intermediate = act(layer.intermediate.dense(hidden))

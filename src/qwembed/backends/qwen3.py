@@ -17,6 +17,7 @@ from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from .base import InputType, TokenIds
 from .device import load_transformers_model, resolve_device
 from .framing import Framing
+from .padding import pad_token_ids, positions_from_mask
 from .precision import DEFAULT_MIN_COSINE, Precision
 from .torch_encoder import TorchEncoder
 
@@ -98,15 +99,9 @@ class Qwen3Encoder(TorchEncoder):
 
     @torch.inference_mode()
     def embed_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
-        rows, longest = self.padded_shape(batch)
-        input_ids = torch.full((rows, longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((rows, longest), dtype=torch.long)
-        for row, ids in enumerate(batch):  # left padding: every sequence ends at the last column
-            input_ids[row, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            mask[row, longest - len(ids) :] = 1
-        # Positions count from each sequence's first real token, so a text sees the same
-        # rotary positions alone and inside a batch of longer texts.
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        # left padding: every sequence ends in the last column, where it is pooled
+        input_ids, mask = pad_token_ids(batch, self.pad_id, left=True, shape=self.padded_shape(batch))
+        positions = positions_from_mask(mask)
         with self.precision.autocast():
             hidden = self.model(
                 input_ids=input_ids.to(self.device),

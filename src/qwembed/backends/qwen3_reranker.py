@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from .base import Reranker, TokenIds
 from .device import load_transformers_model, resolve_device
+from .padding import pad_token_ids, positions_from_mask
 from .precision import resolve_dtype
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -116,13 +117,9 @@ class Qwen3Reranker(Reranker):
     def score_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
         if not batch:
             return np.zeros(0, dtype=np.float32)
-        longest = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        for row, ids in enumerate(batch):  # left padding: the answer position is the last column
-            input_ids[row, longest - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            mask[row, longest - len(ids) :] = 1
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        # left padding: the answer position is the last column
+        input_ids, mask = pad_token_ids(batch, self.pad_id, left=True)
+        positions = positions_from_mask(mask)
         hidden = self._body(
             input_ids=input_ids.to(self.device),
             attention_mask=mask.to(self.device),

@@ -12,6 +12,7 @@ from .base import InputType, TokenIds
 from .device import resolve_device, sentence_transformers_options
 from .framing import framing_of
 from .packed_bert import PackedBatch, packed_bert_forward, supports_packing
+from .padding import pad_token_ids
 from .precision import DEFAULT_MIN_COSINE, Precision
 from .torch_encoder import TorchEncoder
 
@@ -91,13 +92,8 @@ class SentenceTransformerEncoder(TorchEncoder):
     def embed_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
         if self.packed:
             return self._embed_packed(batch)
-        rows, longest = self.padded_shape(batch)
-        input_ids = torch.full((rows, longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((rows, longest), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            span = slice(longest - len(ids), longest) if self.pad_left else slice(0, len(ids))
-            input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
-            mask[row, span] = 1
+        shape = self.padded_shape(batch)
+        input_ids, mask = pad_token_ids(batch, self.pad_id, left=self.pad_left, shape=shape)
         features = {"input_ids": input_ids, "attention_mask": mask}
         if self._needs_token_types:
             features["token_type_ids"] = torch.zeros_like(input_ids)

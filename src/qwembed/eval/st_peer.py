@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..engine.postprocess import truncate_dimensions
 from .protocol import InputType
 
 PREFIX = "st:"
@@ -42,7 +43,4 @@ class SentenceTransformersPeer:
         if not kwargs and input_type in prompts:
             kwargs = {"prompt_name": input_type}
         vectors = self.model.encode(list(texts), normalize_embeddings=True, **kwargs)
-        if dimensions:
-            vectors = vectors[:, :dimensions]
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        return np.asarray(vectors, dtype=np.float32)
+        return truncate_dimensions(np.asarray(vectors, dtype=np.float32), dimensions)
