@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import time
@@ -32,6 +31,8 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     DEFAULT_DATA,
+    compare_engines,
+    emit,
     free_port,
     gemm_peak,
     linear_parameters,
@@ -39,19 +40,8 @@ from common import (
     machine,
     model_flops,
     start_server,
+    timed_in_turn,
 )
-
-
-def timed_in_turn(engines: dict, repeats: int) -> tuple[dict[str, float], dict]:
-    """Median seconds per engine, run in turn ``repeats`` times after one warm-up each."""
-    results = {name: run() for name, run in engines.items()}  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in engines}
-    for _ in range(repeats):
-        for name, run in engines.items():
-            start = time.perf_counter()
-            results[name] = run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}, results
 
 
 async def _load_server(url: str, model: str, texts: list[str], clients: int, batch: int) -> list[float]:
@@ -153,10 +143,6 @@ def long_documents(sentences: list[str], embedder, count: int) -> list[str]:
     return docs
 
 
-def rate(count: int, seconds: float, tokens: int) -> dict:
-    return {"texts_per_s": count / seconds, "tokens_per_s": tokens / seconds}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -200,15 +186,9 @@ def main() -> int:
         return calls
 
     seconds, vectors = timed_in_turn(runs(texts, False), args.repeats)
-    base = seconds["sentence-transformers"]
-    short = {}
-    for name, took in seconds.items():
-        cosine = np.sum(np.asarray(vectors["sentence-transformers"]) * np.asarray(vectors[name]), axis=1)
-        short[name] = {
-            **rate(len(texts), took, tokens),
-            "x_st": base / took,
-            "min_cosine_to_fp32": float(cosine.min()),
-        }
+    short = compare_engines(
+        seconds, vectors, reference="sentence-transformers", texts=len(texts), tokens=tokens
+    )
     result = {
         "machine": {**machine(), **peaks},
         "torch_threads": torch.get_num_threads(),
@@ -226,19 +206,18 @@ def main() -> int:
         transformer = exact.encoder.compile_target()
         flops = model_flops(transformer.config, linear_parameters(transformer), lengths)
         seconds, vectors = timed_in_turn(runs(docs, True), args.repeats)
-        base = seconds["sentence-transformers"]
         long = {
-            "corpus": f"{len(docs)} documents of {statistics.mean(lengths):.0f} tokens (the model's limit)"
+            "corpus": f"{len(docs)} documents of {statistics.mean(lengths):.0f} tokens (the model's limit)",
+            **compare_engines(
+                seconds,
+                vectors,
+                reference="sentence-transformers",
+                texts=len(docs),
+                tokens=sum(lengths),
+                flops=flops,
+                bf16_peak=peaks["bf16_gflops"],
+            ),
         }
-        for name, took in seconds.items():
-            cosine = np.sum(np.asarray(vectors["sentence-transformers"]) * np.asarray(vectors[name]), axis=1)
-            long[name] = {
-                **rate(len(docs), took, sum(lengths)),
-                "x_st": base / took,
-                "model_gflops": flops / took / 1e9,
-                "share_of_bf16_peak": flops / took / 1e9 / peaks["bf16_gflops"],
-                "min_cosine_to_fp32": float(cosine.min()),
-            }
         result["long"] = long
     if not args.no_server:
         server_args = args.server_arg if args.server_arg is not None else []
@@ -253,9 +232,7 @@ def main() -> int:
         served["http_cost_vs_pool"] = 1 - served["texts_per_s"] / pooled["texts_per_s"]
         served["vs_engine_whole_corpus"] = served["texts_per_s"] / short["qwembed auto"]["texts_per_s"]
         result["server"] = served
-    print(json.dumps(result, indent=2))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.out)
     return 0
 
 

@@ -14,19 +14,25 @@ reported as model FLOP/s against the bf16 matmul peak measured in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # the Qwen3 checkpoint builder the tests use
-from bench_embed import rate, timed_in_turn  # noqa: E402
-from common import DEFAULT_DATA, gemm_peak, linear_parameters, load_sentences, machine, model_flops  # noqa: E402
+from common import (  # noqa: E402
+    DEFAULT_DATA,
+    compare_engines,
+    emit,
+    gemm_peak,
+    linear_parameters,
+    load_sentences,
+    machine,
+    model_flops,
+    timed_in_turn,
+)
 
 QWEN3_0_6B = dict(
     hidden_size=1024,
@@ -122,21 +128,20 @@ def main() -> int:
         for name, embedder in engines.items():
             calls[name] = lambda e=embedder, inputs=inputs: e.embed(inputs)
         seconds, vectors = timed_in_turn(calls, args.repeats)
-        base = seconds["sentence-transformers"]
-        rows = {"corpus": f"{len(inputs)} texts, {statistics.mean(lengths):.1f} tokens/text"}
-        for name, took in seconds.items():
-            cosine = np.sum(np.asarray(vectors["sentence-transformers"]) * np.asarray(vectors[name]), axis=1)
-            rows[name] = {
-                **rate(len(inputs), took, sum(lengths)),
-                "x_st": base / took,
-                "model_gflops": flops / took / 1e9,
-                "share_of_bf16_peak": flops / took / 1e9 / peaks["bf16_gflops"],
-                "min_cosine_to_fp32": float(cosine.min()),
-            }
+        rows = {
+            "corpus": f"{len(inputs)} texts, {statistics.mean(lengths):.1f} tokens/text",
+            **compare_engines(
+                seconds,
+                vectors,
+                reference="sentence-transformers",
+                texts=len(inputs),
+                tokens=sum(lengths),
+                flops=flops,
+                bf16_peak=peaks["bf16_gflops"],
+            ),
+        }
         result[label] = rows
-    print(json.dumps(result, indent=2))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.out)
     return 0
 
 

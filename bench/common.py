@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -113,3 +115,54 @@ def model_flops(config, linear_params: int, lengths: list[int]) -> float:
     heads = config.num_attention_heads
     width = heads * (getattr(config, "head_dim", None) or config.hidden_size // heads)
     return sum(2 * linear_params * n + 4 * n * n * width * config.num_hidden_layers for n in lengths)
+
+
+def timed_in_turn(engines: dict, repeats: int) -> tuple[dict[str, float], dict]:
+    """Median seconds per engine, run in turn (A B C A B C …) ``repeats`` times after one warm-up
+    each, so drift hits all alike; also each engine's last result."""
+    results = {name: run() for name, run in engines.items()}  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(repeats):
+        for name, run in engines.items():
+            start = time.perf_counter()
+            results[name] = run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}, results
+
+
+def compare_engines(
+    seconds: dict[str, float],
+    vectors: dict,
+    *,
+    reference: str,
+    texts: int,
+    tokens: int,
+    flops: float | None = None,
+    bf16_peak: float | None = None,
+) -> dict[str, dict]:
+    """One row per engine: rates, speed-up over ``reference`` and the worst cosine to its vectors;
+    with ``flops``, the model FLOP/s and their share of the measured bf16 matmul peak."""
+    import numpy as np
+
+    base = np.asarray(vectors[reference])
+    rows = {}
+    for name, took in seconds.items():
+        row = {
+            "texts_per_s": texts / took,
+            "tokens_per_s": tokens / took,
+            "x_st": seconds[reference] / took,
+            "min_cosine_to_fp32": float(np.sum(base * np.asarray(vectors[name]), axis=1).min()),
+        }
+        if flops is not None and bf16_peak:
+            row["model_gflops"] = flops / took / 1e9
+            row["share_of_bf16_peak"] = flops / took / 1e9 / bf16_peak
+        rows[name] = row
+    return rows
+
+
+def emit(result: dict, out: Path | None) -> None:
+    """Print the result as JSON, and write it to ``out`` when given."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        out.write_text(text + "\n")

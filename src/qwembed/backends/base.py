@@ -112,6 +112,8 @@ class Reranker(ABC):
     """A model that scores (query, document) pairs; higher is more relevant."""
 
     backend: str = "base"
+    #: rerankers run padded forward passes (see Encoder.packed)
+    packed: bool = False
 
     def __init__(self, name: str, source: str, max_tokens: int):
         self.name = name

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import torch
 
 from .base import Encoder, TokenIds
-from .compile import MIN_COMPILED_SIZE, compile_model, timed_warm_up
+from .compile import MIN_COMPILED_SIZE, compile_model, log, timed_warm_up
 from .precision import (
     CALIBRATION_TEXTS,
     FLOAT32_CPU,
@@ -16,8 +15,6 @@ from .precision import (
     Precision,
     apply_precision,
 )
-
-log = logging.getLogger("qwembed.compile")
 
 
 class TorchEncoder(Encoder):

@@ -99,7 +99,7 @@ class ModelPool:
             max_queue_items=self.settings.max_queue_items,
             max_queue_wait=self.settings.max_queue_wait,
             min_rate_sample_tokens=self.settings.min_rate_sample_tokens,
-            padded_batches=not getattr(model, "packed", False),
+            padded_batches=not model.packed,
         )
         self._models[model.name] = ServedModel(model, worker)
 
