@@ -22,6 +22,7 @@ import asyncio
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -39,6 +40,7 @@ from common import (
     load_sentences,
     machine,
     model_flops,
+    per_round_ratios,
     start_server,
     timed_in_turn,
 )
@@ -71,33 +73,61 @@ async def _load_server(url: str, model: str, texts: list[str], clients: int, bat
     return latencies
 
 
+def in_turn_with_reference(
+    load: Callable[[], object], reference: Callable[[], object], repeats: int, texts: int
+) -> dict:
+    """Time ``load`` and the reference (sentence-transformers ``encode`` on the same texts) in turn,
+    after one warm-up of ``load``: the server and the pool idle while the reference runs, so each
+    round's ratio is measured seconds apart, not minutes."""
+    load()
+    rounds: dict[str, list[float]] = {"reference": [], "load": []}
+    for _ in range(repeats):
+        for name, run in (("reference", reference), ("load", load)):
+            start = time.perf_counter()
+            run()
+            rounds[name].append(time.perf_counter() - start)
+    seconds = statistics.median(rounds["load"])
+    return {
+        "seconds": seconds,
+        "texts_per_s": texts / seconds,
+        "x_st": statistics.median(rounds["reference"]) / seconds,
+        **per_round_ratios(rounds["reference"], rounds["load"]),
+    }
+
+
 def bench_server(
-    model: str, texts: list[str], repeats: int, clients: int, batch: int, server_args: list[str]
+    model: str,
+    texts: list[str],
+    repeats: int,
+    clients: int,
+    batch: int,
+    server_args: list[str],
+    reference: Callable[[], object],
 ) -> dict:
     port = free_port()
     server = start_server(model, port, server_args, timeout=600)
     url = f"http://127.0.0.1:{port}"
+    latencies: list[float] = []
     try:
-        runs = []
-        all_latencies: list[float] = []
-        asyncio.run(_load_server(url, model, texts, clients, batch))  # warm-up
-        for _ in range(repeats):
-            start = time.perf_counter()
-            all_latencies += asyncio.run(_load_server(url, model, texts, clients, batch))
-            runs.append(time.perf_counter() - start)
-        seconds = statistics.median(runs)
-        return {
-            "seconds": seconds,
-            "texts_per_s": len(texts) / seconds,
-            "p50_ms": 1000 * float(np.percentile(all_latencies, 50)),
-            "p99_ms": 1000 * float(np.percentile(all_latencies, 99)),
-        }
+        row = in_turn_with_reference(
+            lambda: latencies.extend(asyncio.run(_load_server(url, model, texts, clients, batch))),
+            reference,
+            repeats,
+            len(texts),
+        )
     finally:
         server.terminate()
         server.wait(30)
+    return {
+        **row,
+        "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+        "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+    }
 
 
-def bench_pool(model: str, texts: list[str], repeats: int, clients: int, batch: int) -> dict:
+def bench_pool(
+    model: str, texts: list[str], repeats: int, clients: int, batch: int, reference: Callable[[], object]
+) -> dict:
     """The server's engine without HTTP: the same worker and request pattern, in this process."""
     from qwembed.backends import load_encoder
     from qwembed.engine.inputs import EmbedOptions
@@ -119,14 +149,10 @@ def bench_pool(model: str, texts: list[str], repeats: int, clients: int, batch: 
 
         await asyncio.gather(*(client() for _ in range(clients)))
 
-    asyncio.run(load())  # warm-up
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        asyncio.run(load())
-        runs.append(time.perf_counter() - start)
-    pool.close()
-    return {"texts_per_s": len(texts) / statistics.median(runs)}
+    try:
+        return in_turn_with_reference(lambda: asyncio.run(load()), reference, repeats, len(texts))
+    finally:
+        pool.close()
 
 
 def long_documents(sentences: list[str], embedder, count: int) -> list[str]:
@@ -185,9 +211,9 @@ def main() -> int:
             calls[name] = lambda e=embedder: e.embed(inputs, truncate=truncate)
         return calls
 
-    seconds, vectors = timed_in_turn(runs(texts, False), args.repeats)
+    rounds, vectors = timed_in_turn(runs(texts, False), args.repeats)
     short = compare_engines(
-        seconds, vectors, reference="sentence-transformers", texts=len(texts), tokens=tokens
+        rounds, vectors, reference="sentence-transformers", texts=len(texts), tokens=tokens
     )
     result = {
         "machine": {**machine(), **peaks},
@@ -205,11 +231,11 @@ def main() -> int:
         lengths = [min(n, exact.encoder.max_tokens) for n in lengths]
         transformer = exact.encoder.compile_target()
         flops = model_flops(transformer.config, linear_parameters(transformer), lengths)
-        seconds, vectors = timed_in_turn(runs(docs, True), args.repeats)
+        rounds, vectors = timed_in_turn(runs(docs, True), args.repeats)
         long = {
             "corpus": f"{len(docs)} documents of {statistics.mean(lengths):.0f} tokens (the model's limit)",
             **compare_engines(
-                seconds,
+                rounds,
                 vectors,
                 reference="sentence-transformers",
                 texts=len(docs),
@@ -221,13 +247,13 @@ def main() -> int:
         result["long"] = long
     if not args.no_server:
         server_args = args.server_arg if args.server_arg is not None else []
-        pooled = bench_pool(args.model, texts, args.repeats, args.clients, args.client_batch)
-        pooled["x_st"] = pooled["texts_per_s"] / short["sentence-transformers"]["texts_per_s"]
+        st_encode = runs(texts, False)["sentence-transformers"]
+        load = (texts, args.repeats, args.clients, args.client_batch)
+        pooled = bench_pool(args.model, *load, reference=st_encode)
         result["engine_pool_in_process"] = pooled
-        served = bench_server(args.model, texts, args.repeats, args.clients, args.client_batch, server_args)
+        served = bench_server(args.model, *load, server_args, reference=st_encode)
         served["tokens_per_s"] = tokens / served["seconds"]
         served["args"] = server_args
-        served["x_st"] = served["texts_per_s"] / short["sentence-transformers"]["texts_per_s"]
         # the HTTP path's own cost: the same request pattern with and without the HTTP server
         served["http_cost_vs_pool"] = 1 - served["texts_per_s"] / pooled["texts_per_s"]
         served["vs_engine_whole_corpus"] = served["texts_per_s"] / short["qwembed auto"]["texts_per_s"]

@@ -6,7 +6,11 @@
 .venv/bin/python bench/bench_kb.py store --rows 100000 --dim 384
 .venv/bin/python bench/bench_kb.py store --vectors real100k.npy --index IVF_FLAT,IVF_HNSW_SQ \
     --nprobes 16,32,64 --refine 0,4 --ef 0,100       # last 1,000 rows are the queries
-.venv/bin/python bench/bench_kb.py store --vectors real1m.npy --queries queries.npy --exact-queries 20
+# 1M real minilm vectors of distinct texts (pairs of shared sentences) + 1,000 held-out sentence
+# queries: ~30 min on 2 cores, resumable; then the store run on them
+.venv/bin/python bench/bench_kb.py real-vectors --rows 1000000 --out /tmp/kb1m
+.venv/bin/python bench/bench_kb.py store --vectors /tmp/kb1m/real.npy --queries /tmp/kb1m/queries.npy \
+    --exact-queries 20 --nprobes 0,16,32,64
 .venv/bin/python bench/bench_kb.py store --rows 1000000 --dim 384     # the 1M run (long)
 # end to end with a real model: documents/s and chunks/s (StackFAQ threads)
 .venv/bin/python bench/bench_kb.py ingest --model minilm
@@ -42,6 +46,63 @@ def _sentences(limit: int) -> list[str]:
         for thread in json.loads(faq.read_text(encoding="utf-8"))["root"]["qapair"]:
             texts += [t for t in [thread["question"], *thread["answer"], *thread["rephr"]] if t and t != "*"]
     return texts[:limit] or [f"synthetic text number {i}" for i in range(limit)]
+
+
+def _distinct_sentences() -> list[str]:
+    """Every distinct sentence of the pair and STS sets (SOHU: under 200 characters), in file order."""
+    seen: dict[str, None] = {}
+    for path in sorted(DATA.glob("*/*.data")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            for text in line.split("\t")[:2]:
+                if text.strip():
+                    seen.setdefault(text.strip(), None)
+    for path in sorted(DATA.glob("SOHU-zh/*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            for key in ("sentence1", "sentence2"):
+                text = record.get(key, "").strip()
+                if text and len(text) < 200:
+                    seen.setdefault(text, None)
+    return list(seen)
+
+
+def bench_real_vectors(args: argparse.Namespace) -> None:
+    """Real embeddings for the store benchmark: ``rows`` distinct texts, each two shared sentences
+    drawn at random, and ``queries`` further sentences never part of a stored text. Written as
+    ``real.npy`` (a memory map filled in steps, so an interrupted run resumes) and ``queries.npy``."""
+    from qwembed.engine import Embedder
+
+    sentences = _distinct_sentences()
+    rng = random.Random(0)
+    rng.shuffle(sentences)
+    queries, pool = sentences[: args.queries], sentences[args.queries :]
+    texts: set[str] = set()
+    while len(texts) < args.rows:
+        texts.add(pool[rng.randrange(len(pool))] + " " + pool[rng.randrange(len(pool))])
+    ordered = sorted(texts)
+    rng.shuffle(ordered)
+    embedder = Embedder.load(args.model, device="cpu")
+    print(f"{len(sentences):,} distinct sentences; {args.model}: {embedder.encoder.precision.describe()}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    partial, final = args.out / "real.partial.npy", args.out / "real.npy"
+    if partial.exists():
+        out = np.lib.format.open_memmap(partial, mode="r+")
+    else:
+        np.save(args.out / "queries.npy", embedder.embed(queries))
+        shape = (args.rows, embedder.dimension)
+        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=shape)
+    start, done, step = time.perf_counter(), 0, 20_000
+    for lo in range(0, args.rows, step):
+        hi = min(args.rows, lo + step)
+        if np.any(out[hi - 1]):  # written by an earlier run (unit vectors are never all zero)
+            continue
+        out[lo:hi] = embedder.embed(ordered[lo:hi], truncate=True)
+        out.flush()
+        done += hi - lo
+        print(f"{hi:,} / {args.rows:,}  {done / (time.perf_counter() - start):.0f} texts/s", flush=True)
+    del out
+    partial.rename(final)
+    print(f"wrote {final} and {args.out / 'queries.npy'}")
 
 
 def _clustered(rows: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -100,7 +161,7 @@ def recall_at_k(base, queries, truth_ids, truth_sims, found: list[list[int]], k:
 
 def bench_store(args: argparse.Namespace) -> None:
     from qwembed.kb.keywords import segment
-    from qwembed.kb.lance_store import LanceStore, default_partitions
+    from qwembed.kb.lance_store import LanceStore, default_nprobes, default_partitions
     from qwembed.kb.search import reciprocal_rank_fusion
     from qwembed.kb.store import ChunkBatch
 
@@ -199,8 +260,9 @@ def bench_store(args: argparse.Namespace) -> None:
         for nprobes in _ints(args.nprobes):
             for refine in _ints(args.refine):
                 for ef in _ints(args.ef) if "HNSW" in index_type else [0]:
-                    store.nprobes, store.refine_factor, store.ef = nprobes, refine, ef
-                    report(index_type, str(partitions), (nprobes, refine, ef or "–"), *run(len(queries)))
+                    store.nprobes, store.refine_factor, store.ef = nprobes or None, refine, ef
+                    shown = nprobes or f"auto ({default_nprobes(index_type, rows)})"
+                    report(index_type, str(partitions), (shown, refine, ef or "–"), *run(len(queries)))
     print("\n" + "\n".join(lines))
 
 
@@ -291,13 +353,21 @@ def main() -> None:
     store.add_argument("--warmup", type=int, default=10, help="untimed queries before each configuration")
     store.add_argument("--index", default="IVF_FLAT", help="comma-separated: IVF_FLAT,IVF_HNSW_SQ,IVF_PQ …")
     store.add_argument("--partitions", type=int, default=None, help="IVF partitions (default: the store's)")
-    store.add_argument("--nprobes", default="32", help="comma-separated values to sweep")
+    store.add_argument(
+        "--nprobes", default="0", help="comma-separated values to sweep (0: the store's rule for the size)"
+    )
     store.add_argument("--refine", default="0", help="refine factors to sweep (0: none)")
     store.add_argument("--ef", default="0", help="HNSW ef values to sweep (0: LanceDB's default)")
     store.add_argument(
         "--modes", default="dense,keyword,hybrid", help="'dense': time only dense search (sweeps)"
     )
     store.set_defaults(func=bench_store)
+    real = commands.add_parser("real-vectors")
+    real.add_argument("--rows", type=int, default=1_000_000)
+    real.add_argument("--queries", type=int, default=1000)
+    real.add_argument("--model", default="minilm")
+    real.add_argument("--out", type=Path, default=Path("/tmp/kb1m"))
+    real.set_defaults(func=bench_real_vectors)
     ingest = commands.add_parser("ingest")
     ingest.add_argument("--model", default="minilm")
     ingest.add_argument("--docs", type=int, default=125)

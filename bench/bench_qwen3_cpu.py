@@ -127,11 +127,11 @@ def main() -> int:
         calls = {"sentence-transformers": lambda inputs=inputs: reference.encode(inputs, batch_size=32)}
         for name, embedder in engines.items():
             calls[name] = lambda e=embedder, inputs=inputs: e.embed(inputs)
-        seconds, vectors = timed_in_turn(calls, args.repeats)
+        rounds, vectors = timed_in_turn(calls, args.repeats)
         rows = {
             "corpus": f"{len(inputs)} texts, {statistics.mean(lengths):.1f} tokens/text",
             **compare_engines(
-                seconds,
+                rounds,
                 vectors,
                 reference="sentence-transformers",
                 texts=len(inputs),

@@ -117,8 +117,8 @@ def model_flops(config, linear_params: int, lengths: list[int]) -> float:
     return sum(2 * linear_params * n + 4 * n * n * width * config.num_hidden_layers for n in lengths)
 
 
-def timed_in_turn(engines: dict, repeats: int) -> tuple[dict[str, float], dict]:
-    """Median seconds per engine, run in turn (A B C A B C …) ``repeats`` times after one warm-up
+def timed_in_turn(engines: dict, repeats: int) -> tuple[dict[str, list[float]], dict]:
+    """Seconds per engine and round, run in turn (A B C A B C …) ``repeats`` times after one warm-up
     each, so drift hits all alike; also each engine's last result."""
     results = {name: run() for name, run in engines.items()}  # warm-up
     times: dict[str, list[float]] = {name: [] for name in engines}
@@ -127,11 +127,19 @@ def timed_in_turn(engines: dict, repeats: int) -> tuple[dict[str, float], dict]:
             start = time.perf_counter()
             results[name] = run()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}, results
+    return times, results
+
+
+def per_round_ratios(reference: list[float], engine: list[float]) -> dict:
+    """Speed-up in each round (reference seconds / engine seconds, measured seconds apart) and their
+    median: on a VM whose speed drifts within minutes it is steadier than a ratio of medians."""
+    ratios = [r / t for r, t in zip(reference, engine, strict=True)]
+    rounded = [round(x, 2) for x in ratios]
+    return {"x_st_per_round": rounded, "x_st_median_of_rounds": statistics.median(ratios)}
 
 
 def compare_engines(
-    seconds: dict[str, float],
+    rounds: dict[str, list[float]],
     vectors: dict,
     *,
     reference: str,
@@ -140,17 +148,21 @@ def compare_engines(
     flops: float | None = None,
     bf16_peak: float | None = None,
 ) -> dict[str, dict]:
-    """One row per engine: rates, speed-up over ``reference`` and the worst cosine to its vectors;
-    with ``flops``, the model FLOP/s and their share of the measured bf16 matmul peak."""
+    """One row per engine from :func:`timed_in_turn`'s rounds: rates (median round), speed-up over
+    ``reference`` as the ratio of medians and per round (the engines of one round ran seconds
+    apart, so the spread of those ratios shows how far the machine drifted), the worst cosine to the
+    reference's vectors; with ``flops``, the model FLOP/s and their share of the bf16 matmul peak."""
     import numpy as np
 
     base = np.asarray(vectors[reference])
+    seconds = {name: statistics.median(times) for name, times in rounds.items()}
     rows = {}
     for name, took in seconds.items():
         row = {
             "texts_per_s": texts / took,
             "tokens_per_s": tokens / took,
             "x_st": seconds[reference] / took,
+            **per_round_ratios(rounds[reference], rounds[name]),
             "min_cosine_to_fp32": float(np.sum(base * np.asarray(vectors[name]), axis=1).min()),
         }
         if flops is not None and bf16_peak:

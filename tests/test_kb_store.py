@@ -247,6 +247,16 @@ def _store_with_vectors(path: Path, vectors: np.ndarray, **options):
     return store
 
 
+def test_probes_scan_about_the_same_number_of_vectors_as_the_table_grows():
+    from qwembed.kb.lance_store import MAX_NPROBES, MIN_NPROBES, default_nprobes
+
+    assert default_nprobes("IVF_FLAT", 100_000) == 52  # 316 partitions of 316 vectors
+    assert default_nprobes("IVF_FLAT", 1_000_000) == 16  # 1,000 of 1,000
+    assert default_nprobes("IVF_FLAT", 100_000_000) == MIN_NPROBES
+    assert default_nprobes("IVF_FLAT", 60_000) == MAX_NPROBES
+    assert default_nprobes("IVF_HNSW_SQ", 1_000_000) == 32  # a probe searches a graph, not a scan
+
+
 def test_lance_ann_index_default_type_and_narrow_filters(tmp_path):
     from qwembed.kb.filters import Condition
     from qwembed.kb.lance_store import VECTOR_INDEX, LanceStore
