@@ -34,6 +34,12 @@ def test_a_model_that_cannot_load_exits_non_zero_with_a_message(tmp_path):
     assert "could not load model" in failed.stderr.read()
 
 
+def _batches_done(url: str) -> float:
+    """Batches the server's workers have run, from its Prometheus metrics."""
+    lines = httpx.get(f"{url}/metrics", timeout=5).text.splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith("qwembed_batch_size_count"))
+
+
 def test_sigterm_finishes_in_flight_requests_then_exits_zero():
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -51,15 +57,20 @@ def test_sigterm_finishes_in_flight_requests_then_exits_zero():
             assert time.monotonic() < deadline and server.poll() is None, "server did not become ready"
             time.sleep(0.2)
         results: list[tuple[int, float]] = []
-        texts = [f"sentence number {i} about the weather in a long enough text" for i in range(400)]
+        # 250 batches of 8: seconds of work even for a fast engine
+        texts = [f"sentence number {i} about the weather in a long enough text" for i in range(2000)]
 
         def slow_request() -> None:
             response = httpx.post(f"{url}/v1/embeddings", json={"input": texts}, timeout=300)
             results.append((response.status_code, time.monotonic()))
 
+        before = _batches_done(url)
         thread = threading.Thread(target=slow_request)
         thread.start()
-        time.sleep(1.0)  # the request is now being processed
+        # signal once the request's first batch is done: it is then in flight, not merely sent
+        while _batches_done(url) == before:
+            assert time.monotonic() < deadline + 60, "the request never started"
+            time.sleep(0.02)
         signalled = time.monotonic()
         server.send_signal(signal.SIGTERM)
         thread.join(300)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qwembed.backends.packed_bert import PackedBatch, length_groups
+from qwembed.backends.packing import PackedBatch, length_groups
 from qwembed.engine import Embedder
 from qwembed.engine.batching import plan_batches
 
@@ -50,8 +50,16 @@ def test_fused_projections_follow_a_dtype_change(minilm_dir):
     assert np.all((before * after).sum(axis=1) > 0.99)
 
 
-def test_qwen3_is_not_packed(qwen3_dirs):
-    assert not Embedder.load(str(qwen3_dirs["plain"]), device="cpu", dtype="float32").encoder.packed
+def test_packed_qwen3_equals_the_padded_forward(qwen3_dirs):
+    embedder = Embedder.load(str(qwen3_dirs["appends"]), device="cpu", dtype="float32")
+    assert embedder.encoder.packed
+    packed = embedder.embed(TEXTS)
+    embedder.encoder.packed = False  # left-padded batch, pooled at the last column
+    padded = embedder.embed(TEXTS)
+    np.testing.assert_allclose(packed, padded, atol=1e-6)
+    embedder.encoder.packed = True
+    alone = np.vstack([embedder.embed([text]) for text in TEXTS])
+    np.testing.assert_allclose(packed, alone, atol=1e-6)
 
 
 def test_packed_batches_count_real_tokens_not_padding():

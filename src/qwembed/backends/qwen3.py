@@ -17,6 +17,8 @@ from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from .base import InputType, TokenIds
 from .device import load_transformers_model, resolve_device
 from .framing import Framing
+from .packed_qwen3 import packed_qwen3_pooled, supports_packing
+from .packing import PackedBatch
 from .padding import pad_token_ids, positions_from_mask
 from .precision import DEFAULT_MIN_COSINE, Precision
 from .torch_encoder import TorchEncoder
@@ -59,6 +61,8 @@ class Qwen3Encoder(TorchEncoder):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_id
         self.framing = Framing(suffix=(self.end_id,))
         self.device = next(model.parameters()).device
+        #: padding-free forward (backends/packed_qwen3.py); off when the padded forward is compiled
+        self.packed = supports_packing(model)
 
     @classmethod
     def load(
@@ -83,6 +87,7 @@ class Qwen3Encoder(TorchEncoder):
             trust_remote_code=trust_remote_code,
         )
         encoder = cls(model, tokenizer, name=name or name_or_path, source=name_or_path, max_tokens=max_tokens)
+        encoder.packed = encoder.packed and not compile  # --compile: one graph of the padded forward
         encoder.prepare(model, precision, compile=compile, min_bf16_cosine=min_bf16_cosine)
         return encoder
 
@@ -99,6 +104,12 @@ class Qwen3Encoder(TorchEncoder):
 
     @torch.inference_mode()
     def embed_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
+        if self.packed:
+            with self.precision.autocast():
+                pooled = packed_qwen3_pooled(
+                    self.model, PackedBatch.of(list(batch), *self.padded_shape(batch))
+                )
+            return torch.nn.functional.normalize(pooled.float(), p=2, dim=-1).cpu().numpy()
         # left padding: every sequence ends in the last column, where it is pooled
         input_ids, mask = pad_token_ids(batch, self.pad_id, left=True, shape=self.padded_shape(batch))
         positions = positions_from_mask(mask)

@@ -11,7 +11,8 @@ from sentence_transformers import SentenceTransformer
 from .base import InputType, TokenIds
 from .device import resolve_device, sentence_transformers_options
 from .framing import framing_of
-from .packed_bert import PackedBatch, packed_bert_forward, supports_packing
+from .packed_bert import packed_bert_forward, supports_packing
+from .packing import PackedBatch
 from .padding import pad_token_ids
 from .precision import DEFAULT_MIN_COSINE, Precision
 from .torch_encoder import TorchEncoder
