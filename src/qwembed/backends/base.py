@@ -62,7 +62,7 @@ class Encoder(ABC):
     #: short backend name, e.g. ``"qwen3"``
     backend: str = "base"
     #: True when padding costs the forward pass (almost) nothing, so batches are budgeted by real
-    #: tokens rather than ``rows × longest`` (see backends/packed_bert.py)
+    #: tokens rather than ``rows × longest`` (see backends/packing.py)
     packed: bool = False
 
     def __init__(self, name: str, source: str, dimension: int, max_tokens: int, vocab_size: int):
