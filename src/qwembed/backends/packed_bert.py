@@ -74,8 +74,8 @@ def packed_bert_forward(bert: torch.nn.Module, batch: PackedBatch) -> torch.Tens
         + emb.token_type_embeddings.weight[0]  # single-segment inputs
     )
     hidden = emb.LayerNorm(hidden)
+    heads = config.num_attention_heads
     for layer in bert.encoder.layer:
-        heads = config.num_attention_heads
         qkv = F.linear(hidden, *_fused_qkv(layer.attention.self)).view(len(hidden), 3 * heads, -1)
         context = grouped_attention(packed, qkv, heads, heads, causal=False)
         output = layer.attention.output
