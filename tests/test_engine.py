@@ -79,6 +79,53 @@ def test_worker_merges_concurrent_requests_into_batches():
     worker.stop(5)
 
 
+def test_padding_free_worker_cuts_full_batches_across_requests():
+    """A padding-free model's window is one full batch, even when that splits a request; every
+    input still comes back to its own request, in order."""
+    seen: list[list[int]] = []
+    gate = threading.Event()
+
+    def run(batch):
+        gate.wait()
+        seen.append([ids[0] for ids in batch])
+        return np.array([[ids[0]] for ids in batch], dtype=np.float32)
+
+    worker = _worker(run, max_batch_tokens=40, max_batch_size=64, padded_batches=False)
+    blocker = worker.submit([[0] * 10])
+    time.sleep(0.05)
+    # 3 requests × 3 inputs × 10 tokens
+    requests = [[[10 * r + i] * 10 for i in range(3)] for r in range(1, 4)]
+    futures = [worker.submit(items) for items in requests]
+    gate.set()
+    for r, future in enumerate(futures, start=1):
+        assert future.result(5)[:, 0].tolist() == [10 * r, 10 * r + 1, 10 * r + 2]
+    blocker.result(5)
+    assert seen[1:] == [[10, 11, 12, 20], [21, 22, 30, 31], [32]]
+    worker.stop(5)
+
+
+def test_padded_worker_keeps_requests_whole():
+    seen: list[int] = []
+    gate = threading.Event()
+
+    def run(batch):
+        gate.wait()
+        seen.append(len(batch))
+        return np.zeros((len(batch), 1), dtype=np.float32)
+
+    worker = _worker(run, max_batch_tokens=40, max_batch_size=64, padded_batches=True)
+    blocker = worker.submit([[0] * 10])
+    time.sleep(0.05)
+    futures = [worker.submit([[1] * 10] * 3) for _ in range(3)]
+    gate.set()
+    for future in futures:
+        assert future.result(5).shape == (3, 1)
+    blocker.result(5)
+    # windows of whole requests (6 inputs, then 3), each cut into batches of at most 40 padded tokens
+    assert seen[1:] == [4, 2, 3]
+    worker.stop(5)
+
+
 def test_cancelled_request_is_skipped():
     ran: list[list[int]] = []
     gate = threading.Event()

@@ -1,15 +1,20 @@
 """The batching worker: one thread per model that merges queued requests into token-budget batches.
 
 Requests put their tokenised inputs on a bounded queue and await a future. The worker drains the
-queue in windows of whole requests, in arrival order, about one token budget each: a window is
-sorted by length, cut into batches under the budget and run, so short inputs do not pay for long
-ones' padding and no request waits behind more than the requests queued before it. A request is
-answered when all its inputs are done, so small windows answer early requests early, and their
-clients can send again while the model works on the next window. (Window size barely moved
-throughput under 8 concurrent clients — 1k to 100k tokens measured within noise — padding did;
-see docs/benchmarks.md.) A request whose client went away is cancelled and its inputs are
-skipped. A batch that raises is split by request and retried once, so one poisonous input fails
-only its own request.
+queue in windows, in arrival order, and answers a request when all its inputs are done; a request
+whose client went away is cancelled and its inputs are skipped. A batch that raises is split by
+request and retried once, so one poisonous input fails only its own request.
+
+How a window is cut depends on whether the model pays for padding:
+
+* A padding-free model (``padded_batches=False``, the packed BERT and Qwen3 forwards) costs the
+  same whatever the lengths in a batch, so a window is exactly one full batch — up to the token
+  budget and ``max_batch_size`` inputs — and may end inside a request, whose remaining inputs
+  lead the next window. Under 8 clients posting 32 short texts, cutting only between requests
+  left a 32-input tail batch after most full ones (47 batches for 4,000 texts instead of 32) and
+  ran 15–35 % slower (docs/benchmarks.md).
+* A padded model pays ``rows × longest``: a window takes whole requests, about one token budget,
+  sorted by length and cut into batches, so short inputs do not pay for long ones' padding.
 """
 
 from __future__ import annotations
@@ -109,7 +114,8 @@ class BatchWorker:
         self.max_queue_items = max_queue_items
         self.max_queue_wait = max_queue_wait
         self.min_rate_sample_tokens = min_rate_sample_tokens
-        self.window_items = window_items or max_batch_size * 8
+        # a padding-free model's window is one batch; a padded one sorts a few batches' worth
+        self.window_items = window_items or (max_batch_size * 8 if padded_batches else max_batch_size)
         self.window_tokens = window_tokens or max_batch_tokens
         self.padded_batches = padded_batches
         self.observer = observer or _NullObserver()
@@ -216,15 +222,21 @@ class BatchWorker:
             window, tokens = [], 0
             while self._pending and len(window) < self.window_items:
                 job, index = self._pending[0]
-                if index == 0 and window and tokens >= self.window_tokens:
-                    break  # a new request starts and the window is full: it goes in the next one
+                length = len(job.items[index])
+                if window and self._window_full(tokens, length, starts_request=index == 0):
+                    break
                 self._pending.popleft()
                 if job.done:  # cancelled (client gone) or already failed
-                    self._backlog_tokens -= len(job.items[index])
+                    self._backlog_tokens -= length
                 else:
                     window.append((job, index))
-                    tokens += len(job.items[index])
+                    tokens += length
             return window
+
+    def _window_full(self, tokens: int, next_length: int, *, starts_request: bool) -> bool:
+        if not self.padded_batches:
+            return tokens + next_length > self.window_tokens  # one full batch, wherever it cuts
+        return starts_request and tokens >= self.window_tokens  # whole requests, about one budget
 
     def _loop(self) -> None:
         last_release, dirty = time.monotonic(), False
