@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qwembed.backends.packing import PackedBatch, length_groups
+from qwembed.backends.packing import TILE_TOKENS, PackedBatch, length_groups, tile_rows
 from qwembed.engine import Embedder
 from qwembed.engine.batching import plan_batches
 
@@ -15,6 +15,8 @@ TEXTS = [
     "a sentence of middling length about banks",
     "如何申请信用卡的分期付款？",
     "a much longer text that makes every other row of the batch mostly padding " * 8,
+    # short rows of many lengths: several attention tiles of sequences side by side
+    *(f"question {i}: " + "how do I repay my card " * (i % 5) for i in range(12)),
 ]
 
 
@@ -32,14 +34,33 @@ def test_packed_bert_equals_the_padded_forward(minilm_dir):
 def test_attention_groups_pad_each_run_of_similar_lengths_to_its_own_longest_row():
     assert length_groups([58, 57, 50, 49, 20, 19, 12, 5, 5]) == [range(0, 4), range(4, 7), range(7, 9)]
     assert length_groups([]) == []
-    batch = PackedBatch.of([[1] * 3, [2] * 40, [3] * 3, [4] * 38], rows=4, longest=40)
-    # tokens are laid out longest row first; the two 3-token rows form a group with no padding
-    assert [(g.start, g.stop, g.rows, g.longest) for g in batch.groups] == [(0, 78, 2, 40), (78, 84, 2, 3)]
-    assert batch.groups[1].slots is None
-    assert batch.ids[:40].eq(2).all() and batch.ids[78:].eq(1).logical_or(batch.ids[78:].eq(3)).all()
+    batch = PackedBatch.of([[1] * 50, [2] * 50, [3] * 3, [4] * 36, [5] * 2], rows=5, longest=50)
+    # tokens are laid out longest row first: the two 50-token rows form a group with no padding,
+    # the 36-token row its own, and the short rows share one tile
+    layout = [(g.start, g.stop, g.rows, g.longest) for g in batch.groups]
+    assert layout == [(0, 100, 2, 50), (100, 136, 1, 36), (136, 141, 1, TILE_TOKENS)]
+    assert batch.groups[0].slots is None and batch.groups[0].allowed is None
+    assert batch.ids[100:136].eq(4).all() and batch.ids[136:139].eq(3).all()
     # the caller's padded view keeps the caller's row order
     padded = batch.pad(batch.ids[:, None].float())[..., 0]
-    assert padded[0, :3].eq(1).all() and padded[0, 3:].eq(0).all() and padded[3, :38].eq(4).all()
+    assert padded[2, :3].eq(3).all() and padded[2, 3:].eq(0).all() and padded[3, :36].eq(4).all()
+
+
+def test_short_rows_share_tiles_and_see_only_themselves():
+    assert tile_rows([20, 20, 20, 10, 10, 5], width=64) == [0, 0, 0, 1, 1, 1]
+    lengths = [30, 20, 20, 10, 3]
+    for causal in (False, True):
+        batch = PackedBatch.of([[i] * n for i, n in enumerate(lengths)], rows=5, longest=30, causal=causal)
+        (tile,) = batch.groups
+        assert (tile.rows, tile.longest) == (2, TILE_TOKENS)
+        view = tile.pad(batch.ids[:, None] + 1)[..., 0]  # 0 marks padding
+        assert view[0, :50].tolist() == [1] * 30 + [2] * 20 and view[0, 50:].eq(0).all()
+        assert view[1, :33].tolist() == [3] * 20 + [4] * 10 + [5] * 3 and view[1, 33:].eq(0).all()
+        allowed = tile.allowed[:, 0]
+        expected = view[:, :, None] == view[:, None, :]  # same sequence (or both padding)
+        if causal:
+            expected &= torch.ones(TILE_TOKENS, TILE_TOKENS, dtype=torch.bool).tril()
+        assert torch.equal(allowed, expected)
 
 
 def test_fused_projections_follow_a_dtype_change(minilm_dir):

@@ -107,7 +107,7 @@ class Qwen3Encoder(TorchEncoder):
         if self.packed:
             with self.precision.autocast():
                 pooled = packed_qwen3_pooled(
-                    self.model, PackedBatch.of(list(batch), *self.padded_shape(batch))
+                    self.model, PackedBatch.of(list(batch), *self.padded_shape(batch), causal=True)
                 )
             return torch.nn.functional.normalize(pooled.float(), p=2, dim=-1).cpu().numpy()
         # left padding: every sequence ends in the last column, where it is pooled
