@@ -3,9 +3,11 @@
 A padded batch of short texts of mixed length spends much of its compute on padding: requests of
 32 BQ sentences, batched as a server receives them, carry 1.8 padded tokens per real one. Here the
 batch is packed (``packing.py``): embeddings, Linear layers, GELU and norms run on the real tokens
-only, attention per group of similar-length rows. The result is the same model function (equal to
-the padded pass within float rounding, tested); the token embeddings are unpacked at the end, in
-the caller's row order, for sentence-transformers' own pooling modules.
+only, attention per group of similar-length rows (short ones side by side in tiles); the
+intermediate Linear layer and its GELU are one oneDNN call on CPUs (``fused_linear.py``). The
+result is the same model function (equal to the padded pass within float rounding, tested); the
+token embeddings are unpacked at the end, in the caller's row order, for sentence-transformers'
+own pooling modules.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .fused_linear import linear_activation
 from .packing import PackedBatch, grouped_attention
 
 
@@ -23,17 +26,13 @@ def supports_packing(model: torch.nn.Module) -> bool:
         config is not None
         and config.model_type == "bert"
         and getattr(config, "position_embedding_type", "absolute") == "absolute"
-        and config.hidden_act in ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+        and config.hidden_act in _ACTIVATIONS
         and not getattr(config, "is_decoder", False)
     )
 
 
-def _activation(name: str):
-    if name == "relu":
-        return F.relu
-    if name in ("gelu_new", "gelu_pytorch_tanh"):
-        return lambda x: F.gelu(x, approximate="tanh")
-    return F.gelu
+#: Hugging Face ``hidden_act`` → ``fused_linear`` activation
+_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
 
 def _fused_qkv(attention: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -65,7 +64,7 @@ def _fused_qkv(attention: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor |
 def packed_bert_forward(bert: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
     """Last hidden states of ``bert`` as a padded ``(rows, longest, hidden)`` tensor."""
     config = bert.config
-    act = _activation(config.hidden_act)
+    activation = _ACTIVATIONS[config.hidden_act]
     emb = bert.embeddings
     packed = batch.to(emb.word_embeddings.weight.device)
     hidden = (
@@ -80,6 +79,6 @@ def packed_bert_forward(bert: torch.nn.Module, batch: PackedBatch) -> torch.Tens
         context = grouped_attention(packed, qkv, heads, heads, causal=False)
         output = layer.attention.output
         hidden = output.LayerNorm(output.dense(context) + hidden)
-        intermediate = act(layer.intermediate.dense(hidden))
+        intermediate = linear_activation(hidden, layer.intermediate.dense, activation)
         hidden = layer.output.LayerNorm(layer.output.dense(intermediate) + hidden)
     return packed.pad(hidden)

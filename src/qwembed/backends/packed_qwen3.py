@@ -1,7 +1,8 @@
 """Padding-free forward pass for Qwen3 embedding models (``model_type: qwen3``).
 
 The same idea as ``packed_bert.py`` for the decoder Qwen3-Embedding is built on: norms, the
-Linear projections, RoPE and the MLP run on the batch's real tokens only (``packing.py``), and
+Linear projections, RoPE and the MLP (activation and gating fused into its projections on CPUs,
+``fused_linear.py``) run on the batch's real tokens only (``packing.py``), and
 causal attention runs per group of similar-length rows, padded on the right — so, being causal,
 it needs no padding mask at all. Each sequence is pooled at its own last token, the
 ``<|endoftext|>`` the encoder appends, exactly where the padded forward's left padding puts it.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .fused_linear import linear_activation, linear_times
 from .packing import PackedBatch, grouped_attention
 
 
@@ -36,6 +38,15 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos[:, None, :] + rotated * sin[:, None, :]
 
 
+def _mlp(mlp: torch.nn.Module, x: torch.Tensor, activation: str) -> torch.Tensor:
+    """``down(silu(gate(x)) * up(x))`` with the activation and the product fused into the gate and
+    up projections on CPUs (``fused_linear.py``); the model's own module otherwise."""
+    if activation != "silu":
+        return mlp(x)
+    gate = linear_activation(x, mlp.gate_proj, "silu")
+    return mlp.down_proj(linear_times(x, mlp.up_proj, gate))
+
+
 def packed_qwen3_pooled(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
     """Final-norm hidden state at each sequence's last token, ``(len(batch rows), hidden)``, in the
     caller's row order."""
@@ -55,6 +66,6 @@ def packed_qwen3_pooled(model: torch.nn.Module, batch: PackedBatch) -> torch.Ten
         qkv = torch.cat((_rotate(q, cos, sin), _rotate(k, cos, sin), v.to(q.dtype)), dim=1)
         context = grouped_attention(packed, qkv, q_heads, kv_heads, causal=True, scale=attention.scaling)
         hidden = hidden + attention.o_proj(context)
-        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        hidden = hidden + _mlp(layer.mlp, layer.post_attention_layernorm(hidden), config.hidden_act)
     hidden = model.norm(hidden)
     return hidden[packed.last_token]
