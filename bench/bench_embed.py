@@ -186,7 +186,7 @@ def main() -> int:
         "--server-arg",
         action="append",
         default=None,
-        help="extra `qwembed serve` argument (default: --compile)",
+        help="extra `qwembed serve` argument (repeatable; default: none)",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

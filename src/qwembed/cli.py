@@ -91,9 +91,17 @@ def _build_parser() -> argparse.ArgumentParser:
         "--max-batch-tokens",
         type=int,
         default=None,
-        help="padded tokens per forward pass (rows × longest); default 2048 on CPU, 16384 on CUDA",
+        help="tokens per forward pass (real tokens when padding-free, else rows × longest); "
+        "default 2048 on CPU, 16384 on CUDA",
     )
     serve.add_argument("--max-batch-size", type=int, default=128, help="inputs per forward pass")
+    serve.add_argument(
+        "--streams",
+        type=int,
+        default=None,
+        help="forward passes at once per model, sharing the CPU threads; default 2 on a multi-core "
+        "CPU, 1 on a GPU or with --compile",
+    )
     serve.add_argument(
         "--max-queue-items", type=int, default=16384, help="inputs waiting at most; beyond, answer 429"
     )
@@ -239,7 +247,11 @@ def _serve(args: argparse.Namespace) -> int:
         raise SystemExit("qwembed serve: give one --served-name per --model")
     pool = ModelPool(
         BatchSettings(
-            args.max_batch_tokens, args.max_batch_size, args.max_queue_items, args.max_queue_wait or None
+            args.max_batch_tokens,
+            args.max_batch_size,
+            args.max_queue_items,
+            args.max_queue_wait or None,
+            streams=args.streams,
         )
     )
     names = args.served_name or [None] * len(args.model)

@@ -12,11 +12,15 @@ own pooling modules.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 
 from .fused_linear import linear_activation
 from .packing import PackedBatch, grouped_attention
+
+_FUSING = threading.Lock()
 
 
 def supports_packing(model: torch.nn.Module) -> bool:
@@ -41,14 +45,14 @@ def _fused_qkv(attention: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor |
     weights are re-pointed at slices of the fused tensor, so it costs no memory, and the check
     below notices when something (a dtype cast, a device move) replaced them since."""
     projections = (attention.query, attention.key, attention.value)
-    weight = projections[0].weight
     fused = getattr(attention, "_qwembed_fused_qkv", None)
-    if fused is not None and all(
-        p.weight.data_ptr() == fused[0][i * p.weight.shape[0]].data_ptr() and p.weight.dtype == fused[0].dtype
-        for i, p in enumerate(projections)
-    ):
+    if fused is not None and _still_fused(projections, fused[0]):
         return fused
-    with torch.no_grad():
+    with _FUSING, torch.no_grad():  # two streams may reach a layer's first call together
+        fused = getattr(attention, "_qwembed_fused_qkv", None)
+        if fused is not None and _still_fused(projections, fused[0]):
+            return fused
+        weight = projections[0].weight
         fused_weight = torch.cat([p.weight for p in projections])
         has_bias = all(p.bias is not None for p in projections)
         fused_bias = torch.cat([p.bias for p in projections]) if has_bias else None
@@ -57,8 +61,17 @@ def _fused_qkv(attention: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor |
             p.weight = torch.nn.Parameter(fused_weight[i * rows : (i + 1) * rows], requires_grad=False)
             if fused_bias is not None:
                 p.bias = torch.nn.Parameter(fused_bias[i * rows : (i + 1) * rows], requires_grad=False)
-    attention._qwembed_fused_qkv = (fused_weight, fused_bias)
-    return attention._qwembed_fused_qkv
+        attention._qwembed_fused_qkv = (fused_weight, fused_bias)
+        return attention._qwembed_fused_qkv
+
+
+def _still_fused(projections: tuple[torch.nn.Module, ...], fused: torch.Tensor) -> bool:
+    """Each projection's weight is still its slice of ``fused`` (nothing cast or moved it since)."""
+    rows = projections[0].weight.shape[0]
+    return all(
+        p.weight.data_ptr() == fused[i * rows].data_ptr() and p.weight.dtype == fused.dtype
+        for i, p in enumerate(projections)
+    )
 
 
 def packed_bert_forward(bert: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:

@@ -17,6 +17,7 @@ from ..backends.registry import BackendName
 from .batching import default_batch_tokens, plan_batches
 from .inputs import EmbedOptions, tokenize_ids, tokenize_texts
 from .postprocess import check_dimensions, truncate_dimensions
+from .streams import StreamExecutor, Streams
 
 DEFAULT_MAX_BATCH_SIZE = 128
 
@@ -28,10 +29,13 @@ class Embedder:
         *,
         max_batch_tokens: int | None = None,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        streams: int | None = None,
     ):
         self.encoder = encoder
         self.max_batch_tokens = max_batch_tokens or default_batch_tokens(encoder)
         self.max_batch_size = max_batch_size
+        #: forward passes at once (engine/streams.py); None: two on a multi-core CPU, one on a GPU
+        self.streams = StreamExecutor(Streams.for_model(encoder, streams))
 
     @classmethod
     def load(
@@ -48,6 +52,7 @@ class Embedder:
         min_bf16_cosine: float = DEFAULT_MIN_COSINE,
         max_batch_tokens: int | None = None,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        streams: int | None = None,
     ) -> Embedder:
         """``dtype="auto"``: bf16 on CUDA and on CPUs with bf16 matrix units (checked against float32
         at load, fallback below ``min_bf16_cosine``), float32 elsewhere; ``compile``: torch.compile the
@@ -56,7 +61,7 @@ class Embedder:
             device, dtype, max_tokens, trust_remote_code, compile=compile, min_bf16_cosine=min_bf16_cosine
         )
         encoder = load_encoder(model, name=name, backend=backend, options=options)
-        return cls(encoder, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size)
+        return cls(encoder, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size, streams=streams)
 
     @property
     def name(self) -> str:
@@ -106,6 +111,11 @@ class Embedder:
         out = np.empty((len(ids), self.dimension), dtype=np.float32)
         lengths = [len(x) for x in ids]
         padded = not self.encoder.packed
-        for batch in plan_batches(lengths, self.max_batch_tokens, self.max_batch_size, padded=padded):
-            out[batch] = self.encoder.embed_token_ids([ids[i] for i in batch])
+        batches = plan_batches(lengths, self.max_batch_tokens, self.max_batch_size, padded=padded)
+
+        def embed(batch: list[int]) -> np.ndarray:
+            return self.encoder.embed_token_ids([ids[i] for i in batch])
+
+        for batch, vectors in zip(batches, self.streams.map(embed, batches), strict=True):
+            out[batch] = vectors
         return out

@@ -20,6 +20,7 @@ from .embedder import Embedder
 from .inputs import EmbedOptions, check_texts, tokenize_ids, tokenize_texts
 from .postprocess import check_dimensions, truncate_dimensions
 from .rerank import RerankResult, rank
+from .streams import Streams
 from .worker import BatchObserver, BatchWorker
 
 Kind = Literal["embedding", "reranker"]
@@ -48,6 +49,8 @@ class BatchSettings:
     max_queue_wait: float | None = 5.0
     #: tokens of recent batches needed before the throughput estimate is trusted for admission
     min_rate_sample_tokens: int = 2048
+    #: forward passes at once per model; None: two on a multi-core CPU, one on a GPU (streams.py)
+    streams: int | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class ModelPool:
             max_queue_wait=self.settings.max_queue_wait,
             min_rate_sample_tokens=self.settings.min_rate_sample_tokens,
             padded_batches=not model.packed,
+            streams=Streams.for_model(model, self.settings.streams),
         )
         self._models[model.name] = ServedModel(model, worker)
 
