@@ -5,7 +5,8 @@
 Embeds the same BQ sentences with float32, ``--dtype auto`` (mixed bf16) and auto + ``--compile``,
 and prints, for each, the wall time and the operators that took the most CPU time. ``--window 160``
 embeds them 160 at a time instead of in one call, as the server's worker batches a few 32-text
-requests: batches of mixed lengths rather than one length-sorted corpus. The summaries
+requests: batches of mixed lengths rather than one length-sorted corpus. It profiles one stream
+(the torch profiler sees only its own thread), so its texts/s are one stream's. The summaries
 in docs/profiles/ were made with this script; docs/benchmarks.md explains what changed between them.
 """
 
@@ -50,7 +51,8 @@ def main() -> int:
         "auto + compile": {"compile": True},
     }
     for label, options in variants.items():
-        embedder = Embedder.load(args.model, device="cpu", **options)
+        # one stream: the profiler records the operators of the thread that started it
+        embedder = Embedder.load(args.model, device="cpu", streams=1, **options)
         embed_all(embedder)  # warm-up
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             start = time.perf_counter()
