@@ -45,6 +45,19 @@ def _fake_run(log: list[list[int]], barrier: threading.Barrier | None = None):
     return run
 
 
+def _gated_two_stream_worker(log: list[list[int]]) -> tuple[BatchWorker, threading.Event]:
+    """Two streams, batches of 40 tokens, each batch held until the gate opens."""
+    gate = threading.Event()
+    run = _fake_run(log)
+    worker = BatchWorker(
+        lambda batch: (gate.wait(), run(batch))[1],
+        max_batch_tokens=40,
+        padded_batches=False,
+        streams=Streams(2, None),
+    ).start()
+    return worker, gate
+
+
 def test_two_streams_run_two_full_batches_at_once():
     log: list[list[int]] = []
     worker = BatchWorker(
@@ -62,14 +75,7 @@ def test_two_streams_run_two_full_batches_at_once():
 
 def test_a_second_stream_waits_for_a_full_batch_while_the_first_runs():
     log: list[list[int]] = []
-    gate = threading.Event()
-    run = _fake_run(log)
-    worker = BatchWorker(
-        lambda batch: (gate.wait(), run(batch))[1],
-        max_batch_tokens=40,
-        padded_batches=False,
-        streams=Streams(2, None),
-    ).start()
+    worker, gate = _gated_two_stream_worker(log)
     first = worker.submit([[1] * 10])
     time.sleep(0.05)  # stream one is inside its batch
     small = [worker.submit([[k] * 10]) for k in (2, 3)]
@@ -109,14 +115,7 @@ def test_embedder_streams_change_nothing_in_the_vectors(minilm_dir):
 
 
 def test_a_window_of_cancelled_inputs_leaves_the_streams_free():
-    gate = threading.Event()
-    run = _fake_run([])
-    worker = BatchWorker(
-        lambda batch: (gate.wait(), run(batch))[1],
-        max_batch_tokens=40,
-        padded_batches=False,
-        streams=Streams(2, None),
-    ).start()
+    worker, gate = _gated_two_stream_worker([])
     first = worker.submit([[1] * 10])
     time.sleep(0.05)
     worker.submit([[2] * 10]).cancel()  # the client went away while it waited
