@@ -47,7 +47,7 @@ def test_attention_groups_pad_each_run_of_similar_lengths_to_its_own_longest_row
 
 
 def test_short_rows_share_tiles_and_see_only_themselves():
-    assert tile_rows([20, 20, 20, 10, 10, 5], width=64) == [0, 0, 0, 1, 1, 1]
+    assert tile_rows([20, 20, 20, 10, 10, 5], width=64) == [0, 20, 40, 64, 74, 84]
     lengths = [30, 20, 20, 10, 3]
     for causal in (False, True):
         batch = PackedBatch.of([[i] * n for i, n in enumerate(lengths)], rows=5, longest=30, causal=causal)

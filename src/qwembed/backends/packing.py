@@ -52,14 +52,15 @@ def length_groups(lengths: Sequence[int]) -> list[range]:
 
 
 def tile_rows(lengths: Sequence[int], width: int = TILE_TOKENS) -> list[int]:
-    """The tile of each row, filling tiles of ``width`` tokens in order (rows never straddle)."""
-    tiles, tile, used = [], 0, 0
+    """Where each row starts in tiles of ``width`` tokens (``tile × width + offset``), filling them
+    in order; a row never straddles two tiles."""
+    starts, tile, used = [], 0, 0
     for length in lengths:
         if used + length > width:
             tile, used = tile + 1, 0
-        tiles.append(tile)
+        starts.append(tile * width + used)
         used += length
-    return tiles
+    return starts
 
 
 @dataclass(frozen=True)
@@ -152,14 +153,10 @@ class PackedBatch:
         """Short sequences side by side in tiles of ``TILE_TOKENS``; each sees only itself."""
         width = TILE_TOKENS
         sizes = torch.tensor(lengths, dtype=torch.long)
-        tile = torch.tensor(tile_rows(lengths, width), dtype=torch.long)
-        first_in_tile = torch.ones(len(lengths), dtype=torch.bool)
-        first_in_tile[1:] = tile[1:] != tile[:-1]
-        starts = torch.cumsum(sizes, 0) - sizes  # of each sequence, counted from ``start``
-        tile_start = torch.cummax(torch.where(first_in_tile, starts, 0), 0).values
-        # a tile holds consecutive packed tokens from its first sequence's start
-        slots = torch.repeat_interleave(tile * width - tile_start, sizes) + torch.arange(stop - start)
-        count = int(tile[-1]) + 1
+        row_slot = torch.tensor(tile_rows(lengths, width), dtype=torch.long)
+        packed_start = torch.cumsum(sizes, 0) - sizes  # each sequence's first token, from ``start``
+        slots = torch.repeat_interleave(row_slot - packed_start, sizes) + torch.arange(stop - start)
+        count = int(row_slot[-1]) // width + 1
         # each slot's sequence; padding slots get -1 and see each other, so no query row is empty
         sequence = torch.full((count * width,), -1, dtype=torch.long)
         sequence[slots] = torch.repeat_interleave(torch.arange(len(lengths)), sizes)
