@@ -344,7 +344,7 @@ class BatchWorker:
         self._settle(sum(len(job.items[index]) for job, index in entries))
         with self._results:
             for job in jobs.values():
-                if not job.done:
+                with contextlib.suppress(InvalidStateError):  # cancelled meanwhile: nobody waits
                     job.future.set_exception(error)
 
     def _deliver(self, job: _Job, index: int, vector: np.ndarray) -> None:
