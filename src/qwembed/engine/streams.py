@@ -12,6 +12,7 @@ A GPU runs one stream: its kernels queue on one device anyway.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -69,18 +70,19 @@ class StreamExecutor:
     def __init__(self, streams: Streams):
         self.streams = streams
         self._pool: ThreadPoolExecutor | None = None
+        self._starting = threading.Lock()  # one Embedder may be called from several threads
 
     def map(self, function: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         items = list(items)
         if self.streams.count == 1 or len(items) < 2:
             return map(function, items)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(
-                self.streams.count, thread_name_prefix="qwembed-stream", initializer=self.streams.enter
-            )
-        return self._pool.map(function, items)
+        return self._threads().map(function, items)
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+    def _threads(self) -> ThreadPoolExecutor:
+        """The stream threads, started on first use (idle ones end with the interpreter)."""
+        with self._starting:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    self.streams.count, thread_name_prefix="qwembed-stream", initializer=self.streams.enter
+                )
+            return self._pool
