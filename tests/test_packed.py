@@ -53,9 +53,15 @@ def test_short_rows_share_tiles_and_see_only_themselves():
         batch = PackedBatch.of([[i] * n for i, n in enumerate(lengths)], rows=5, longest=30, causal=causal)
         (tile,) = batch.groups
         assert (tile.rows, tile.longest) == (2, TILE_TOKENS)
-        view = tile.pad(batch.ids[:, None] + 1)[..., 0]  # 0 marks padding
+        view = torch.zeros(tile.rows * tile.longest, dtype=torch.long)
+        view[tile.slots] = batch.ids + 1  # 0 marks padding
+        view = view.view(tile.rows, tile.longest)
         assert view[0, :50].tolist() == [1] * 30 + [2] * 20 and view[0, 50:].eq(0).all()
         assert view[1, :33].tolist() == [3] * 20 + [4] * 10 + [5] * 3 and view[1, 33:].eq(0).all()
+        # the padded view holds each token in its slot, and padding repeats a real token
+        padded = tile.pad(batch.ids[:, None] + 1)[..., 0]
+        assert torch.equal(padded[view > 0], view[view > 0]) and padded.gt(0).all()
+        assert torch.equal(tile.unpad(padded[..., None])[:, 0], batch.ids + 1)
         allowed = tile.allowed[:, 0]
         expected = view[:, :, None] == view[:, None, :]  # same sequence (or both padding)
         if causal:
