@@ -17,7 +17,9 @@ class KeyChecker:
     def enabled(self) -> bool:
         return bool(self._keys)
 
-    def __call__(self, request: Request) -> None:
+    # async, like every dependency here: FastAPI runs a plain ``def`` dependency in its thread pool,
+    # a thread hop per request for a check that never blocks
+    async def __call__(self, request: Request) -> None:
         if not self._keys:
             return
         header = request.headers.get("authorization", "")

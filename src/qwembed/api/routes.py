@@ -67,7 +67,7 @@ def _normalise_input(raw: object) -> list[str] | list[list[int]]:
     return raw  # type: ignore[return-value]
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     """Bodies are JSON and must say so. A missing content type is refused too: browsers send such
     bodies cross-site without a CORS preflight, so reading them as JSON would open the server to
     request forgery from any web page (FastAPI's strict content-type rule)."""
