@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
+from sentence_transformers.sentence_transformer.modules import Pooling
 
 from qwembed.backends.packing import TILE_TOKENS, PackedBatch, length_groups, tile_rows
 from qwembed.engine import Embedder
@@ -23,12 +25,26 @@ TEXTS = [
 def test_packed_bert_equals_the_padded_forward(minilm_dir):
     embedder = Embedder.load("minilm", device="cpu", dtype="float32")
     assert embedder.encoder.packed  # all-MiniLM-L6-v2 is a plain BERT
-    packed = embedder.embed(TEXTS)
+    batch = embedder.tokenize(TEXTS)  # one batch in the caller's order, not sorted by length
+    packed = embedder.encoder.embed_token_ids(batch)
     embedder.encoder.packed = False
-    padded = embedder.embed(TEXTS)
+    padded = embedder.encoder.embed_token_ids(batch)
     np.testing.assert_allclose(packed, padded, atol=1e-6)
     alone = np.vstack([embedder.embed([text]) for text in TEXTS])
     np.testing.assert_allclose(packed, alone, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"])
+def test_pooling_on_packed_tokens_equals_pooling_the_padded_view(minilm_dir, mode):
+    embedder = Embedder.load("minilm", device="cpu", dtype="float32")
+    encoder = embedder.encoder
+    encoder.model[1] = Pooling(encoder.dimension, pooling_mode=mode)
+    assert encoder._pools_packed_tokens()
+    batch = embedder.tokenize(TEXTS)  # one batch in the caller's order, not sorted by length
+    packed = encoder.embed_token_ids(batch)
+    encoder._pools_packed_tokens = lambda: False  # the padded view and attention mask
+    padded = encoder.embed_token_ids(batch)
+    np.testing.assert_allclose(packed, padded, atol=1e-6)
 
 
 def test_attention_groups_pad_each_run_of_similar_lengths_to_its_own_longest_row():
@@ -80,9 +96,10 @@ def test_fused_projections_follow_a_dtype_change(minilm_dir):
 def test_packed_qwen3_equals_the_padded_forward(qwen3_dirs):
     embedder = Embedder.load(str(qwen3_dirs["appends"]), device="cpu", dtype="float32")
     assert embedder.encoder.packed
-    packed = embedder.embed(TEXTS)
+    batch = embedder.tokenize(TEXTS)
+    packed = embedder.encoder.embed_token_ids(batch)
     embedder.encoder.packed = False  # left-padded batch, pooled at the last column
-    padded = embedder.embed(TEXTS)
+    padded = embedder.encoder.embed_token_ids(batch)
     np.testing.assert_allclose(packed, padded, atol=1e-6)
     embedder.encoder.packed = True
     alone = np.vstack([embedder.embed([text]) for text in TEXTS])

@@ -5,9 +5,7 @@ A padded batch of short texts of mixed length spends much of its compute on padd
 batch is packed (``packing.py``): embeddings, Linear layers, GELU and norms run on the real tokens
 only, attention per group of similar-length rows (short ones side by side in tiles); the
 intermediate Linear layer and its GELU are one oneDNN call on CPUs (``fused_linear.py``). The
-result is the same model function (equal to the padded pass within float rounding, tested); the
-token embeddings are unpacked at the end, in the caller's row order, for sentence-transformers'
-own pooling modules.
+result is the same model function (equal to the padded pass within float rounding, tested).
 """
 
 from __future__ import annotations
@@ -75,7 +73,8 @@ def _still_fused(projections: tuple[torch.nn.Module, ...], fused: torch.Tensor) 
 
 
 def packed_bert_forward(bert: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
-    """Last hidden states of ``bert`` as a padded ``(rows, longest, hidden)`` tensor."""
+    """Last hidden states of ``bert``'s packed tokens, ``(tokens, hidden)``; ``batch.pad`` gives the
+    padded view."""
     config = bert.config
     activation = _ACTIVATIONS[config.hidden_act]
     emb = bert.embeddings
@@ -94,4 +93,4 @@ def packed_bert_forward(bert: torch.nn.Module, batch: PackedBatch) -> torch.Tens
         hidden = output.LayerNorm(output.dense(context) + hidden)
         intermediate = linear_activation(hidden, layer.intermediate.dense, activation)
         hidden = layer.output.LayerNorm(layer.output.dense(intermediate) + hidden)
-    return packed.pad(hidden)
+    return hidden

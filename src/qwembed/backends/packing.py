@@ -111,14 +111,14 @@ class AttentionGroup:
 
 @dataclass(frozen=True)
 class PackedBatch:
-    """Where each sequence's tokens sit: packed longest row first, in attention groups, and in the
-    caller's padded ``(rows, longest)`` view."""
+    """Where each sequence's tokens sit: packed longest row first, in attention groups; and the way
+    back to the caller's row order, or to its padded ``(rows, longest)`` view."""
 
     ids: torch.Tensor  # (tokens,)
     positions: torch.Tensor  # (tokens,) position within its own sequence
-    flat_index: torch.Tensor  # (tokens,) row * longest + position: the caller's padded slot of each token
-    mask: torch.Tensor  # (rows, longest) 1 for real tokens
-    last_token: torch.Tensor  # (len(batch),) where each of the caller's rows ends in the packed tokens
+    order: torch.Tensor  # (sequences,) the caller's row of each packed sequence
+    bounds: torch.Tensor  # (sequences + 1,) packed sequence i is tokens bounds[i] : bounds[i + 1]
+    last_token: torch.Tensor  # (sequences,) where each of the caller's rows ends in the packed tokens
     groups: tuple[AttentionGroup, ...]
     rows: int
     longest: int
@@ -132,11 +132,9 @@ class PackedBatch:
         ids = torch.tensor([token for r in order for token in batch[r]], dtype=torch.long)
         starts = torch.cumsum(lengths, 0) - lengths
         positions = torch.arange(len(ids)) - torch.repeat_interleave(starts, lengths)
-        row_of = torch.repeat_interleave(torch.tensor(order, dtype=torch.long), lengths)
-        mask = torch.zeros((rows, longest), dtype=torch.long)
-        mask.view(-1)[row_of * longest + positions] = 1
+        caller_row = torch.tensor(order, dtype=torch.long)
         last_token = torch.empty(len(batch), dtype=torch.long)
-        last_token[torch.tensor(order, dtype=torch.long)] = starts + lengths - 1
+        last_token[caller_row] = starts + lengths - 1
         # rows short enough to share a tile (the shortest, at the end), or each its own row
         tiled = next((i for i, n in enumerate(sorted_lengths) if 2 * n <= TILE_TOKENS), len(batch))
         if len(batch) - tiled < 2:
@@ -158,8 +156,8 @@ class PackedBatch:
             groups.append(AttentionGroup.padded(start, stop, count, width, slots, allowed))
         if tiled < len(batch):
             groups.append(cls._tile_group(sorted_lengths[tiled:], int(starts[tiled]), len(ids), causal))
-        flat_index = row_of * longest + positions
-        return cls(ids, positions, flat_index, mask, last_token, tuple(groups), rows, longest)
+        bounds = torch.cat((starts, torch.tensor([len(ids)])))
+        return cls(ids, positions, caller_row, bounds, last_token, tuple(groups), rows, longest)
 
     @staticmethod
     def _tile_group(lengths: list[int], start: int, stop: int, causal: bool) -> AttentionGroup:
@@ -183,18 +181,33 @@ class PackedBatch:
         return PackedBatch(
             self.ids.to(device),
             self.positions.to(device),
-            self.flat_index.to(device),
-            self.mask.to(device),
+            self.order.to(device),
+            self.bounds.to(device),
             self.last_token.to(device),
             tuple(group.to(device) for group in self.groups),
             self.rows,
             self.longest,
         )
 
+    def in_caller_order(self, per_sequence: torch.Tensor) -> torch.Tensor:
+        """``(sequences, …)`` values in packed order → the caller's row order."""
+        return per_sequence.new_empty(per_sequence.shape).index_copy_(0, self.order, per_sequence)
+
+    def _caller_slots(self) -> torch.Tensor:
+        """Each packed token's index in the caller's ``(rows * longest)`` view."""
+        row = torch.repeat_interleave(self.order, self.bounds.diff())
+        return row * self.longest + self.positions
+
+    def mask(self) -> torch.Tensor:
+        """The caller's ``(rows, longest)`` attention mask: 1 for real tokens."""
+        mask = torch.zeros(self.rows * self.longest, dtype=torch.long, device=self.ids.device)
+        mask[self._caller_slots()] = 1
+        return mask.view(self.rows, self.longest)
+
     def pad(self, packed: torch.Tensor) -> torch.Tensor:
         """``(tokens, …)`` → the caller's ``(rows, longest, …)`` with zeros in the padding."""
         out = packed.new_zeros((self.rows * self.longest, *packed.shape[1:]))
-        out.index_copy_(0, self.flat_index, packed)
+        out.index_copy_(0, self._caller_slots(), packed)
         return out.view(self.rows, self.longest, *packed.shape[1:])
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling
 
 from .base import InputType, TokenIds
 from .device import resolve_device, sentence_transformers_options
@@ -105,15 +106,30 @@ class SentenceTransformerEncoder(TorchEncoder):
 
     def _embed_packed(self, batch: Sequence[TokenIds]) -> np.ndarray:
         """BERT without padding in its Linear layers (backends/packed_bert.py), then the model's
-        own pooling and normalisation modules on the unpacked token embeddings."""
+        own pooling and normalisation modules: on the packed tokens where sentence-transformers'
+        pooling reads them so (its unpadded-attention input), else on the padded view."""
         rows, longest = self.padded_shape(batch)
-        packed = PackedBatch.of(list(batch), rows, longest)
+        packed = PackedBatch.of(list(batch), rows, longest).to(self.device)
         with self.precision.autocast():
-            features = {
-                "token_embeddings": packed_bert_forward(self.compile_target(), packed),
-                "attention_mask": packed.mask.to(self.device),
-            }
+            hidden = packed_bert_forward(self.compile_target(), packed)
+            flat = self._pools_packed_tokens()
+            if flat:
+                features = {"token_embeddings": hidden[None], "cu_seq_lens_q": packed.bounds}
+            else:
+                features = {"token_embeddings": packed.pad(hidden), "attention_mask": packed.mask()}
             for module in list(self.model)[1:]:
                 features = module(features)
-        pooled = features["sentence_embedding"][: len(batch)].float()
+        pooled = features["sentence_embedding"].float()
+        pooled = packed.in_caller_order(pooled) if flat else pooled[: len(batch)]
         return torch.nn.functional.normalize(pooled, p=2, dim=-1).cpu().numpy()
+
+    def _pools_packed_tokens(self) -> bool:
+        """Pooling (sentence-transformers ≥ 6 reduces packed tokens by sequence bounds, which saves
+        padding and masking every batch), then only modules that read the pooled vector."""
+        after = list(self.model)[1:]
+        return (
+            bool(after)
+            and isinstance(after[0], Pooling)
+            and hasattr(after[0], "_forward_flattened")
+            and all(isinstance(module, (Pooling, Normalize, Dense)) for module in after)
+        )
