@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -118,7 +119,6 @@ class PackedBatch:
     positions: torch.Tensor  # (tokens,) position within its own sequence
     order: torch.Tensor  # (sequences,) the caller's row of each packed sequence
     bounds: torch.Tensor  # (sequences + 1,) packed sequence i is tokens bounds[i] : bounds[i + 1]
-    last_token: torch.Tensor  # (sequences,) where each of the caller's rows ends in the packed tokens
     groups: tuple[AttentionGroup, ...]
     rows: int
     longest: int
@@ -132,9 +132,6 @@ class PackedBatch:
         ids = torch.tensor([token for r in order for token in batch[r]], dtype=torch.long)
         starts = torch.cumsum(lengths, 0) - lengths
         positions = torch.arange(len(ids)) - torch.repeat_interleave(starts, lengths)
-        caller_row = torch.tensor(order, dtype=torch.long)
-        last_token = torch.empty(len(batch), dtype=torch.long)
-        last_token[caller_row] = starts + lengths - 1
         # rows short enough to share a tile (the shortest, at the end), or each its own row
         tiled = next((i for i, n in enumerate(sorted_lengths) if 2 * n <= TILE_TOKENS), len(batch))
         if len(batch) - tiled < 2:
@@ -157,7 +154,8 @@ class PackedBatch:
         if tiled < len(batch):
             groups.append(cls._tile_group(sorted_lengths[tiled:], int(starts[tiled]), len(ids), causal))
         bounds = torch.cat((starts, torch.tensor([len(ids)])))
-        return cls(ids, positions, caller_row, bounds, last_token, tuple(groups), rows, longest)
+        caller_row = torch.tensor(order, dtype=torch.long)
+        return cls(ids, positions, caller_row, bounds, tuple(groups), rows, longest)
 
     @staticmethod
     def _tile_group(lengths: list[int], start: int, stop: int, causal: bool) -> AttentionGroup:
@@ -183,16 +181,21 @@ class PackedBatch:
             self.positions.to(device),
             self.order.to(device),
             self.bounds.to(device),
-            self.last_token.to(device),
             tuple(group.to(device) for group in self.groups),
             self.rows,
             self.longest,
         )
 
+    @property
+    def last_token(self) -> torch.Tensor:
+        """Where each of the caller's rows ends in the packed tokens."""
+        return self.in_caller_order(self.bounds[1:] - 1)
+
     def in_caller_order(self, per_sequence: torch.Tensor) -> torch.Tensor:
         """``(sequences, …)`` values in packed order → the caller's row order."""
         return per_sequence.new_empty(per_sequence.shape).index_copy_(0, self.order, per_sequence)
 
+    @cached_property
     def _caller_slots(self) -> torch.Tensor:
         """Each packed token's index in the caller's ``(rows * longest)`` view."""
         row = torch.repeat_interleave(self.order, self.bounds.diff())
@@ -201,13 +204,13 @@ class PackedBatch:
     def mask(self) -> torch.Tensor:
         """The caller's ``(rows, longest)`` attention mask: 1 for real tokens."""
         mask = torch.zeros(self.rows * self.longest, dtype=torch.long, device=self.ids.device)
-        mask[self._caller_slots()] = 1
+        mask[self._caller_slots] = 1
         return mask.view(self.rows, self.longest)
 
     def pad(self, packed: torch.Tensor) -> torch.Tensor:
         """``(tokens, …)`` → the caller's ``(rows, longest, …)`` with zeros in the padding."""
         out = packed.new_zeros((self.rows * self.longest, *packed.shape[1:]))
-        out.index_copy_(0, self._caller_slots(), packed)
+        out.index_copy_(0, self._caller_slots, packed)
         return out.view(self.rows, self.longest, *packed.shape[1:])
 
 
