@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -30,6 +31,33 @@ def test_latency_rows():
     assert measure_latency(HashingEmbedder(16), ["x"], [2], repeats=2)[0]["tokens_per_s"] is None
 
 
+class MeetingEmbedder(CountingEmbedder):
+    """Each timed call waits at a barrier for ``parties`` calls in flight: it returns only if
+    that many callers really run at once (the first, warm-up call passes alone)."""
+
+    def __init__(self, parties: int, timeout: float = 10):
+        super().__init__(16)
+        self.barrier = threading.Barrier(parties, timeout=timeout)
+        self.calls = 0
+
+    def embed(self, texts, **kwargs):
+        self.calls += 1
+        if self.calls > 1:
+            self.barrier.wait()
+        return super().embed(texts, **kwargs)
+
+
+def test_concurrent_callers_share_the_calls():
+    model = MeetingEmbedder(4)
+    (row,) = measure_latency(model, ["ab", "cde"], [4], repeats=8, concurrency=4)
+    assert row["concurrency"] == 4 and row["calls"] == 8 and model.calls == 9
+    assert row["tokens_per_s"] == pytest.approx(10 * row["texts_per_s"] / 4)
+    with pytest.raises(threading.BrokenBarrierError):  # one caller alone never meets the others
+        measure_latency(MeetingEmbedder(2, timeout=0.5), ["ab"], [1], repeats=2, concurrency=1)
+    with pytest.raises(EvalError):
+        measure_latency(model, ["ab"], [1], concurrency=0)
+
+
 def test_parse_and_record():
     assert parse_batch_sizes("1, 8,32") == [1, 8, 32]
     with pytest.raises(EvalError):
@@ -51,12 +79,16 @@ def test_bench_command(tmp_path, capsys):
         "1,4",
         "--repeats",
         "2",
+        "--concurrency",
+        "2",
         "--out",
         str(out),
     ]
     assert main(argv) == 0
     record = json.loads(out.read_text(encoding="utf-8"))["records"][0]
     assert record["dataset"] == "builtin:zh-hard" and record["data"]["texts"] == 225
+    assert record["config"]["concurrency"] == 2
+    assert all(row["concurrency"] == 2 and row["calls"] == 2 for row in record["details"]["rows"])
     assert "Speed and memory" in capsys.readouterr().out
     assert main(["bench", "--model", "hashing", "--batch-sizes", "x", "--out", str(out)]) == 2
 

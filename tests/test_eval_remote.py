@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from qwembed.engine.remote import RemoteEmbedder, RemoteError, normalize_base_url
+from qwembed.eval.bench import measure_latency
 from qwembed.eval.cli import main
 from qwembed.eval.hashing_embedder import HashingEmbedder
 from qwembed.eval.models import open_embedder, split_endpoint_spec
@@ -151,3 +152,17 @@ def test_cli_against_the_server_matches_local(server, tmp_path):
     assert remote["model"] == local["model"] == "use-multilingual"
     assert remote["model_spec"].startswith("http://127.0.0.1")
     assert remote["metrics"] == pytest.approx(local["metrics"])
+
+
+def test_usage_is_counted_across_concurrent_callers():
+    class Usage(FakeService):
+        def __call__(self, request: httpx.Request) -> httpx.Response:
+            response = super().__call__(request)
+            body = json.loads(response.content)
+            body["usage"] = {"prompt_tokens": 3, "total_tokens": 3}
+            return httpx.Response(200, json=body)
+
+    remote = client_for(Usage())
+    (row,) = measure_latency(remote, ["一", "二", "三"], [1], repeats=40, concurrency=8)
+    assert remote.tokens_used == 3 * 41  # the warm-up call too
+    assert row["tokens_per_s"] == pytest.approx(3 * row["texts_per_s"])

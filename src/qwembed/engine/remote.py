@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -75,8 +76,10 @@ class RemoteEmbedder:
         self._client = client or httpx.Client(timeout=timeout)
         self._headers = headers
         self._dimension: int | None = None
-        #: tokens the service reported in ``usage`` so far (for throughput in tokens/s)
+        #: tokens the service reported in ``usage`` so far (for throughput in tokens/s); callers
+        #: may embed from several threads at once (``qwembed bench --concurrency``)
         self.tokens_used = 0
+        self._usage_lock = threading.Lock()
 
     # ---- the TextEmbedder protocol -----------------------------------------------------------
     @property
@@ -136,7 +139,8 @@ class RemoteEmbedder:
         payload = self._request("POST", "/embeddings", json=body)
         usage = payload.get("usage") if isinstance(payload, dict) else None
         if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
-            self.tokens_used += usage["total_tokens"]
+            with self._usage_lock:
+                self.tokens_used += usage["total_tokens"]
         try:
             items = sorted(payload["data"], key=lambda item: item["index"])
             rows = [_decode_vector(item["embedding"]) for item in items]

@@ -11,6 +11,7 @@ import multiprocessing
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -35,12 +36,20 @@ def parse_batch_sizes(text: str) -> list[int]:
 
 
 def measure_latency(
-    model: TextEmbedder, texts: Sequence[str], batch_sizes: Sequence[int], repeats: int = DEFAULT_REPEATS
+    model: TextEmbedder,
+    texts: Sequence[str],
+    batch_sizes: Sequence[int],
+    repeats: int = DEFAULT_REPEATS,
+    concurrency: int = 1,
 ) -> list[dict[str, Any]]:
     """Per batch size: one warm-up call, then ``repeats`` timed calls on consecutive slices
-    of ``texts`` (cycled), so every batch size sees the same mix of lengths."""
+    of ``texts`` (cycled), so every batch size sees the same mix of lengths. With ``concurrency``
+    above 1, that many callers share the calls (threads; for a server, concurrent clients), and
+    texts/s counts all of them over the wall time."""
     if not texts:
         raise EvalError("bench needs at least one text")
+    if concurrency < 1:
+        raise EvalError("--concurrency must be at least 1")
     rows = []
     extra = truncation_kwargs(model)
     for size in batch_sizes:
@@ -49,31 +58,47 @@ def measure_latency(
             for start in range(0, size * (repeats + 1), size)
         ]
         model.embed(batches[0], **extra)  # warm-up: lazy initialisation, first-call allocations
-        latencies: list[float] = []
-        tokens: list[int | None] = []
-        for batch in batches[1:]:
-            before = _tokens_used(model)
-            start = time.perf_counter()
-            model.embed(batch, **extra)
-            latencies.append(time.perf_counter() - start)
-            after = _tokens_used(model)
-            tokens.append(
-                after - before if before is not None and after is not None else _count_tokens(model, batch)
-            )
+        before = _tokens_used(model)
+        latencies, wall = _timed_calls(model, batches[1:], extra, concurrency)
+        after = _tokens_used(model)
+        if before is not None and after is not None:
+            total_tokens: int | None = after - before
+        else:
+            counts = [_count_tokens(model, batch) for batch in batches[1:]]
+            total_tokens = None if any(c is None for c in counts) else sum(c for c in counts if c is not None)
         lat = np.array(latencies)
-        total_tokens = None if any(t is None for t in tokens) else sum(t for t in tokens if t is not None)
         rows.append(
             {
                 "batch_size": size,
+                "concurrency": concurrency,
                 "calls": len(latencies),
                 "latency_ms_mean": float(lat.mean() * 1000),
                 "latency_ms_p50": float(np.percentile(lat, 50) * 1000),
                 "latency_ms_p95": float(np.percentile(lat, 95) * 1000),
-                "texts_per_s": float(size * len(lat) / lat.sum()),
-                "tokens_per_s": None if total_tokens is None else float(total_tokens / lat.sum()),
+                "texts_per_s": float(size * len(lat) / wall),
+                "tokens_per_s": None if total_tokens is None else float(total_tokens / wall),
             }
         )
     return rows
+
+
+def _timed_calls(
+    model: TextEmbedder, batches: Sequence[list[str]], extra: dict[str, Any], concurrency: int
+) -> tuple[list[float], float]:
+    """Each call's latency, and the wall time of them all, ``concurrency`` calls at a time."""
+
+    def timed(batch: list[str]) -> float:
+        start = time.perf_counter()
+        model.embed(batch, **extra)
+        return time.perf_counter() - start
+
+    start = time.perf_counter()
+    if concurrency == 1:
+        latencies = [timed(batch) for batch in batches]
+    else:
+        with ThreadPoolExecutor(concurrency, thread_name_prefix="qwembed-bench") as callers:
+            latencies = list(callers.map(timed, batches))
+    return latencies, time.perf_counter() - start
 
 
 def _tokens_used(model: TextEmbedder) -> int | None:
@@ -94,6 +119,7 @@ def bench_model(
     batch_sizes: Sequence[int],
     *,
     repeats: int = DEFAULT_REPEATS,
+    concurrency: int = 1,
     device: str = "auto",
     dtype: str = "auto",
     compile: bool = False,
@@ -109,7 +135,7 @@ def bench_model(
     start = time.perf_counter()
     model = open_embedder(spec, device=device, dtype=dtype, compile=compile)
     load_s = time.perf_counter() - start
-    rows = measure_latency(model, texts, batch_sizes, repeats)
+    rows = measure_latency(model, texts, batch_sizes, repeats, concurrency)
     return {
         "name": model.name,
         "dimension": int(model.dimension),
@@ -165,7 +191,11 @@ def run_bench(
         model=result["name"],
         dimension=result["dimension"],
         metrics={"max_texts_per_s": best["texts_per_s"]},
-        config={"batch_sizes": list(batch_sizes), "repeats": kwargs.get("repeats", DEFAULT_REPEATS)},
+        config={
+            "batch_sizes": list(batch_sizes),
+            "repeats": kwargs.get("repeats", DEFAULT_REPEATS),
+            "concurrency": kwargs.get("concurrency", 1),
+        },
         timing={
             "load_s": round(result["load_s"], 3),
             "peak_rss_mib": result["peak_rss_mib"],

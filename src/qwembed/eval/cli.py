@@ -117,6 +117,13 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     bench.add_argument("--batch-sizes", default="1,8,32", help="(default: %(default)s)")
     bench.add_argument("--repeats", type=_positive_int, default=10, help="timed calls per batch size")
     bench.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="callers sharing the timed calls at once (an endpoint: N concurrent clients; default 1)",
+    )
+    bench.add_argument(
         "--compile", action="store_true", help="local qwembed models: torch.compile the forward pass"
     )
     bench.set_defaults(func=cmd_bench)
@@ -266,6 +273,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     meta,
                     sizes,
                     repeats=args.repeats,
+                    concurrency=args.concurrency,
                     device=args.device,
                     dtype=args.dtype,
                     compile=args.compile,

@@ -178,6 +178,7 @@ def _bench(group: list[Record], dataset: str, plots_dir: Path | None, stem: str)
         "load s",
         "peak RSS MiB",
         "batch",
+        "clients",
         "mean ms",
         "p50 ms",
         "p95 ms",
@@ -195,6 +196,7 @@ def _bench(group: list[Record], dataset: str, plots_dir: Path | None, stem: str)
                     _num(t.get("load_s"), 2),
                     _num(t.get("peak_rss_mib"), 0),
                     str(row["batch_size"]),
+                    str(row.get("concurrency", 1)),  # records written before --concurrency had one
                     _num(row["latency_ms_mean"], 1),
                     _num(row["latency_ms_p50"], 1),
                     _num(row["latency_ms_p95"], 1),
@@ -212,7 +214,8 @@ def _bench(group: list[Record], dataset: str, plots_dir: Path | None, stem: str)
         f"## Speed and memory: {dataset}",
         "",
         f"{first['data']['texts']} texts; {first['config']['repeats']} timed calls per batch size after "
-        "one warm-up; each local model in a fresh process (peak RSS includes Python and its libraries).",
+        "one warm-up, shared by the clients (concurrent callers; texts/s over the wall time); each local "
+        "model in a fresh process (peak RSS includes Python and its libraries).",
         "",
         *_table(head, rows),
     ]
