@@ -86,6 +86,7 @@ class AttentionGroup:
     def padded(
         cls, start: int, stop: int, rows: int, longest: int, slots: torch.Tensor, allowed: torch.Tensor | None
     ) -> AttentionGroup:
+        """A group whose rows need padding: ``fill`` is derived from ``slots``."""
         fill = torch.zeros(rows * longest, dtype=torch.long)
         fill[slots] = torch.arange(stop - start)
         return cls(start, stop, rows, longest, slots, fill, allowed)
