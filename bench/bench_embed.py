@@ -35,6 +35,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     DEFAULT_DATA,
+    PeakEachRound,
     compare_engines,
     emit,
     free_port,
@@ -278,7 +279,8 @@ def main() -> int:
         lengths = [min(n, exact.encoder.max_tokens) for n in lengths]
         transformer = exact.encoder.compile_target()
         flops = model_flops(transformer.config, linear_parameters(transformer), lengths)
-        rounds, vectors = timed_in_turn(runs(docs, True), args.repeats)
+        peak = PeakEachRound()
+        rounds, vectors = timed_in_turn(runs(docs, True), args.repeats, each_round=peak)
         long = {
             "corpus": f"{len(docs)} documents of {statistics.mean(lengths):.0f} tokens (the model's limit)",
             **compare_engines(
@@ -289,7 +291,9 @@ def main() -> int:
                 tokens=sum(lengths),
                 flops=flops,
                 bf16_peak=peaks["bf16_gflops"],
+                bf16_peak_per_round=peak.gflops,
             ),
+            "bf16_peak_gflops_per_round": [round(x) for x in peak.gflops],
         }
         result["long"] = long
     if not args.no_server:

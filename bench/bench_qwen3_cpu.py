@@ -24,6 +24,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # the Qwen3 checkpoint builder the tests use
 from common import (  # noqa: E402
     DEFAULT_DATA,
+    PeakEachRound,
     compare_engines,
     emit,
     gemm_peak,
@@ -127,7 +128,8 @@ def main() -> int:
         calls = {"sentence-transformers": lambda inputs=inputs: reference.encode(inputs, batch_size=32)}
         for name, embedder in engines.items():
             calls[name] = lambda e=embedder, inputs=inputs: e.embed(inputs)
-        rounds, vectors = timed_in_turn(calls, args.repeats)
+        peak = PeakEachRound()
+        rounds, vectors = timed_in_turn(calls, args.repeats, each_round=peak)
         rows = {
             "corpus": f"{len(inputs)} texts, {statistics.mean(lengths):.1f} tokens/text",
             **compare_engines(
@@ -138,7 +140,9 @@ def main() -> int:
                 tokens=sum(lengths),
                 flops=flops,
                 bf16_peak=peaks["bf16_gflops"],
+                bf16_peak_per_round=peak.gflops,
             ),
+            "bf16_peak_gflops_per_round": [round(x) for x in peak.gflops],
         }
         result[label] = rows
     emit(result, args.out)

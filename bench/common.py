@@ -9,6 +9,7 @@ import socket
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -117,12 +118,32 @@ def model_flops(config, linear_params: int, lengths: list[int]) -> float:
     return sum(2 * linear_params * n + 4 * n * n * width * config.num_hidden_layers for n in lengths)
 
 
-def timed_in_turn(engines: dict, repeats: int) -> tuple[dict[str, list[float]], dict]:
+class PeakEachRound:
+    """The bf16 matmul peak measured again at the start of every round of :func:`timed_in_turn`.
+
+    This VM's 2048³ peak moves 2.5× between runs (754–1,948 GFLOP/s) while the engines' speed
+    moves far less, so a share of one peak taken at the start of a run says more about that moment
+    than about the engine. Measured seconds before each round's engines, it shares their moment."""
+
+    def __init__(self, dtype_name: str = "bfloat16") -> None:
+        self.dtype_name = dtype_name
+        self.gflops: list[float] = []
+
+    def __call__(self) -> None:
+        self.gflops.append(gemm_peak(self.dtype_name))
+
+
+def timed_in_turn(
+    engines: dict, repeats: int, *, each_round: Callable[[], None] | None = None
+) -> tuple[dict[str, list[float]], dict]:
     """Seconds per engine and round, run in turn (A B C A B C …) ``repeats`` times after one warm-up
-    each, so drift hits all alike; also each engine's last result."""
+    each, so drift hits all alike; also each engine's last result. ``each_round`` (e.g. a
+    :class:`PeakEachRound`) runs untimed at the start of every round."""
     results = {name: run() for name, run in engines.items()}  # warm-up
     times: dict[str, list[float]] = {name: [] for name in engines}
     for _ in range(repeats):
+        if each_round is not None:
+            each_round()
         for name, run in engines.items():
             start = time.perf_counter()
             results[name] = run()
@@ -147,11 +168,13 @@ def compare_engines(
     tokens: int,
     flops: float | None = None,
     bf16_peak: float | None = None,
+    bf16_peak_per_round: list[float] | None = None,
 ) -> dict[str, dict]:
     """One row per engine from :func:`timed_in_turn`'s rounds: rates (median round), speed-up over
     ``reference`` as the ratio of medians and per round (the engines of one round ran seconds
     apart, so the spread of those ratios shows how far the machine drifted), the worst cosine to the
-    reference's vectors; with ``flops``, the model FLOP/s and their share of the bf16 matmul peak."""
+    reference's vectors; with ``flops``, the model FLOP/s and their share of the bf16 matmul peak,
+    and with ``bf16_peak_per_round`` (:class:`PeakEachRound`) each round's share of its own peak."""
     import numpy as np
 
     base = np.asarray(vectors[reference])
@@ -168,6 +191,10 @@ def compare_engines(
         if flops is not None and bf16_peak:
             row["model_gflops"] = flops / took / 1e9
             row["share_of_bf16_peak"] = flops / took / 1e9 / bf16_peak
+        if flops is not None and bf16_peak_per_round:
+            shares = [flops / t / 1e9 / p for t, p in zip(rounds[name], bf16_peak_per_round, strict=True)]
+            row["share_of_round_peak"] = [round(x, 3) for x in shares]
+            row["share_of_round_peak_median"] = statistics.median(shares)
         rows[name] = row
     return rows
 

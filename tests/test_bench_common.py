@@ -1,0 +1,51 @@
+"""bench/common.py's round-by-round timing: the peak probe runs once before each round's engines,
+and each round's share of the peak is that round's FLOP/s over that round's peak."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.fixture
+def common():
+    sys.path.insert(0, str(REPO / "bench"))
+    import common
+
+    return common
+
+
+def test_each_round_runs_before_the_rounds_engines(common):
+    calls: list[str] = []
+    engines = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times, _ = common.timed_in_turn(engines, 2, each_round=lambda: calls.append("probe"))
+    assert calls == ["a", "b", "probe", "a", "b", "probe", "a", "b"]  # warm-up first, untimed
+    assert {name: len(seconds) for name, seconds in times.items()} == {"a": 2, "b": 2}
+
+
+def test_share_of_each_rounds_own_peak(common):
+    rounds = {"ref": [2.0, 2.0, 2.0], "fast": [1.0, 0.5, 1.0]}
+    vectors = {"ref": [[1.0, 0.0]], "fast": [[1.0, 0.0]]}
+    rows = common.compare_engines(
+        rounds,
+        vectors,
+        reference="ref",
+        texts=1,
+        tokens=1,
+        flops=100e9,
+        bf16_peak=1000.0,
+        bf16_peak_per_round=[1000.0, 400.0, 500.0],
+    )
+    fast = rows["fast"]
+    assert fast["share_of_bf16_peak"] == pytest.approx(0.1)  # median time against the one peak
+    assert fast["share_of_round_peak"] == [0.1, 0.5, 0.2]
+    assert fast["share_of_round_peak_median"] == pytest.approx(0.2)
+
+
+def test_peak_each_round_records_a_figure_per_call(common):
+    peak = common.PeakEachRound()
+    peak()
+    assert len(peak.gflops) == 1 and peak.gflops[0] > 0
