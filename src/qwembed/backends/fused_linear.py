@@ -1,11 +1,13 @@
-"""A Linear layer and the activation after it in one oneDNN call on CPUs.
+"""Linear layers through oneDNN on CPUs, with the bias and the activation after them in the kernel.
 
 Eager PyTorch writes a Linear layer's output to memory, reads it back for the activation and
 writes again; for a BERT intermediate layer of 1,536 features that round trip cost a third of the
 layer's time on a few thousand short-text tokens (bf16 on AMX: 4.6–5.0 ms eager vs 3.1–3.4 ms
 fused). oneDNN applies the activation to each tile as it leaves the matrix unit — the same kernel
 ``torch.compile`` picks for this pattern on CPUs — and, under bf16, rounds once instead of twice.
-Elsewhere (CUDA, a torch built without oneDNN, other dtypes) it is the plain eager pair.
+A plain Linear layer gains too: eager ``addmm`` copies the bias into every output row before
+accumulating onto it (1.02–1.05× per all-MiniLM-L6-v2 batch, short or 256-token texts, identical
+vectors). Elsewhere (CUDA, a torch built without oneDNN, other dtypes) it is the plain eager pair.
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ def _fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and weight.layout == torch.strided
         and onednn_available()
     )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear`` through oneDNN on CPUs, ``x`` cast to the weight's dtype (as autocast would);
+    oneDNN adds the bias as the tiles leave the matrix unit."""
+    if not _fusable(x, weight):
+        return F.linear(x, weight, bias)
+    return torch.ops.mkldnn._linear_pointwise(x.to(weight.dtype), weight, bias, "none", [], "")
 
 
 def linear_activation(x: torch.Tensor, linear: torch.nn.Linear, activation: str) -> torch.Tensor:

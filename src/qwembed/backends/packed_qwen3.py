@@ -1,8 +1,9 @@
 """Padding-free forward pass for Qwen3 embedding models (``model_type: qwen3``).
 
 The same idea as ``packed_bert.py`` for the decoder Qwen3-Embedding is built on: norms, the
-Linear projections, RoPE and the MLP (activation and gating fused into its projections on CPUs,
-``fused_linear.py``) run on the batch's real tokens only (``packing.py``), and
+Linear projections (query, key and value as one, ``fused_projections.py``), RoPE and the MLP
+(activation and gating fused into its projections on CPUs, ``fused_linear.py``) run on the
+batch's real tokens only (``packing.py``), and
 causal attention runs per group of similar-length rows, padded on the right — so, being causal,
 it needs no padding mask at all. Each sequence is pooled at its own last token, the
 ``<|endoftext|>`` the encoder appends, exactly where the padded forward's left padding puts it.
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from .fused_linear import linear_activation, linear_times
+from .fused_linear import linear, linear_activation, linear_times
+from .fused_projections import fused_projection
 from .packing import PackedBatch, grouped_attention
 
 
@@ -44,7 +46,7 @@ def _mlp(mlp: torch.nn.Module, x: torch.Tensor, activation: str) -> torch.Tensor
     if activation != "silu":
         return mlp(x)
     gate = linear_activation(x, mlp.gate_proj, "silu")
-    return mlp.down_proj(linear_times(x, mlp.up_proj, gate))
+    return linear(linear_times(x, mlp.up_proj, gate), mlp.down_proj.weight, mlp.down_proj.bias)
 
 
 def packed_qwen3_pooled(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
@@ -60,12 +62,16 @@ def packed_qwen3_pooled(model: torch.nn.Module, batch: PackedBatch) -> torch.Ten
     for layer in model.layers:
         attention = layer.self_attn
         x = layer.input_layernorm(hidden)
-        q = attention.q_norm(attention.q_proj(x).view(tokens, q_heads, -1))
-        k = attention.k_norm(attention.k_proj(x).view(tokens, kv_heads, -1))
-        v = attention.v_proj(x).view(tokens, kv_heads, -1)
+        projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+        q, k, v = linear(x, *fused_projection(attention, projections)).split(
+            [p.out_features for p in projections], dim=-1
+        )
+        q = attention.q_norm(q.view(tokens, q_heads, -1))
+        k = attention.k_norm(k.view(tokens, kv_heads, -1))
+        v = v.view(tokens, kv_heads, -1)
         qkv = torch.cat((_rotate(q, cos, sin), _rotate(k, cos, sin), v.to(q.dtype)), dim=1)
         context = grouped_attention(packed, qkv, q_heads, kv_heads, causal=True, scale=attention.scaling)
-        hidden = hidden + attention.o_proj(context)
+        hidden = hidden + linear(context, attention.o_proj.weight, attention.o_proj.bias)
         hidden = hidden + _mlp(layer.mlp, layer.post_attention_layernorm(hidden), config.hidden_act)
     hidden = model.norm(hidden)
     return hidden[packed.last_token]
