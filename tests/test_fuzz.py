@@ -12,6 +12,7 @@ import pytest
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is a test dependency")
 from hypothesis import HealthCheck, settings  # noqa: E402
+from schemathesis.config import SchemathesisConfig  # noqa: E402
 
 from qwembed.api import ServerSettings, create_app  # noqa: E402
 from qwembed.backends import LoadOptions, load_encoder, load_reranker  # noqa: E402
@@ -36,7 +37,13 @@ def _app():
 
 
 APP = _app()
-schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
+# Invalid data must be refused. 413 counts as a refusal: a generated body can break the schema and
+# also exceed --max-body-bytes, and the size is checked first, before the JSON is even parsed.
+_REFUSALS = [*SchemathesisConfig().projects.default.checks.negative_data_rejection.expected_statuses, "413"]
+_CONFIG = SchemathesisConfig.from_dict(
+    {"checks": {"negative_data_rejection": {"expected-statuses": _REFUSALS}}}
+)
+schema = schemathesis.openapi.from_asgi("/openapi.json", APP, config=_CONFIG)
 
 
 @pytest.fixture(scope="module", autouse=True)
