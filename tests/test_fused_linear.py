@@ -61,6 +61,29 @@ def test_eager_fallback_where_onednn_does_not_apply(monkeypatch):
     torch.testing.assert_close(linear(x, layer.weight, layer.bias), layer(x))
 
 
+def test_eager_fallback_reuses_the_layers_output(monkeypatch):
+    """Off oneDNN (a GPU), SiLU and the gating product overwrite the Linear layer's fresh output
+    instead of allocating a second one of the same size; a product that needs a wider dtype does not."""
+    monkeypatch.setattr(fused_linear, "_fusable", lambda x, weight: False)
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 16)
+    outputs: list[int] = []
+    layer.register_forward_hook(lambda module, args, out: outputs.append(out.data_ptr()))
+    x = torch.randn(5, 8)
+    with torch.inference_mode():
+        expected = F.silu(layer(x))
+        gated = linear_activation(x, layer, "silu")
+        assert gated.data_ptr() == outputs[-1]
+        torch.testing.assert_close(gated, expected)
+        gate = torch.randn(5, 16)
+        times = linear_times(x, layer, gate)
+        assert times.data_ptr() == outputs[-1]
+        torch.testing.assert_close(times, layer(x) * gate)
+        wide = torch.randn(5, 16, dtype=torch.float64)
+        promoted = linear_times(x, layer, wide)
+        assert promoted.dtype == torch.float64 and promoted.data_ptr() != outputs[-1]
+
+
 def _projections(bias: bool) -> tuple[torch.nn.Module, tuple[torch.nn.Linear, ...]]:
     torch.manual_seed(0)
     owner = torch.nn.Module()
