@@ -5,7 +5,9 @@
 Embeds the same BQ sentences with float32, ``--dtype auto`` (mixed bf16) and auto + ``--compile``,
 and prints, for each, the wall time and the operators that took the most CPU time. ``--window 160``
 embeds them 160 at a time instead of in one call, as the server's worker batches a few 32-text
-requests: batches of mixed lengths rather than one length-sorted corpus. It profiles one stream
+requests: batches of mixed lengths rather than one length-sorted corpus. ``--docs 64`` profiles 64
+documents of the model's longest input instead (``bench_embed.long_documents``: BQ sentences
+joined to 256 tokens for all-MiniLM-L6-v2), where attention's share shows. It profiles one stream
 (the torch profiler sees only its own thread), so its texts/s are one stream's. The summaries
 in docs/profiles/ were made with this script; docs/benchmarks.md explains what changed between them.
 """
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_embed import long_documents
 from common import DEFAULT_DATA, load_sentences, machine
 
 
@@ -30,6 +33,10 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--rows", type=int, default=12, help="operators listed per profile")
     parser.add_argument("--window", type=int, default=0, help="texts per embed call (0: all in one)")
+    parser.add_argument("--docs", type=int, default=0, help="profile this many long documents instead")
+    parser.add_argument(
+        "--variants", default="float32,auto,compile", help="which of float32, auto, compile to profile"
+    )
     args = parser.parse_args()
 
     from torch.profiler import ProfilerActivity, profile
@@ -37,20 +44,25 @@ def main() -> int:
     from qwembed.engine import Embedder
 
     texts = load_sentences(args.data, args.n)
+    what = f"{len(texts)} sentences of {args.data.name}"
+    if args.docs:
+        texts = long_documents(texts, Embedder.load(args.model, device="cpu", dtype="float32"), args.docs)
+        what = f"{len(texts)} documents of the model's longest input, from {args.data.name}"
     window = args.window or len(texts)
     calls = f"{window} per call" if args.window else "one call"
-    print(f"# {args.model}, {len(texts)} sentences of {args.data.name} ({calls}); {machine()}\n")
+    print(f"# {args.model}, {what} ({calls}); {machine()}\n")
 
     def embed_all(embedder) -> None:
         for start in range(0, len(texts), window):
-            embedder.embed(texts[start : start + window])
+            embedder.embed(texts[start : start + window], truncate=bool(args.docs))
 
     variants = {
-        "float32": {"dtype": "float32"},
-        "auto (mixed bf16)": {},
-        "auto + compile": {"compile": True},
+        "float32": ("float32 (exact)", {"dtype": "float32"}),
+        "auto": ("auto (mixed bf16)", {}),
+        "compile": ("auto + compile", {"compile": True}),
     }
-    for label, options in variants.items():
+    for name in args.variants.split(","):
+        label, options = variants[name]
         # one stream: the profiler records the operators of the thread that started it
         embedder = Embedder.load(args.model, device="cpu", streams=1, **options)
         embed_all(embedder)  # warm-up
