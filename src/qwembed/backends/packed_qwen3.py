@@ -3,11 +3,12 @@
 The same idea as ``packed_bert.py`` for the decoder Qwen3-Embedding is built on: norms, the
 Linear projections (query, key and value as one, ``fused_projections.py``), RoPE and the MLP
 (activation and gating fused into its projections on CPUs, ``fused_linear.py``) run on the
-batch's real tokens only (``packing.py``), and
-causal attention runs per group of similar-length rows, padded on the right — so, being causal,
-it needs no padding mask at all. Each sequence is pooled at its own last token, the
-``<|endoftext|>`` the encoder appends, exactly where the padded forward's left padding puts it.
-Equal to that forward within float rounding (tested on tiny random Qwen3 models).
+batch's real tokens only (``packing.py``). The norms and RoPE take few passes over memory and
+write where the next step reads (``qwen3_pointwise.py``). Causal attention runs per group of
+similar-length rows, padded on the right — so, being causal, it needs no padding mask at all.
+Each sequence is pooled at its own last token, the ``<|endoftext|>`` the encoder appends, exactly
+where the padded forward's left padding puts it. Equal to that forward within float rounding
+(tested on tiny random Qwen3 models).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from .fused_linear import linear, linear_activation, linear_times
 from .fused_projections import fused_projection
 from .packing import PackedBatch, grouped_attention
+from .qwen3_pointwise import rms_norm, rotate_normed_
 
 
 def supports_packing(model: torch.nn.Module) -> bool:
@@ -31,13 +33,6 @@ def supports_packing(model: torch.nn.Module) -> bool:
         and hasattr(model, "layers")
         and hasattr(model, "rotary_emb")
     )
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE on ``(tokens, heads, width)`` with per-token ``cos``/``sin`` of shape ``(tokens, width)``."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos[:, None, :] + rotated * sin[:, None, :]
 
 
 def _mlp(mlp: torch.nn.Module, x: torch.Tensor, activation: str) -> torch.Tensor:
@@ -61,17 +56,17 @@ def packed_qwen3_pooled(model: torch.nn.Module, batch: PackedBatch) -> torch.Ten
     q_heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     for layer in model.layers:
         attention = layer.self_attn
-        x = layer.input_layernorm(hidden)
-        projections = (attention.q_proj, attention.k_proj, attention.v_proj)
-        q, k, v = linear(x, *fused_projection(attention, projections)).split(
-            [p.out_features for p in projections], dim=-1
-        )
-        q = attention.q_norm(q.view(tokens, q_heads, -1))
-        k = attention.k_norm(k.view(tokens, kv_heads, -1))
-        v = v.view(tokens, kv_heads, -1)
-        qkv = torch.cat((_rotate(q, cos, sin), _rotate(k, cos, sin), v.to(q.dtype)), dim=1)
+        qkv_weights = fused_projection(attention, (attention.q_proj, attention.k_proj, attention.v_proj))
+        x = rms_norm(hidden, layer.input_layernorm, qkv_weights[0].dtype)
+        # (tokens, query heads, then key heads, then value heads, width): the attention input once
+        # the query and key heads are normalised and rotated in place
+        qkv = linear(x, *qkv_weights).view(tokens, q_heads + 2 * kv_heads, -1)
+        rotate_normed_(qkv[:, :q_heads], attention.q_norm, cos, sin)
+        rotate_normed_(qkv[:, q_heads : q_heads + kv_heads], attention.k_norm, cos, sin)
         context = grouped_attention(packed, qkv, q_heads, kv_heads, causal=True, scale=attention.scaling)
-        hidden = hidden + linear(context, attention.o_proj.weight, attention.o_proj.bias)
-        hidden = hidden + _mlp(layer.mlp, layer.post_attention_layernorm(hidden), config.hidden_act)
+        hidden.add_(linear(context, attention.o_proj.weight, attention.o_proj.bias))
+        mlp = layer.mlp
+        x = rms_norm(hidden, layer.post_attention_layernorm, mlp.down_proj.weight.dtype)
+        hidden.add_(_mlp(mlp, x, config.hidden_act))
     hidden = model.norm(hidden)
     return hidden[packed.last_token]
