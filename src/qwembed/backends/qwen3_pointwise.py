@@ -3,8 +3,8 @@
 Hugging Face's Qwen3 layer normalises the query and key heads (RMSNorm over each head) and rotates
 them (RoPE) in about fifteen element-wise kernels, each a full pass over the projections, several
 of them mixing bf16 and float32, which falls off PyTorch's vectorised loops; ``torch.cat`` then
-builds the attention input. On the 0.6B shape with 512-token documents on a CPU the element-wise
-kernels took 43 % of the packed forward, the Linear layers 44 % (profile in docs/benchmarks.md).
+builds the attention input. On the 0.6B shape with 512-token documents on a CPU they took a third
+of the packed forward, against 56 % for the Linear layers (docs/profiles/qwen3-0.6b-cpu-long-docs.txt).
 
 Here each step is a handful of same-dtype passes, and the results are written where they are used:
 
