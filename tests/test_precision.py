@@ -11,6 +11,7 @@ import torch
 from qwembed.backends import precision
 from qwembed.backends.precision import Precision, resolve_dtype
 from qwembed.engine import Embedder
+from qwen3_fixtures import make_tiny_qwen3
 
 TEXTS = [
     "The cat sat on the mat.",
@@ -97,11 +98,17 @@ def test_qwen3_bf16_on_cpu_keeps_the_recipe_close_to_float32(bf16_cpu, qwen3_dir
     assert cosine.min() >= 0.999
 
 
-def test_compiled_forward_matches_eager_with_one_graph_for_every_shape(qwen3_dirs):
+def test_compiled_forward_matches_eager_with_one_graph_for_every_shape(qwen3_dirs, tmp_path):
     from torch._dynamo.utils import counters
 
-    folder = str(qwen3_dirs["plain"])
+    # sliding-window layers keep a Qwen3 model off the packed forward, so --compile applies
+    folder = str(
+        make_tiny_qwen3(
+            tmp_path / "sliding", append_end_token=False, use_sliding_window=True, max_window_layers=1
+        )
+    )
     eager = Embedder.load(folder, device="cpu", dtype="float32")
+    assert not eager.encoder.packed
     graphs_before = counters["stats"]["unique_graphs"]
     compiled = Embedder.load(folder, device="cpu", dtype="float32", compile=True)
     assert compiled.encoder.compiled
@@ -114,3 +121,9 @@ def test_compiled_forward_matches_eager_with_one_graph_for_every_shape(qwen3_dir
     np.testing.assert_allclose(one, eager.embed(TEXTS[:1]), atol=1e-4)
     np.testing.assert_allclose(several, eager.embed(TEXTS), atol=1e-4)
     np.testing.assert_allclose(empty, eager.embed([""]), atol=1e-4)
+
+
+def test_compile_leaves_the_packed_qwen3_forward_on(qwen3_dirs):
+    folder = str(qwen3_dirs["plain"])
+    compiled = Embedder.load(folder, device="cpu", dtype="float32", compile=True)
+    assert compiled.encoder.packed and not compiled.encoder.compiled

@@ -47,7 +47,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the embedder's forward pass: faster on CPU, 20-60 s longer start",
+        help="torch.compile the embedder's forward pass (20-90 s longer start); models with a "
+        "padding-free forward (Qwen3, BERT) keep it instead, which measured faster",
     )
     parser.add_argument(
         "--backend",

@@ -54,8 +54,9 @@ def packed_bert_forward(bert: torch.nn.Module, batch: PackedBatch) -> torch.Tens
         qkv = linear(hidden, *qkv_weights).view(len(hidden), 3 * heads, -1)
         context = grouped_attention(packed, qkv, heads, heads, causal=False)
         output = layer.attention.output
-        hidden = output.LayerNorm(linear(context, output.dense.weight, output.dense.bias) + hidden)
+        # residual adds in place: ``hidden`` is this function's own (each LayerNorm's fresh output)
+        hidden = output.LayerNorm(hidden.add_(linear(context, output.dense.weight, output.dense.bias)))
         intermediate = linear_activation(hidden, layer.intermediate.dense, activation)
         dense = layer.output.dense
-        hidden = layer.output.LayerNorm(linear(intermediate, dense.weight, dense.bias) + hidden)
+        hidden = layer.output.LayerNorm(hidden.add_(linear(intermediate, dense.weight, dense.bias)))
     return hidden
