@@ -94,8 +94,11 @@ def test_qwen3_bf16_on_cpu_keeps_the_recipe_close_to_float32(bf16_cpu, qwen3_dir
     exact = Embedder.load(folder, device="cpu", dtype="float32").embed(TEXTS, input_type="query")
     mixed = Embedder.load(folder, device="cpu", dtype="auto")
     assert mixed.encoder.precision.mixed
-    cosine = np.sum(mixed.embed(TEXTS, input_type="query") * exact, axis=1)
-    assert cosine.min() >= 0.999
+    together = mixed.embed(TEXTS, input_type="query")
+    assert np.sum(together * exact, axis=1).min() >= 0.999
+    # bf16 attention on the packed tokens: a text's vector hardly depends on its batch company
+    alone = np.vstack([mixed.embed([text], input_type="query") for text in TEXTS])
+    assert np.sum(together * alone, axis=1).min() >= 0.9999
 
 
 def test_compiled_forward_matches_eager_with_one_graph_for_every_shape(qwen3_dirs, tmp_path):
