@@ -68,5 +68,5 @@ def packed_qwen3_pooled(model: torch.nn.Module, batch: PackedBatch) -> torch.Ten
         mlp = layer.mlp
         x = rms_norm(hidden, layer.post_attention_layernorm, mlp.down_proj.weight.dtype)
         hidden.add_(_mlp(mlp, x, config.hidden_act))
-    hidden = model.norm(hidden)
-    return hidden[packed.last_token]
+    # the final norm is per token: only the pooled ones need it
+    return model.norm(hidden[packed.last_token])
