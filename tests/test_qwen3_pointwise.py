@@ -12,6 +12,7 @@ from transformers.models.qwen3.modeling_qwen3 import (
     apply_rotary_pos_emb,
 )
 
+from qwembed.backends import qwen3_pointwise
 from qwembed.backends.qwen3_pointwise import rms_norm, rotate_normed_
 
 TOKENS, WIDTH, Q_HEADS, KV_HEADS = 37, 16, 4, 2
@@ -37,8 +38,11 @@ def _reference(heads: torch.Tensor, norm: Qwen3RMSNorm, cos, sin) -> torch.Tenso
     return rotated[0].transpose(0, 1)
 
 
+@pytest.mark.parametrize("chunk", [None, 8], ids=["one-pass", "token-chunks"])
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 5e-2)])
-def test_rotate_normed_writes_hugging_faces_result_into_its_slot_only(dtype, atol):
+def test_rotate_normed_writes_hugging_faces_result_into_its_slot_only(monkeypatch, dtype, atol, chunk):
+    if chunk is not None:  # large GPU batches go in chunks of tokens; 37 tokens make 5, one short
+        monkeypatch.setattr(qwen3_pointwise, "ROTATE_CHUNK_TOKENS", chunk)
     torch.manual_seed(0)
     positions = torch.cat((torch.arange(20), torch.arange(17)))  # two packed sequences
     cos, sin = _tables(positions)

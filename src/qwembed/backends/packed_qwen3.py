@@ -35,13 +35,36 @@ def supports_packing(model: torch.nn.Module) -> bool:
     )
 
 
+def _attention(
+    attention: torch.nn.Module,
+    x: torch.Tensor,
+    packed: PackedBatch,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    heads: tuple[int, int],
+) -> torch.Tensor:
+    """The attention block's output projection for normed input ``x``. Its own function so that the
+    QKV projection and the attention output (at 16k tokens of the 4B shape, 201 and 134 MB) are
+    freed on return, before the MLP allocates its two large buffers."""
+    q_heads, kv_heads = heads
+    qkv_weights = fused_projection(attention, (attention.q_proj, attention.k_proj, attention.v_proj))
+    # (tokens, query heads, then key heads, then value heads, width): the attention input once
+    # the query and key heads are normalised and rotated in place
+    qkv = linear(x, *qkv_weights).view(len(x), q_heads + 2 * kv_heads, -1)
+    rotate_normed_(qkv[:, :q_heads], attention.q_norm, cos, sin)
+    rotate_normed_(qkv[:, q_heads : q_heads + kv_heads], attention.k_norm, cos, sin)
+    context = grouped_attention(packed, qkv, q_heads, kv_heads, causal=True, scale=attention.scaling)
+    return linear(context, attention.o_proj.weight, attention.o_proj.bias)
+
+
 def _mlp(mlp: torch.nn.Module, x: torch.Tensor, activation: str) -> torch.Tensor:
     """``down(silu(gate(x)) * up(x))`` with the activation and the product fused into the gate and
-    up projections on CPUs (``fused_linear.py``); the model's own module otherwise."""
+    up projections on CPUs (``fused_linear.py``); the model's own module otherwise. The activated
+    gate is a temporary, freed before the down projection allocates its output."""
     if activation != "silu":
         return mlp(x)
-    gate = linear_activation(x, mlp.gate_proj, "silu")
-    return linear(linear_times(x, mlp.up_proj, gate), mlp.down_proj.weight, mlp.down_proj.bias)
+    product = linear_times(x, mlp.up_proj, linear_activation(x, mlp.gate_proj, "silu"))
+    return linear(product, mlp.down_proj.weight, mlp.down_proj.bias)
 
 
 def packed_qwen3_pooled(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
@@ -49,23 +72,14 @@ def packed_qwen3_pooled(model: torch.nn.Module, batch: PackedBatch) -> torch.Ten
     caller's row order."""
     config = model.config
     packed = batch.to(model.embed_tokens.weight.device)
-    tokens = len(packed.ids)
     hidden = model.embed_tokens(packed.ids)
     cos, sin = model.rotary_emb(hidden[None], packed.positions[None])
     cos, sin = cos[0], sin[0]
-    q_heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    heads = (config.num_attention_heads, config.num_key_value_heads)
     for layer in model.layers:
-        attention = layer.self_attn
-        qkv_weights = fused_projection(attention, (attention.q_proj, attention.k_proj, attention.v_proj))
-        x = rms_norm(hidden, layer.input_layernorm, qkv_weights[0].dtype)
-        # (tokens, query heads, then key heads, then value heads, width): the attention input once
-        # the query and key heads are normalised and rotated in place
-        qkv = linear(x, *qkv_weights).view(tokens, q_heads + 2 * kv_heads, -1)
-        rotate_normed_(qkv[:, :q_heads], attention.q_norm, cos, sin)
-        rotate_normed_(qkv[:, q_heads : q_heads + kv_heads], attention.k_norm, cos, sin)
-        context = grouped_attention(packed, qkv, q_heads, kv_heads, causal=True, scale=attention.scaling)
-        hidden.add_(linear(context, attention.o_proj.weight, attention.o_proj.bias))
-        mlp = layer.mlp
+        attention, mlp = layer.self_attn, layer.mlp
+        x = rms_norm(hidden, layer.input_layernorm, attention.q_proj.weight.dtype)
+        hidden.add_(_attention(attention, x, packed, cos, sin, heads))
         x = rms_norm(hidden, layer.post_attention_layernorm, mlp.down_proj.weight.dtype)
         hidden.add_(_mlp(mlp, x, config.hidden_act))
     # the final norm is per token: only the pooled ones need it

@@ -39,6 +39,12 @@ def rms_norm(x: torch.Tensor, norm: torch.nn.Module, dtype: torch.dtype) -> torc
     return out.mul_(norm.weight.float()).to(dtype)
 
 
+#: tokens normalised and rotated per pass: the pass holds two float32 copies of its heads, which at
+#: a GPU batch of 16k tokens of the 4B shape's 32 query heads came to 2 × 268 MB, the forward's
+#: peak (bench/activation_memory.py). CPU batches (2,048 tokens) take one pass, as before.
+ROTATE_CHUNK_TOKENS = 4096
+
+
 def rotate_normed_(heads: torch.Tensor, norm: torch.nn.Module, cos: torch.Tensor, sin: torch.Tensor) -> None:
     """``heads ← RoPE(norm(heads))`` in place. ``heads`` is ``(tokens, heads, width)``, usually a
     view into the QKV projection; ``cos`` and ``sin`` are the rotary tables, ``(tokens, width)``."""
@@ -46,9 +52,12 @@ def rotate_normed_(heads: torch.Tensor, norm: torch.nn.Module, cos: torch.Tensor
     weight = norm.weight.float()
     # RoPE(w ⊙ n) = (w ⊙ n) · cos + rotate(w ⊙ n) · sin, where rotate(y) = (−y₂, y₁) on the halves;
     # rotate(w ⊙ n) = swap(w) ⊙ (∓1) ⊙ swap(n), so both weights go into the tables.
-    cos_w = (cos.float() * weight)[:, None]
-    sin_w = (sin.float() * torch.cat((-weight[half:], weight[:half])))[:, None]
-    h = heads.float()  # a copy under bf16; under float32, ``heads`` itself, read before written
-    h.mul_(_inverse_rms(h, norm.variance_epsilon))
-    rotated = torch.roll(h, half, dims=-1)  # (n₂, n₁)
-    heads.copy_(rotated.mul_(sin_w).addcmul_(h, cos_w))
+    swapped = torch.cat((-weight[half:], weight[:half]))
+    for start in range(0, len(heads), ROTATE_CHUNK_TOKENS):
+        part = slice(start, start + ROTATE_CHUNK_TOKENS)
+        cos_w = (cos[part].float() * weight)[:, None]
+        sin_w = (sin[part].float() * swapped)[:, None]
+        h = heads[part].float()  # a copy under bf16; under float32, the heads themselves, read first
+        h.mul_(_inverse_rms(h, norm.variance_epsilon))
+        rotated = torch.roll(h, half, dims=-1)  # (n₂, n₁)
+        heads[part].copy_(rotated.mul_(sin_w).addcmul_(h, cos_w))
