@@ -29,7 +29,7 @@ def qwen_tokenizer_files() -> Path | None:
     return folder if (folder / "tokenizer.json").exists() else None
 
 
-def _tiny_config(vocab_size: int, **overrides) -> Qwen3Config:
+def tiny_config(vocab_size: int, **overrides) -> Qwen3Config:
     settings = dict(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -59,7 +59,7 @@ def make_tiny_qwen3(
         _add_end_token_post_processor(folder / "tokenizer.json")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     torch.manual_seed(seed)
-    model = Qwen3Model(_tiny_config(len(tokenizer), **config))
+    model = Qwen3Model(tiny_config(len(tokenizer), **config))
     if weight_std is not None:
         # random init is tiny (std 0.02); widen it so pooled vectors differ clearly between texts
         with torch.no_grad():

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import Qwen3Config, Qwen3Model
+from transformers import Qwen3Model
 
 from qwembed.backends import fused_linear
 from qwembed.backends.packed_qwen3 import packed_qwen3_pooled
 from qwembed.backends.packing import PackedBatch
+from qwen3_fixtures import tiny_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from activation_memory import LiveTensors
@@ -26,18 +27,8 @@ HIDDEN, MLP_WIDTH, DOCS, DOC_TOKENS = 64, 512, 8, 64
 
 
 def _model() -> Qwen3Model:
-    torch.manual_seed(0)
-    config = Qwen3Config(
-        vocab_size=1000,
-        hidden_size=HIDDEN,
-        intermediate_size=MLP_WIDTH,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=512,
-    )
-    return Qwen3Model(config).eval()
+    torch.manual_seed(0)  # the fixture's tiny shape, with an MLP wide enough to set the peak
+    return Qwen3Model(tiny_config(1000, intermediate_size=MLP_WIDTH)).eval()
 
 
 @pytest.mark.parametrize("onednn", [True, False], ids=["cpu-onednn", "eager-as-on-gpu"])
