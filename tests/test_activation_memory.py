@@ -53,3 +53,23 @@ def test_packed_qwen3_peak_is_one_block_at_a_time(monkeypatch, onednn):
     assert tracker.peak <= bound, tracker.at_peak[:8]
     # the bound is tight enough to notice the attention block's buffers held through the MLP
     assert tracker.peak + qkv + context > bound
+
+
+@pytest.mark.slow
+def test_the_benchmark_reports_the_4b_ratio(tmp_path):
+    """``bench/activation_memory.py`` end to end on one 4B-shaped layer and 512 tokens (~15 s)."""
+    import json
+
+    import activation_memory
+
+    out = tmp_path / "memory.json"
+    args = ["--tokens", "512", "--doc-tokens", "256", "--layers", "1", "--out", str(out)]
+    assert activation_memory.main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["path"] == "cuda" and result["precision"] == "bfloat16"
+    assert result["weights_bytes_4b_bf16"] > 8e9  # the full model's, not the one layer's
+    # at 512 tokens the activations are a few tens of MB: far below the 16k-token batch's
+    assert 1e6 < result["peak_activation_bytes"] < 1e8
+    assert 1.0 < result["ratio_4b"] < 1.01
+    assert result["largest_at_peak"] and result["peak_reached_by"]
+    assert fused_linear.onednn_available.__name__ == "onednn_available"  # put back after the run
