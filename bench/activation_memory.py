@@ -39,10 +39,10 @@ QWEN3_VOCAB = 151_669
 class LiveTensors:
     """High-water mark of the bytes held by tensors that operators returned, while a forward runs.
 
-    Used as ``with torch.utils._python_dispatch``-style mode: every operator's outputs are
-    registered by storage (views and in-place results share one), and storages whose last
-    reference died are dropped before each new operator runs. Storages alive before the mode
-    started (the weights) are never counted, nor are views of them."""
+    A context manager around the forward: every operator's outputs are registered by storage
+    (views and in-place results share one), and storages whose last reference died are dropped
+    before each new operator runs. Storages alive when it starts (the weights) are never counted,
+    nor are views of them."""
 
     def __init__(self) -> None:
         from torch.utils._python_dispatch import TorchDispatchMode
@@ -61,7 +61,7 @@ class LiveTensors:
         self.current = 0
         self.peak = 0
         self.at_peak: list[tuple[int, str]] = []
-        self.existing: set[int] = set()
+        self.existing: dict[int, object] = {}  # storage key → weak ref, alive at the start
         self.peak_op = ""
 
     def __enter__(self) -> LiveTensors:
@@ -86,7 +86,10 @@ class LiveTensors:
                 continue
             storage = tensor.untyped_storage()
             key = storage.data_ptr()
-            if key in self.live or key in self.existing or storage.nbytes() == 0:
+            if key in self.live or storage.nbytes() == 0:
+                continue
+            existing = self.existing.get(key)
+            if existing is not None and not existing.expired():  # a view of a weight, say
                 continue
             what = f"{func.__name__} {tuple(tensor.shape)} {str(tensor.dtype).removeprefix('torch.')}"
             self.live[key] = (StorageWeakRef(storage), storage.nbytes(), what)
@@ -97,15 +100,17 @@ class LiveTensors:
             self.peak_op = func.__name__
 
 
-def _storages_alive() -> set[int]:
-    """Every tensor storage alive now (weights, cached fused weights, RoPE tables): views of them
-    that operators return during the forward are not new memory."""
+def _storages_alive() -> dict[int, object]:
+    """Every tensor storage alive now (weights, cached fused weights, RoPE tables), by address, with
+    a weak reference: views of them that operators return are not new memory, while a new storage
+    at the address of one that has died since is."""
     import gc
 
     import torch
+    from torch.multiprocessing.reductions import StorageWeakRef
 
     return {
-        obj.untyped_storage().data_ptr()
+        obj.untyped_storage().data_ptr(): StorageWeakRef(obj.untyped_storage())
         for obj in gc.get_objects()
         if isinstance(obj, torch.Tensor) and obj.device.type != "meta"
     }

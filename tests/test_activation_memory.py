@@ -23,7 +23,7 @@ from qwen3_fixtures import tiny_config
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from activation_memory import LiveTensors
 
-HIDDEN, MLP_WIDTH, DOCS, DOC_TOKENS = 64, 512, 8, 64
+MLP_WIDTH, DOCS, DOC_TOKENS = 512, 8, 64
 
 
 def _model() -> Qwen3Model:
@@ -43,13 +43,15 @@ def test_packed_qwen3_peak_is_one_block_at_a_time(monkeypatch, onednn):
         with LiveTensors() as tracker:
             packed_qwen3_pooled(model, batch)
 
-    tokens, word = DOCS * DOC_TOKENS, 4  # float32
-    residual = normed = tokens * HIDDEN * word
-    gate = up = tokens * MLP_WIDTH * word
-    rotary_tables = 2 * tokens * 16 * word
+    config, tokens, word = model.config, DOCS * DOC_TOKENS, 4  # float32
+    residual = normed = tokens * config.hidden_size * word
+    gate = up = tokens * config.intermediate_size * word
+    rotary_tables = 2 * tokens * config.head_dim * word
     # the MLP's moment: residual stream, its normed input, gate and up projections (+ small change)
     bound = (residual + normed + gate + up + rotary_tables) * 1.05
-    qkv, context = tokens * (4 + 2 * 2) * 16 * word, tokens * HIDDEN * word
+    heads = config.num_attention_heads + 2 * config.num_key_value_heads
+    qkv = tokens * heads * config.head_dim * word
+    context = tokens * config.num_attention_heads * config.head_dim * word
     assert tracker.peak <= bound, tracker.at_peak[:8]
     # the bound is tight enough to notice the attention block's buffers held through the MLP
     assert tracker.peak + qkv + context > bound
