@@ -24,11 +24,12 @@ import argparse
 import json
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from common import scratch_dir
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -184,7 +185,7 @@ def bench_store(args: argparse.Namespace) -> None:
     keywords = [segment(t) for t in texts]
     print(f"## store: {rows:,} chunks × {dim} dims, {source}; {held_out}", flush=True)
 
-    store = LanceStore(Path(tempfile.mkdtemp(prefix="bench-kb-")), dim, ann_threshold=rows + 1)
+    store = LanceStore(scratch_dir("bench-kb-"), dim, ann_threshold=rows + 1)
     start = time.perf_counter()
     for lo in range(0, rows, args.batch):
         hi = min(rows, lo + args.batch)
@@ -276,7 +277,7 @@ def bench_ingest(args: argparse.Namespace) -> None:
         for i, t in enumerate(threads["root"]["qapair"])
     ][: args.docs]
     embedder = Embedder.load(args.model)
-    manager = KnowledgeBaseManager(Path(tempfile.mkdtemp(prefix="bench-kb-")), lambda model: embedder)
+    manager = KnowledgeBaseManager(scratch_dir("bench-kb-"), lambda model: embedder)
     manager.create("bench", args.model)
     start = time.perf_counter()
     chunks = sum(report.chunks for report in manager.add_stream("bench", documents, batch_size=32))
@@ -311,7 +312,7 @@ def bench_zh_keywords(args: argparse.Namespace) -> None:
         positives = positives[: args.queries]
         index = {text: i for i, text in enumerate(corpus)}
         for label, (config, segmented) in variants.items():
-            db = lancedb.connect(tempfile.mkdtemp(prefix="bench-zh-"))
+            db = lancedb.connect(str(scratch_dir("bench-zh-")))
             column = [segment(t) for t in corpus] if segmented else corpus
             table = db.create_table("t", data=pa.table({"i": list(range(len(corpus))), "text": column}))
             table.create_index("text", config=config)

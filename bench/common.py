@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +19,14 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "BQ" / "BQ.test.data"
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A fresh folder under the system temp dir, removed when the benchmark exits: a random 0.6B
+    model is 2.3 GB, and a few forgotten runs fill a disk that CI shares."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def machine() -> dict:

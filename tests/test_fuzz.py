@@ -22,16 +22,21 @@ from qwembed.engine.pool import ModelPool  # noqa: E402
 EXAMPLES_PER_OPERATION = 400
 
 
+# module-level like APP (schemathesis needs the app at import); removed when the session's
+# interpreter exits, so repeated runs don't leave model folders in the temp dir
+_SCRATCH = tempfile.TemporaryDirectory(prefix="qwembed-fuzz-")
+
+
 def _app():
     from rerank_fixtures import build_minilm_cross_encoder
 
     pool = ModelPool()
     pool.add_encoder(load_encoder("minilm", options=LoadOptions(device="cpu", dtype="float32")))
-    cross_encoder = build_minilm_cross_encoder(Path(tempfile.mkdtemp()) / "cross-encoder")
+    cross_encoder = build_minilm_cross_encoder(Path(_SCRATCH.name) / "cross-encoder")
     pool.add_reranker(load_reranker(str(cross_encoder), options=LoadOptions(device="cpu", dtype="float32")))
     from qwembed.kb import KnowledgeBaseManager
 
-    kb = KnowledgeBaseManager(Path(tempfile.mkdtemp()) / "kb", pool.embedder, reranker_factory=pool.reranker)
+    kb = KnowledgeBaseManager(Path(_SCRATCH.name) / "kb", pool.embedder, reranker_factory=pool.reranker)
     settings = ServerSettings(max_client_batch_size=64, max_body_bytes=256 * 1024)
     return create_app(pool, settings, kb=kb)
 
