@@ -2,8 +2,9 @@
 
 On a GPU the memory goal is weights + 15 %, and a 16k-token batch of the 4B shape has an MLP of
 2 × 319 MB and an attention block of 335 MB (QKV projection and attention output): holding both
-at once put the peak over the bar (measured with ``bench/activation_memory.py``). Here the same
-live-tensor count runs on a tiny model, where the bound can be written down from the shapes.
+at once put the peak over the bar (measured with ``bench/activation_memory.py``); the MLP now also
+runs in passes of ``MLP_CHUNK_TOKENS``. Here the same live-tensor count runs on a tiny model, where
+the bounds can be written down from the shapes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 import torch
 from transformers import Qwen3Model
 
-from qwembed.backends import fused_linear
+from qwembed.backends import fused_linear, packed_qwen3
 from qwembed.backends.packed_qwen3 import packed_qwen3_pooled
 from qwembed.backends.packing import PackedBatch
 from qwen3_fixtures import tiny_config
@@ -31,13 +32,16 @@ def _model() -> Qwen3Model:
     return Qwen3Model(tiny_config(1000, intermediate_size=MLP_WIDTH)).eval()
 
 
+def _batch() -> PackedBatch:
+    ids = torch.randint(0, 1000, (DOCS, DOC_TOKENS), generator=torch.Generator().manual_seed(0)).tolist()
+    return PackedBatch.of(ids, DOCS, DOC_TOKENS, causal=True)
+
+
 @pytest.mark.parametrize("onednn", [True, False], ids=["cpu-onednn", "eager-as-on-gpu"])
 def test_packed_qwen3_peak_is_one_block_at_a_time(monkeypatch, onednn):
     if not onednn:
         monkeypatch.setattr(fused_linear, "onednn_available", lambda: False)
-    model = _model()
-    ids = torch.randint(0, 1000, (DOCS, DOC_TOKENS), generator=torch.Generator().manual_seed(0)).tolist()
-    batch = PackedBatch.of(ids, DOCS, DOC_TOKENS, causal=True)
+    model, batch = _model(), _batch()
     with torch.inference_mode():
         packed_qwen3_pooled(model, batch)  # warm-up: fused QKV weights are cached on first use
         with LiveTensors() as tracker:
@@ -75,3 +79,22 @@ def test_the_benchmark_reports_the_4b_ratio(tmp_path):
     assert 1.0 < result["ratio_4b"] < 1.01
     assert result["largest_at_peak"] and result["peak_reached_by"]
     assert fused_linear.onednn_available.__name__ == "onednn_available"  # put back after the run
+
+
+@pytest.mark.parametrize("onednn", [True, False], ids=["cpu-onednn", "eager-as-on-gpu"])
+def test_mlp_passes_shrink_its_buffers_and_keep_the_vectors(monkeypatch, onednn):
+    """A batch longer than ``MLP_CHUNK_TOKENS`` runs its MLP in passes: the gate and up buffers
+    shrink to one pass's, and every token's vector is what one pass gives."""
+    if not onednn:
+        monkeypatch.setattr(fused_linear, "onednn_available", lambda: False)
+    model, batch = _model(), _batch()
+    with torch.inference_mode():
+        whole = packed_qwen3_pooled(model, batch)  # also the warm-up
+        with LiveTensors() as one_pass:
+            packed_qwen3_pooled(model, batch)
+        monkeypatch.setattr(packed_qwen3, "MLP_CHUNK_TOKENS", DOCS * DOC_TOKENS // 4)
+        with LiveTensors() as four_passes:
+            in_passes = packed_qwen3_pooled(model, batch)
+    torch.testing.assert_close(in_passes, whole, atol=1e-5, rtol=1e-5)
+    gate_and_up = 2 * DOCS * DOC_TOKENS * MLP_WIDTH * 4  # float32
+    assert four_passes.peak <= one_pass.peak - gate_and_up * 3 / 4 * 0.9, four_passes.at_peak[:8]

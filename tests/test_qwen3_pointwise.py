@@ -61,14 +61,17 @@ def test_rotate_normed_writes_hugging_faces_result_into_its_slot_only(monkeypatc
 
 
 @pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
-def test_rms_norm_returns_the_next_layers_dtype(dtype, rtol):
+# float32: the CPU's mixed precision keeps the residual stream in float32; bfloat16: the GPU's,
+# where rms_norm scales its float32 copy in place
+@pytest.mark.parametrize("stream_dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_returns_the_next_layers_dtype(dtype, rtol, stream_dtype):
     torch.manual_seed(0)
-    hidden = torch.randn(TOKENS, 64) * 3
+    hidden = (torch.randn(TOKENS, 64) * 3).to(stream_dtype)
     residual = hidden.clone()
     norm = _norm(64)
     with torch.inference_mode():
         out = rms_norm(hidden, norm, dtype)
-        expected = norm(hidden)
+        expected = norm(hidden.float())
     assert out.dtype == dtype
     torch.testing.assert_close(out.float(), expected, atol=1e-5, rtol=rtol)
     assert torch.equal(hidden, residual)  # the residual stream is read, not written

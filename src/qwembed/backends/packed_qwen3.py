@@ -20,6 +20,13 @@ from .fused_projections import fused_projection
 from .packing import PackedBatch, grouped_attention
 from .qwen3_pointwise import rms_norm, rotate_normed_
 
+#: tokens per MLP pass. Its gate and up projections are the forward's largest buffers: at a GPU
+#: batch of 16k tokens of the 4B shape, 2 × 319 MB, which set the peak (bench/activation_memory.py).
+#: In passes of 4,096 tokens they shrink to a quarter and the attention block sets the peak
+#: instead. Every MLP operation is per token, so the passes compute the same values (up to the
+#: matmul library picking another kernel for fewer rows). CPU batches (2,048 tokens) take one pass.
+MLP_CHUNK_TOKENS = 4096
+
 
 def supports_packing(model: torch.nn.Module) -> bool:
     """A Qwen3 model with full (not sliding-window) attention in every layer."""
@@ -54,6 +61,7 @@ def _attention(
     rotate_normed_(qkv[:, :q_heads], attention.q_norm, cos, sin)
     rotate_normed_(qkv[:, q_heads : q_heads + kv_heads], attention.k_norm, cos, sin)
     context = grouped_attention(packed, qkv, q_heads, kv_heads, causal=True, scale=attention.scaling)
+    del qkv  # freed before the output projection allocates its own output
     return linear(context, attention.o_proj.weight, attention.o_proj.bias)
 
 
@@ -81,6 +89,8 @@ def packed_qwen3_pooled(model: torch.nn.Module, batch: PackedBatch) -> torch.Ten
         x = rms_norm(hidden, layer.input_layernorm, attention.q_proj.weight.dtype)
         hidden.add_(_attention(attention, x, packed, cos, sin, heads))
         x = rms_norm(hidden, layer.post_attention_layernorm, mlp.down_proj.weight.dtype)
-        hidden.add_(_mlp(mlp, x, config.hidden_act))
+        for start in range(0, len(x), MLP_CHUNK_TOKENS):
+            part = slice(start, start + MLP_CHUNK_TOKENS)
+            hidden[part].add_(_mlp(mlp, x[part], config.hidden_act))
     # the final norm is per token: only the pooled ones need it
     return model.norm(hidden[packed.last_token])
