@@ -30,6 +30,7 @@ _TYPES = {
     429: "rate_limit_error",
     500: "server_error",
     503: "service_unavailable",
+    507: "server_error",
 }
 
 
@@ -48,6 +49,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
         429: "Queue full: retry after the Retry-After header",
         500: "Inference failed",
         503: "Not ready or shutting down",
+        507: "The knowledge base's disk is full: the write was not stored",
     }.items()
 }
 

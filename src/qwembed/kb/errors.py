@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class KBError(Exception):
     """Base class; ``status`` and ``code`` follow the API's error shape."""
@@ -56,3 +60,42 @@ class PathNotAllowedError(KBError):
 class RerankUnavailableError(KBError):
     code = "rerank_unavailable"
     param = "rerank"
+
+
+class StorageFullError(KBError):
+    """The disk under the knowledge base is full or over quota. Each write is one commit, so the
+    failed one left nothing behind, and what was stored before is intact."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
+#: "no space left on device" and "disk quota exceeded"
+_OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_out_of_space(error: BaseException) -> bool:
+    """``error`` (or an error it was raised from) says the disk is full. Python's own writes raise
+    ``OSError`` with the errno; LanceDB's Rust core raises ``RuntimeError("… (os error 28) …")``."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in _OUT_OF_SPACE:
+            return True
+        if any(f"(os error {number})" in str(error) for number in _OUT_OF_SPACE):
+            return True
+        error = error.__cause__
+    return False
+
+
+@contextmanager
+def out_of_space_as_storage_full(outcome: str) -> Iterator[None]:
+    """Around a store write: a full disk becomes a ``StorageFullError`` that says so and what it
+    left undone (``outcome``), the API's 507, instead of an unexplained 500; every other error
+    passes through unchanged."""
+    try:
+        yield
+    except KBError:
+        raise
+    except Exception as error:
+        if is_out_of_space(error):
+            raise StorageFullError(f"the disk under the knowledge base is full: {outcome}") from error
+        raise

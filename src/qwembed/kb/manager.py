@@ -28,6 +28,7 @@ from .errors import (
     KBError,
     RerankUnavailableError,
     SettingsMismatchError,
+    out_of_space_as_storage_full,
 )
 from .filters import parse_filter
 from .keywords import segment
@@ -186,7 +187,8 @@ class Collection:
                     vectors[row] = vector
             batch.vectors = np.stack(vectors).astype(np.float32)
             batch.keywords = [segment(text) for text in batch.text]
-            self.store.replace_documents(written, batch)
+            with out_of_space_as_storage_full("none of these documents was stored"):
+                self.store.replace_documents(written, batch)
             report.chunks = len(batch)
         return report
 
@@ -213,7 +215,7 @@ class Collection:
         return [(chunk.text, None) for chunk in chunks]
 
     def delete(self, document_id: str) -> None:
-        with self._write:
+        with self._write, out_of_space_as_storage_full("the document was not deleted"):
             if not self.store.delete_documents([document_id]):
                 raise DocumentNotFoundError(
                     f"no document {document_id!r} in collection {self.settings.name!r}", "id"
@@ -263,7 +265,8 @@ class Collection:
         return Stats(self.settings, self.store.count_documents(), self.store.count_chunks())
 
     def maintain(self) -> list[str]:
-        return self.store.maintain()
+        with out_of_space_as_storage_full("maintenance stopped; the documents are intact"):
+            return self.store.maintain()
 
 
 class KnowledgeBaseManager:
@@ -369,8 +372,9 @@ class KnowledgeBaseManager:
             )
             # the store first, then the settings file: a crash in between leaves no collection
             # (an orphan store directory is reused by the next create)
-            open_store(settings, directory, self._ann_threshold).close()
-            write_settings(directory, settings)
+            with out_of_space_as_storage_full("the collection was not created"):
+                open_store(settings, directory, self._ann_threshold).close()
+                write_settings(directory, settings)
             self._fingerprints_checked.add(name)
             return settings, True
 
