@@ -122,7 +122,7 @@ def build_model(layers: int, path: str):
     import torch
     from transformers import Qwen3Config, Qwen3Model
 
-    from qwembed.backends.precision import Precision
+    from qwembed.backends.precision import Precision, cast_linear_layers
 
     config = Qwen3Config(**{**QWEN3_4B, "num_hidden_layers": layers, "vocab_size": QWEN3_VOCAB})
     torch.manual_seed(0)
@@ -134,12 +134,10 @@ def build_model(layers: int, path: str):
         torch.set_default_dtype(previous)
     if path == "cuda":
         return model, Precision(torch.bfloat16, "cpu")  # bf16 throughout, as on CUDA
-    # the CPU's mixed bf16: float32 everywhere but the Linear layers, under autocast
-    model.float()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            module.to(torch.bfloat16)
-    return model, Precision(torch.bfloat16, "cpu", mixed=True)
+    # the CPU's mixed bf16, as the engine applies it: float32 everywhere but the Linear layers
+    precision = Precision(torch.bfloat16, "cpu", mixed=True)
+    cast_linear_layers(model.float(), precision.dtype)
+    return model, precision
 
 
 def weights_bytes(model, layers: int, full_layers: int) -> tuple[int, int]:

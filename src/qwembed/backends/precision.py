@@ -134,7 +134,7 @@ class CalibrationResult:
     fell_back: bool
 
 
-def _cast_linear_layers(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def cast_linear_layers(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Cast every Linear layer to ``dtype``; returns the original tensors so the cast can be undone."""
     originals: dict[str, torch.Tensor] = {}
     for module_name, module in model.named_modules():
@@ -181,7 +181,7 @@ def apply_precision(
     batch = [encoder.truncate(ids) for ids in encoder.tokenize(CALIBRATION_TEXTS)]
     encoder.precision = FLOAT32_CPU
     reference = encoder.embed_token_ids(batch)
-    originals = _cast_linear_layers(model, precision.dtype)
+    originals = cast_linear_layers(model, precision.dtype)
     encoder.precision = precision
     worst = float(np.min(np.sum(reference * encoder.embed_token_ids(batch), axis=1)))
     if worst >= min_cosine:
