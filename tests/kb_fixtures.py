@@ -65,3 +65,18 @@ class StubReranker:
 
     def score_token_ids(self, batch):
         return np.array([len(ids) for ids in batch], dtype=np.float32)
+
+
+def kb_app(manager):
+    """A bare app with only the ``/v1/kb`` routes, the API's error shape and the key ``secret``:
+    call it with ``TestClient(kb_app(manager), headers={"Authorization": "Bearer secret"})``."""
+    from fastapi import FastAPI
+
+    from qwembed.api.auth import KeyChecker
+    from qwembed.api.errors import install_error_handlers
+    from qwembed.api.kb_routes import build_kb_router
+
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(build_kb_router(manager, KeyChecker(["secret"])))
+    return app

@@ -13,13 +13,9 @@ import os
 import subprocess
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from kb_fixtures import StubEmbedder
-from qwembed.api.auth import KeyChecker
-from qwembed.api.errors import install_error_handlers
-from qwembed.api.kb_routes import build_kb_router
+from kb_fixtures import StubEmbedder, kb_app
 from qwembed.kb import Document, KnowledgeBaseManager
 from qwembed.kb.errors import StorageFullError, is_out_of_space
 from qwembed.kb.lance_store import LanceStore
@@ -46,10 +42,7 @@ def _documents(prefix: str, count: int) -> list[dict]:
 def client(tmp_path):
     stub = StubEmbedder()
     manager = KnowledgeBaseManager(tmp_path / "kb", lambda model: stub)
-    app = FastAPI()
-    install_error_handlers(app)
-    app.include_router(build_kb_router(manager, KeyChecker(["secret"])))
-    with TestClient(app, headers={"Authorization": "Bearer secret"}) as test_client:
+    with TestClient(kb_app(manager), headers={"Authorization": "Bearer secret"}) as test_client:
         yield test_client
 
 

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from kb_fixtures import StubEmbedder
-from qwembed.api.auth import KeyChecker
-from qwembed.api.errors import install_error_handlers
-from qwembed.api.kb_routes import build_kb_router
+from kb_fixtures import StubEmbedder, kb_app
 from qwembed.kb import KnowledgeBaseManager
 
 
@@ -20,10 +16,7 @@ def client(tmp_path):
     (tmp_path / "outside.txt").write_text("private")
     stub = StubEmbedder()
     manager = KnowledgeBaseManager(tmp_path / "kb", lambda model: stub, file_roots=[tmp_path / "files"])
-    app = FastAPI()
-    install_error_handlers(app)
-    app.include_router(build_kb_router(manager, KeyChecker(["secret"])))
-    with TestClient(app, headers={"Authorization": "Bearer secret"}) as test_client:
+    with TestClient(kb_app(manager), headers={"Authorization": "Bearer secret"}) as test_client:
         test_client.files = tmp_path
         yield test_client
 
