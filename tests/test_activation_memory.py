@@ -37,10 +37,15 @@ def _batch() -> PackedBatch:
     return PackedBatch.of(ids, DOCS, DOC_TOKENS, causal=True)
 
 
-@pytest.mark.parametrize("onednn", [True, False], ids=["cpu-onednn", "eager-as-on-gpu"])
-def test_packed_qwen3_peak_is_one_block_at_a_time(monkeypatch, onednn):
-    if not onednn:
+@pytest.fixture(params=[True, False], ids=["cpu-onednn", "eager-as-on-gpu"])
+def linear_path(request, monkeypatch) -> None:
+    """Each test twice: the CPU's oneDNN Linear layers, and the eager ones a GPU runs."""
+    if not request.param:
         monkeypatch.setattr(fused_linear, "onednn_available", lambda: False)
+
+
+@pytest.mark.usefixtures("linear_path")
+def test_packed_qwen3_peak_is_one_block_at_a_time():
     model, batch = _model(), _batch()
     with torch.inference_mode():
         packed_qwen3_pooled(model, batch)  # warm-up: fused QKV weights are cached on first use
@@ -81,12 +86,10 @@ def test_the_benchmark_reports_the_4b_ratio(tmp_path):
     assert fused_linear.onednn_available.__name__ == "onednn_available"  # put back after the run
 
 
-@pytest.mark.parametrize("onednn", [True, False], ids=["cpu-onednn", "eager-as-on-gpu"])
-def test_mlp_passes_shrink_its_buffers_and_keep_the_vectors(monkeypatch, onednn):
+@pytest.mark.usefixtures("linear_path")
+def test_mlp_passes_shrink_its_buffers_and_keep_the_vectors(monkeypatch):
     """A batch longer than ``MLP_CHUNK_TOKENS`` runs its MLP in passes: the gate and up buffers
     shrink to one pass's, and every token's vector is what one pass gives."""
-    if not onednn:
-        monkeypatch.setattr(fused_linear, "onednn_available", lambda: False)
     model, batch = _model(), _batch()
     with torch.inference_mode():
         whole = packed_qwen3_pooled(model, batch)  # also the warm-up
