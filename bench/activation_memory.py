@@ -109,11 +109,15 @@ def _storages_alive() -> dict[int, object]:
     import torch
     from torch.multiprocessing.reductions import StorageWeakRef
 
-    return {
-        obj.untyped_storage().data_ptr(): StorageWeakRef(obj.untyped_storage())
-        for obj in gc.get_objects()
-        if isinstance(obj, torch.Tensor) and obj.device.type != "meta"
-    }
+    alive = {}
+    for obj in gc.get_objects():
+        if isinstance(obj, torch.Tensor) and obj.device.type != "meta":
+            try:
+                storage = obj.untyped_storage()
+                alive[storage.data_ptr()] = StorageWeakRef(storage)
+            except RuntimeError:  # a fake tensor that a torch.compile earlier in the process keeps
+                continue
+    return alive
 
 
 def build_model(layers: int, path: str):

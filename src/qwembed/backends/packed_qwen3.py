@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import torch
 
-from .fused_linear import linear, linear_activation, linear_times
+from .fused_linear import linear
 from .fused_projections import fused_projection
 from .packing import PackedBatch, grouped_attention
-from .qwen3_pointwise import rms_norm, rotate_normed_
+from .qwen3_pointwise import EAGER, Pointwise
 
 #: tokens per MLP pass. Its gate and up projections are the forward's largest buffers: at a GPU
 #: batch of 16k tokens of the 4B shape, 2 × 319 MB, which set the peak (bench/activation_memory.py).
@@ -49,6 +49,7 @@ def _attention(
     cos: torch.Tensor,
     sin: torch.Tensor,
     heads: tuple[int, int],
+    pointwise: Pointwise,
 ) -> torch.Tensor:
     """The attention block's output projection for normed input ``x``. Its own function so that the
     QKV projection and the attention output (at 16k tokens of the 4B shape, 201 and 134 MB) are
@@ -58,26 +59,28 @@ def _attention(
     # (tokens, query heads, then key heads, then value heads, width): the attention input once
     # the query and key heads are normalised and rotated in place
     qkv = linear(x, *qkv_weights).view(len(x), q_heads + 2 * kv_heads, -1)
-    rotate_normed_(qkv[:, :q_heads], attention.q_norm, cos, sin)
-    rotate_normed_(qkv[:, q_heads : q_heads + kv_heads], attention.k_norm, cos, sin)
+    pointwise.rotate_normed_(qkv[:, :q_heads], attention.q_norm, cos, sin)
+    pointwise.rotate_normed_(qkv[:, q_heads : q_heads + kv_heads], attention.k_norm, cos, sin)
     context = grouped_attention(packed, qkv, q_heads, kv_heads, causal=True, scale=attention.scaling)
     del qkv  # freed before the output projection allocates its own output
     return linear(context, attention.o_proj.weight, attention.o_proj.bias)
 
 
-def _mlp(mlp: torch.nn.Module, x: torch.Tensor, activation: str) -> torch.Tensor:
-    """``down(silu(gate(x)) * up(x))`` with the activation and the product fused into the gate and
-    up projections on CPUs (``fused_linear.py``); the model's own module otherwise. The activated
-    gate is a temporary, freed before the down projection allocates its output."""
+def _mlp(mlp: torch.nn.Module, x: torch.Tensor, activation: str, pointwise: Pointwise) -> torch.Tensor:
+    """``down(silu(gate(x)) * up(x))``, the product from ``pointwise`` (fused into the gate and up
+    projections on CPUs, one kernel on GPUs); the model's own module for other activations."""
     if activation != "silu":
         return mlp(x)
-    product = linear_times(x, mlp.up_proj, linear_activation(x, mlp.gate_proj, "silu"))
+    product = pointwise.silu_product(x, mlp.gate_proj, mlp.up_proj)
     return linear(product, mlp.down_proj.weight, mlp.down_proj.bias)
 
 
-def packed_qwen3_pooled(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
+def packed_qwen3_pooled(
+    model: torch.nn.Module, batch: PackedBatch, pointwise: Pointwise = EAGER
+) -> torch.Tensor:
     """Final-norm hidden state at each sequence's last token, ``(len(batch rows), hidden)``, in the
-    caller's row order."""
+    caller's row order. ``pointwise`` runs the norms, RoPE and the MLP's gating: eager, or fused into
+    single GPU kernels (``fused_pointwise.py``)."""
     config = model.config
     packed = batch.to(model.embed_tokens.weight.device)
     hidden = model.embed_tokens(packed.ids)
@@ -86,11 +89,11 @@ def packed_qwen3_pooled(model: torch.nn.Module, batch: PackedBatch) -> torch.Ten
     heads = (config.num_attention_heads, config.num_key_value_heads)
     for layer in model.layers:
         attention, mlp = layer.self_attn, layer.mlp
-        x = rms_norm(hidden, layer.input_layernorm, attention.q_proj.weight.dtype)
-        hidden.add_(_attention(attention, x, packed, cos, sin, heads))
-        x = rms_norm(hidden, layer.post_attention_layernorm, mlp.down_proj.weight.dtype)
+        x = pointwise.rms_norm(hidden, layer.input_layernorm, attention.q_proj.weight.dtype)
+        hidden.add_(_attention(attention, x, packed, cos, sin, heads, pointwise))
+        x = pointwise.rms_norm(hidden, layer.post_attention_layernorm, mlp.down_proj.weight.dtype)
         for start in range(0, len(x), MLP_CHUNK_TOKENS):
             part = slice(start, start + MLP_CHUNK_TOKENS)
-            hidden[part].add_(_mlp(mlp, x[part], config.hidden_act))
+            hidden[part].add_(_mlp(mlp, x[part], config.hidden_act, pointwise))
     # the final norm is per token: only the pooled ones need it
     return model.norm(hidden[packed.last_token])

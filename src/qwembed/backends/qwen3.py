@@ -8,6 +8,7 @@ query instruction uses the exact official form ``Instruct: {task}\\nQuery:{text}
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,10 +18,12 @@ from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from .base import InputType, TokenIds
 from .device import load_transformers_model, resolve_device
 from .framing import Framing
+from .fused_pointwise import fuse_in_background
 from .packed_qwen3 import packed_qwen3_pooled, supports_packing
 from .packing import PackedBatch
 from .padding import pad_token_ids, positions_from_mask
 from .precision import DEFAULT_MIN_COSINE, Precision
+from .qwen3_pointwise import EAGER, Pointwise
 from .torch_encoder import TorchEncoder
 
 END_OF_TEXT = "<|endoftext|>"
@@ -34,6 +37,11 @@ def query_prompt(task: str, text: str) -> str:
 
 class Qwen3Encoder(TorchEncoder):
     backend = "qwen3"
+    #: the packed forward's norms, RoPE and gating: eager, or single compiled kernels on a GPU
+    pointwise: Pointwise = EAGER
+    #: the thread compiling the fused kernels (``fused_pointwise.py``) while the eager steps serve;
+    #: None where they do not apply
+    fusing: threading.Thread | None = None
 
     def __init__(
         self,
@@ -90,7 +98,13 @@ class Qwen3Encoder(TorchEncoder):
         )
         encoder = cls(model, tokenizer, name=name or name_or_path, source=name_or_path, max_tokens=max_tokens)
         encoder.prepare(model, precision, compile=compile, min_bf16_cosine=min_bf16_cosine)
+        if encoder.packed:
+            encoder.fusing = fuse_in_background(model, encoder.name, encoder.use_pointwise)
         return encoder
+
+    def use_pointwise(self, steps: Pointwise) -> None:
+        """Run the packed forward's element-wise steps with ``steps`` from the next batch on."""
+        self.pointwise = steps
 
     def format(self, text: str, input_type: InputType | None, instruction: str | None) -> str:
         if input_type == "document":
@@ -108,7 +122,9 @@ class Qwen3Encoder(TorchEncoder):
         if self.packed:
             with self.precision.autocast():
                 pooled = packed_qwen3_pooled(
-                    self.model, PackedBatch.of(list(batch), *self.padded_shape(batch), causal=True)
+                    self.model,
+                    PackedBatch.of(list(batch), *self.padded_shape(batch), causal=True),
+                    self.pointwise,
                 )
             return torch.nn.functional.normalize(pooled.float(), p=2, dim=-1).cpu().numpy()
         # left padding: every sequence ends in the last column, where it is pooled

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from .fused_linear import linear_activation, linear_times
+
 
 def _inverse_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
     """``1 / sqrt(mean(x²) + eps)`` over the last dim, keepdim: one reading pass (a norm) instead
@@ -65,3 +67,26 @@ def rotate_normed_(heads: torch.Tensor, norm: torch.nn.Module, cos: torch.Tensor
         rotated = torch.roll(h, half, dims=-1)  # (n₂, n₁)
         heads[part].copy_(rotated.mul_(sin_w).addcmul_(h, cos_w))
         del h, rotated  # freed before the next pass allocates its own
+
+
+class Pointwise:
+    """The element-wise steps of a packed Qwen3 layer, eager: few passes each, float32 inside, the
+    activation fused into the Linear layers on CPUs (``fused_linear.py``). ``fused_pointwise.py``
+    has the GPU's single-kernel versions behind the same methods."""
+
+    def rms_norm(self, x: torch.Tensor, norm: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
+        return rms_norm(x, norm, dtype)
+
+    def rotate_normed_(
+        self, heads: torch.Tensor, norm: torch.nn.Module, cos: torch.Tensor, sin: torch.Tensor
+    ) -> None:
+        rotate_normed_(heads, norm, cos, sin)
+
+    def silu_product(self, x: torch.Tensor, gate: torch.nn.Linear, up: torch.nn.Linear) -> torch.Tensor:
+        """``silu(gate(x)) * up(x)``: a SwiGLU MLP's input to its down projection. The activated
+        gate is a temporary, freed on return."""
+        return linear_times(x, up, linear_activation(x, gate, "silu"))
+
+
+#: the eager steps, for CPUs and for GPUs where ``fused_pointwise`` does not apply
+EAGER = Pointwise()
