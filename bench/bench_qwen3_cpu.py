@@ -74,13 +74,17 @@ def compiled_padded(embedder):
     return embedder
 
 
-def sentence_transformer(folder: Path, hidden: int):
-    """Last-token pooling with left padding, pinned to plain text (no chat template)."""
+def sentence_transformer(folder: Path, hidden: int, dtype=None):
+    """Last-token pooling with left padding, pinned to plain text (no chat template). ``dtype``
+    loads the weights in it, as ``model_kwargs={"dtype": …}`` does; a later ``.to(dtype)`` would
+    also round the rotary frequencies (``inv_freq``, float32 in the model) to bf16 and shift every
+    position's angle, lowering the cosine to float32 of a 36-layer model from 0.999 to 0.99."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
     transformer = Transformer(
         str(folder),
+        model_kwargs={} if dtype is None else {"dtype": dtype},
         modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
         module_output_name="token_embeddings",
         processor_kwargs={"padding_side": "left"},

@@ -1,13 +1,15 @@
 """Qwen3-Embedding-4B shape on a GPU: qwembed against sentence-transformers on the same weights.
 
-    .venv/bin/python bench/bench_qwen3_gpu.py --out qwen3-4b-gpu.json        # on an H100/H200
+    .venv/bin/python bench/bench_qwen3_gpu.py --out qwen3-4b-gpu.json --profile profile.txt  # H100/H200
+    .venv/bin/python bench/bench_qwen3_gpu.py --load-only                  # load and compile times only
     .venv/bin/python bench/bench_qwen3_gpu.py --device cpu --shape tiny --docs 4 --mixed 16 --repeats 1
 
 The first line is the measurement the GPU goal asks for (defaults: ``--device cuda --shape 4b
---docs 256 --doc-tokens 512 --mixed 1024 --repeats 3``; about 20 GiB of GPU memory, 8 for each
-engine's weights; up to 16 GiB of host memory, as both engines load through the CPU; 8 GiB of
-temporary disk for the checkpoint, deleted at the end; a few minutes). The second is a smoke run
-of the same code path on a 2-layer model (seconds, any CPU).
+--docs 256 --doc-tokens 512 --mixed 1024 --repeats 3``; about 25 GiB of GPU memory: 8 for each
+bf16 engine's weights, then 16 for the float32 reference; up to 16 GiB of host memory, as the
+engines load through the CPU; 8 GiB of temporary disk for the checkpoint, deleted at the end;
+about four minutes on an H100). ``--profile`` adds torch profiler summaries of one qwembed call
+per corpus. The third is a smoke run of the same code path on a 2-layer model (seconds, any CPU).
 
 The model has the real Qwen3-Embedding-4B configuration (36 layers, hidden 2560, MLP 9728, 32
 query and 8 key/value heads, head width 128, the real Qwen3 tokenizer that appends
@@ -16,16 +18,22 @@ in a temporary folder (no Qwen3 weights can be downloaded; the speed does not de
 qwembed runs with ``dtype="auto"`` — bf16 throughout on CUDA, mixed bf16 on CPUs with bf16
 units — and its padding-free forward (packed sequences, attention per document). The reference is
 sentence-transformers with last-token pooling, left padding and normalisation (the model card's
-recipe, ``bench_qwen3_cpu.sentence_transformer``), moved to the same device and cast to bf16
-(``--st-dtype``), ``--batch-size`` texts per batch. "qwembed padded" is the same loaded model
-through its left-padded forward (the Hugging Face model), to show what packing is worth.
+recipe, ``bench_qwen3_cpu.sentence_transformer``), loaded in bf16 (``--st-dtype``, through
+``model_kwargs``: a ``.to(bfloat16)`` would also round the rotary frequencies) and moved to the same
+device, ``--batch-size`` texts per batch. Two more rows use qwembed's loaded model: "qwembed eager
+steps", its packed forward with the eager element-wise steps instead of the fused GPU kernels
+(``fused_pointwise.py``), to show what fusing is worth; "qwembed padded", its left-padded forward
+(the Hugging Face model), to show what packing is worth.
 
 What each figure means:
 
 * ``machine.bf16_peak_gflops``: a bf16 ``n``³ matmul measured in this run (n = 8192 on CUDA, 2048
   on a CPU), the practical ceiling the MFU figures divide by;
 * ``load``: wall seconds of ``Embedder.load(folder, device=…, dtype="auto")`` until the weights are
-  on the device (synchronised). The checkpoint was just written, so its file is in the page cache;
+  on the device (synchronised) and it can serve, and until the fused kernels that compile in the
+  background meanwhile took over (the first run on a machine compiles them; later runs read
+  Inductor's on-disk cache); the same for a second load in the process. The checkpoint was just
+  written, so its file is in the page cache;
 * ``memory``: the weights the engine holds (the sum of its parameters' bytes, not the file size)
   against ``torch.cuda.max_memory_allocated()`` over the 512-token documents alone (peak stats
   reset first, sentence-transformers not yet loaded), then over the mixed corpus too; the goal is
@@ -37,12 +45,18 @@ What each figure means:
   padded engine's wasted work lowers its figure) and ``share_of_bf16_peak`` (that over the peak:
   the MFU), and ``min_cosine_to_st``, the worst cosine to the reference's vectors (each
   renormalised in float32, as bf16 normalisation leaves norms a little off 1);
+* ``cosine_to_float32``: each engine's worst cosine to float32 vectors (sentence-transformers
+  loaded again in float32) over the first 64 texts of each corpus. With 36 layers of random
+  weights, bf16 rounding compounds: the bf16 engines differ from each other by more than each
+  differs from float32, and this says which is nearer;
 * ``goals``: the issue's four bars checked on the 512-token documents (meaningful for
   ``--device cuda --shape 4b`` only, which ``goals.applies`` says).
 
 The mixed corpus is BQ sentences joined and cut to lengths drawn log-uniformly from 3 to
 ``--doc-tokens`` − 1 tokens (plus the end token; fixed seed), as many per octave of length: the
-case where padding costs a padded forward most, and packing is the lever.
+case where padding costs a padded forward most, and packing is the lever. The short corpus is the
+first ``--short`` BQ sentences as they are (about 15 tokens): queries, where a batch's rows, not
+its tokens, run out first (``--rows`` times a larger cap beside the default one).
 """
 
 from __future__ import annotations
@@ -99,7 +113,11 @@ GOAL_LOAD_S = 10.0
 GOAL_MEMORY_RATIO = 1.15
 
 SEED = 0
-QWEMBED, PADDED, REFERENCE = "qwembed", "qwembed padded", "sentence-transformers"
+QWEMBED, EAGER_STEPS, PADDED = "qwembed", "qwembed eager steps", "qwembed padded"
+REFERENCE = "sentence-transformers"
+#: texts per corpus embedded again in float32 (sentence-transformers' model cast up) for the
+#: cosine of every engine's bf16 vectors to float32
+FP32_TEXTS = 64
 
 
 def build_checkpoint(folder: Path, config: dict, device) -> Path:
@@ -198,10 +216,65 @@ def measure_memory(embedder, device, corpora: dict[str, list[str]], weights: int
     }
 
 
+def wait_for_fused_kernels(encoder, since: float) -> float | None:
+    """Seconds from ``since`` until the encoder's background compile of the fused kernels ended
+    (None where there is none)."""
+    if getattr(encoder, "fusing", None) is None:
+        return None
+    encoder.fusing.join()
+    return time.perf_counter() - since
+
+
+def write_profiles(path: Path, embedder, corpora: dict[str, list[str]], device, rows: int = 25) -> None:
+    """Torch profiler summaries of one qwembed ``embed`` call per corpus (warm), operators sorted by
+    their time on the device (the CPU when there is no GPU): where a forward's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    on_gpu = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_gpu else [])]
+    sections = []
+    for label, inputs in corpora.items():
+        embedder.embed(inputs)  # warm
+        synchronize(device)
+        start = time.perf_counter()
+        with profile(activities=activities) as prof:
+            embedder.embed(inputs)
+            synchronize(device)
+        wall = time.perf_counter() - start
+        table = prof.key_averages().table(
+            sort_by="self_cuda_time_total" if on_gpu else "self_cpu_time_total", row_limit=rows
+        )
+        sections.append(f"## {label}: {len(inputs)} texts, {wall:.3f} s under the profiler\n\n{table}")
+    path.write_text("\n\n".join(sections), encoding="utf-8")
+
+
+def cosine_to_float32(folder: Path, hidden: int, device, corpora, vectors: dict[str, dict], batch_size: int):
+    """The worst cosine of each engine's vectors to float32 ones, over the first ``FP32_TEXTS`` texts
+    of each corpus: sentence-transformers loaded again in float32 (on ``device``: 16 GB for the 4B
+    shape, so last, after the other engines' runs)."""
+    import numpy as np
+    import torch
+
+    exact_model, _ = reference_engine(folder, hidden, device, torch.float32)
+    result = {}
+    for label, inputs in corpora.items():
+        exact = unit(exact_model.encode(inputs[:FP32_TEXTS], batch_size=batch_size))
+        result[label] = {
+            name: float(np.sum(exact * unit(v)[:FP32_TEXTS], axis=1).min())
+            for name, v in vectors[label].items()
+        }
+    return {
+        "texts_per_corpus": FP32_TEXTS,
+        "reference": "sentence-transformers, float32",
+        "min_cosine": result,
+    }
+
+
 def reference_engine(folder: Path, hidden: int, device, dtype):
-    """``bench_qwen3_cpu.sentence_transformer`` (built on the CPU), moved and cast."""
+    """``bench_qwen3_cpu.sentence_transformer`` loaded in ``dtype`` on the CPU (named: transformers
+    would otherwise load the bf16 checkpoint in bf16), then moved to ``device``."""
     start = time.perf_counter()
-    model = sentence_transformer(folder, hidden).to(device=device, dtype=dtype).eval()
+    model = sentence_transformer(folder, hidden, dtype).to(device=device).eval()
     synchronize(device)
     return model, time.perf_counter() - start
 
@@ -216,17 +289,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=int, default=256, help="documents of --doc-tokens tokens")
     parser.add_argument("--doc-tokens", type=int, default=512)
     parser.add_argument("--mixed", type=int, default=1024, help="mixed-length texts")
+    parser.add_argument("--short", type=int, default=2048, help="BQ sentences as they are (0: none)")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=0,
+        help="also time qwembed with at most this many texts per batch instead of the engine's "
+        "max_batch_size, as the row 'qwembed, ROWS rows per batch'",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32, help="sentence-transformers' batch size")
     parser.add_argument("--st-dtype", choices=["bfloat16", "float32"], default="bfloat16")
     parser.add_argument("--no-padded", action="store_true", help="skip the 'qwembed padded' rows")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--load-only",
+        action="store_true",
+        help="only time the load and the fused kernels' compile (run twice: the second reads the cache)",
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="also write torch profiler summaries of one qwembed call per corpus here"
+    )
     args = parser.parse_args(argv)
-    if args.docs < 1 or args.mixed < 1 or args.repeats < 1:
-        parser.error("--docs, --mixed and --repeats must be at least 1")
+    if args.docs < 1 or args.mixed < 1 or args.repeats < 1 or args.short < 0 or args.rows < 0:
+        parser.error("--docs, --mixed and --repeats must be at least 1, --short and --rows at least 0")
 
     import torch
 
+    from qwembed.backends.qwen3_pointwise import EAGER
     from qwembed.engine import Embedder
     from qwen3_fixtures import qwen_tokenizer_files
 
@@ -259,6 +349,21 @@ def main(argv: list[str] | None = None) -> int:
         embedder = Embedder.load(str(folder), device=args.device, dtype="auto")
         synchronize(device)
         load_s = time.perf_counter() - start
+        fused_ready_s = wait_for_fused_kernels(embedder.encoder, start)
+        if args.load_only:
+            emit({"machine": host, "load_s": load_s, "fused_kernels_ready_s": fused_ready_s}, args.out)
+            return 0
+
+        # a second load in the same process: the weights alone, the kernels already compiled
+        del embedder
+        synchronize(device)
+        if on_gpu:
+            torch.cuda.empty_cache()
+        start = time.perf_counter()
+        embedder = Embedder.load(str(folder), device=args.device, dtype="auto")
+        synchronize(device)
+        load_again_s = time.perf_counter() - start
+        fused_again_s = wait_for_fused_kernels(embedder.encoder, start)
 
         encoder = embedder.encoder
         model = encoder.model
@@ -267,12 +372,20 @@ def main(argv: list[str] | None = None) -> int:
         corpora = {
             "docs_512": documents(sentences, encoder.tokenizer, args.docs, args.doc_tokens),
             "mixed": mixed_texts(sentences, encoder.tokenizer, args.mixed, args.doc_tokens),
+            **({"short": sentences[: args.short]} if args.short else {}),
         }
         memory = measure_memory(embedder, device, corpora, weights)
 
         st_dtype = getattr(torch, args.st_dtype)
         reference, st_load_s = reference_engine(folder, model.config.hidden_size, device, st_dtype)
+        st_dtype_name = str(next(reference.parameters()).dtype).removeprefix("torch.")
         engines = {QWEMBED: embedder}
+        if encoder.pointwise is not EAGER:
+            eager = copy.copy(encoder)  # the same packed forward with the eager element-wise steps
+            eager.pointwise = EAGER
+            engines[EAGER_STEPS] = Embedder(eager)
+        if args.rows:
+            engines[f"qwembed, {args.rows} rows per batch"] = Embedder(encoder, max_batch_size=args.rows)
         if not args.no_padded:
             padded = copy.copy(encoder)  # the same model and weights, through the padded forward
             padded.packed = False
@@ -295,35 +408,54 @@ def main(argv: list[str] | None = None) -> int:
                 "build_s": build_s,
             },
             "parameters": sum(p.numel() for p in model.parameters()),
-            "precision": {QWEMBED: encoder.precision.describe(), REFERENCE: f"{args.st_dtype} (model.to)"},
+            "precision": {
+                QWEMBED: encoder.precision.describe(),
+                REFERENCE: f"{args.st_dtype} (model_kwargs dtype)",
+            },
             "reference": {
                 "recipe": "sentence-transformers, last-token pooling, left padding, normalised",
-                "dtype": str(next(reference.parameters()).dtype).removeprefix("torch."),
-                "device": str(next(reference.parameters()).device),
+                "dtype": st_dtype_name,
+                "device": str(device),
                 "batch_size": args.batch_size,
                 "load_s": st_load_s,
             },
             "qwembed_forward": {
-                QWEMBED: "padding-free (packed)" if encoder.packed else "padded",
+                QWEMBED: ("padding-free (packed)" if encoder.packed else "padded")
+                + (", fused element-wise kernels" if encoder.pointwise is not EAGER else ", eager steps"),
+                **(
+                    {EAGER_STEPS: "padding-free (packed), eager element-wise steps"}
+                    if EAGER_STEPS in engines
+                    else {}
+                ),
                 **({PADDED: "left-padded (Hugging Face model)"} if PADDED in engines else {}),
                 "max_batch_tokens": embedder.max_batch_tokens,
+                "max_batch_size": embedder.max_batch_size,
             },
             "load": {
                 "seconds": load_s,
                 f"under_{GOAL_LOAD_S:g}_s": load_s < GOAL_LOAD_S,
+                "fused_kernels_ready_s": fused_ready_s,
+                "seconds_again": load_again_s,
+                "fused_kernels_ready_again_s": fused_again_s,
                 "call": f'Embedder.load(folder, device="{args.device}", dtype="auto")',
                 "page_cache": "warm (the checkpoint was just written)",
+                "note": "seconds: until Embedder.load returns, ready to serve; fused_kernels_ready_s: until "
+                "the fused element-wise kernels, compiled in the background meanwhile, took over (on a "
+                "machine's first run they are compiled; later runs read Inductor's on-disk cache); "
+                "*_again: a second load in the same process",
             },
             "memory": memory,
         }
 
         linear = linear_parameters(model)
+        all_vectors: dict[str, dict] = {}
         for label, inputs in corpora.items():
             lengths = [len(ids) for ids in embedder.tokenize(inputs)]
             calls = {REFERENCE: lambda inputs=inputs: reference.encode(inputs, batch_size=args.batch_size)}
             for name, engine in engines.items():
                 calls[name] = lambda engine=engine, inputs=inputs: engine.embed(inputs)
             rounds, vectors = timed_in_turn(calls, args.repeats)
+            all_vectors[label] = vectors
             rows = compare_engines(
                 rounds,
                 {name: unit(v) for name, v in vectors.items()},
@@ -336,6 +468,14 @@ def main(argv: list[str] | None = None) -> int:
             for row in rows.values():  # the reference here is sentence-transformers, not float32
                 row["min_cosine_to_st"] = row.pop("min_cosine_to_fp32")
             result[label] = {"lengths": describe_lengths(lengths), **rows}
+        if args.profile:
+            write_profiles(args.profile, embedder, corpora, device)
+        reference = calls = None  # sentence-transformers' bf16 model off the GPU before the float32 one
+        if on_gpu:
+            torch.cuda.empty_cache()
+        result["cosine_to_float32"] = cosine_to_float32(
+            folder, model.config.hidden_size, device, corpora, all_vectors, args.batch_size
+        )
 
     docs = result["docs_512"][QWEMBED]
     result["goals"] = {
