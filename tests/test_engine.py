@@ -7,9 +7,12 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
+from fake_encoders import SlowEncoder
 from qwembed.engine import BatchWorker, Embedder, OverloadedError
-from qwembed.engine.batching import plan_batches
+from qwembed.engine.batching import default_batch_size, default_batch_tokens, plan_batches
+from qwembed.engine.pool import BatchSettings, ModelPool
 from qwembed.engine.postprocess import InvalidDimensionsError, check_dimensions, truncate_dimensions
 
 
@@ -26,6 +29,34 @@ def test_plan_batches_respects_token_budget_and_size():
 
 def test_an_input_over_the_budget_runs_alone():
     assert plan_batches([1000, 2, 2], max_batch_tokens=100, max_batch_size=8) == [[0], [1, 2]]
+
+
+class _OnDevice:
+    """What the batching defaults read of an encoder: its device."""
+
+    def __init__(self, device: str):
+        self.device = torch.device(device)
+
+
+def test_batch_defaults_follow_the_device():
+    cpu, gpu = _OnDevice("cpu"), _OnDevice("cuda:0")
+    assert (default_batch_tokens(cpu), default_batch_size(cpu)) == (2048, 128)
+    # a GPU gets more tokens, and more rows: short texts ran out of rows first at 128 (H100)
+    assert (default_batch_tokens(gpu), default_batch_size(gpu)) == (16384, 1024)
+
+
+@pytest.mark.parametrize("device, rows", [("cpu", 128), ("cuda", 1024)])
+def test_embedder_and_server_take_the_devices_defaults_unless_told(device, rows):
+    encoder = SlowEncoder(delay=0)
+    encoder.device = torch.device(device)  # only read, never used: no GPU is needed
+    assert Embedder(encoder).max_batch_size == rows
+    assert Embedder(encoder, max_batch_size=7).max_batch_size == 7
+    pool = ModelPool(BatchSettings())
+    pool.add_encoder(encoder)
+    assert pool._models[encoder.name].worker.max_batch_size == rows
+    told = ModelPool(BatchSettings(max_batch_size=7))
+    told.add_encoder(encoder)
+    assert told._models[encoder.name].worker.max_batch_size == 7
 
 
 def test_truncate_dimensions_renormalises():

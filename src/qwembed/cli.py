@@ -95,7 +95,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="tokens per forward pass (real tokens when padding-free, else rows × longest); "
         "default 2048 on CPU, 16384 on CUDA",
     )
-    serve.add_argument("--max-batch-size", type=int, default=128, help="inputs per forward pass")
+    serve.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=None,
+        help="inputs per forward pass (default: 128 on CPU, 1024 on CUDA)",
+    )
     serve.add_argument(
         "--streams",
         type=int,

@@ -14,12 +14,10 @@ import torch
 from ..backends import Encoder, InputType, LoadOptions, TokenIds, load_encoder
 from ..backends.precision import DEFAULT_MIN_COSINE
 from ..backends.registry import BackendName
-from .batching import default_batch_tokens, plan_batches
+from .batching import default_batch_size, default_batch_tokens, plan_batches
 from .inputs import EmbedOptions, tokenize_ids, tokenize_texts
 from .postprocess import check_dimensions, truncate_dimensions
 from .streams import StreamExecutor, Streams
-
-DEFAULT_MAX_BATCH_SIZE = 128
 
 
 class Embedder:
@@ -28,12 +26,13 @@ class Embedder:
         encoder: Encoder,
         *,
         max_batch_tokens: int | None = None,
-        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_batch_size: int | None = None,
         streams: int | None = None,
     ):
         self.encoder = encoder
+        #: the defaults depend on the encoder's device (engine/batching.py)
         self.max_batch_tokens = max_batch_tokens or default_batch_tokens(encoder)
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = max_batch_size or default_batch_size(encoder)
         #: forward passes at once (engine/streams.py); None: two on a multi-core CPU, one on a GPU
         self.streams = StreamExecutor(Streams.for_model(encoder, streams))
 
@@ -51,7 +50,7 @@ class Embedder:
         compile: bool = False,
         min_bf16_cosine: float = DEFAULT_MIN_COSINE,
         max_batch_tokens: int | None = None,
-        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_batch_size: int | None = None,
         streams: int | None = None,
     ) -> Embedder:
         """``dtype="auto"``: bf16 on CUDA and on CPUs with bf16 matrix units (checked against float32

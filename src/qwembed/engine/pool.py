@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 
 from ..backends import Encoder, ModelCard, Reranker
-from .batching import default_batch_tokens
+from .batching import default_batch_size, default_batch_tokens
 from .embedder import Embedder
 from .inputs import EmbedOptions, check_texts, tokenize_ids, tokenize_texts
 from .postprocess import check_dimensions, truncate_dimensions
@@ -43,7 +43,8 @@ class ModelRequiredError(ValueError):
 class BatchSettings:
     #: None: chosen per model's device (engine.batching.default_batch_tokens)
     max_batch_tokens: int | None = None
-    max_batch_size: int = 128
+    #: None: chosen per model's device (engine.batching.default_batch_size)
+    max_batch_size: int | None = None
     max_queue_items: int = 16384
     #: refuse new work (429) when the queued work would take longer than this many seconds
     max_queue_wait: float | None = 5.0
@@ -98,7 +99,7 @@ class ModelPool:
             run_batch,
             name=model.name,
             max_batch_tokens=self.settings.max_batch_tokens or default_batch_tokens(model),
-            max_batch_size=self.settings.max_batch_size,
+            max_batch_size=self.settings.max_batch_size or default_batch_size(model),
             max_queue_items=self.settings.max_queue_items,
             max_queue_wait=self.settings.max_queue_wait,
             min_rate_sample_tokens=self.settings.min_rate_sample_tokens,
