@@ -1,7 +1,8 @@
 """Rerank throughput: pairs/s for one query × N documents.
 
 Qwen3 path (a random Qwen3 causal LM, smaller than Qwen3-Reranker-0.6B so it runs on a laptop CPU):
-  * qwembed: token-budget batches, left padding, LM head on the last position's yes/no rows only;
+  * qwembed: token-budget batches, the padding-free forward, LM head on the last position's yes/no
+    rows only; and the same through the Hugging Face model's left-padded forward;
   * transformers, one pair at a time with the model card's full-vocabulary logits (and, to
     separate the two savings, with ``logits_to_keep=1``);
   * sentence-transformers CrossEncoder on the same checkpoint (causal-LM mode, ``logits_to_keep=1``).
@@ -14,6 +15,7 @@ Cross-encoder path (all-MiniLM-L6-v2 backbone with a fresh head):
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import random
 import sys
@@ -99,6 +101,8 @@ def bench_qwen3(work: Path, docs: list[str], rounds: int) -> None:
         work / "qwen3", layers=4, hidden=256, heads=4, kv_heads=2, head_dim=64, intermediate=768
     )
     reranker = Qwen3Reranker.load(str(path), device="cpu", dtype="float32")
+    padded = copy.copy(reranker)  # the same weights through the Hugging Face model's padded forward
+    padded.packed = False
     lengths = [len(s) for s in reranker.tokenize_pairs(QUERY, docs, None)]
     print(f"Qwen3 random causal LM: 4 layers, hidden 256, vocab {len(reranker.tokenizer)}")
     print(f"  {len(docs)} pairs, tokens per pair: median {int(np.median(lengths))}, max {max(lengths)}")
@@ -123,6 +127,7 @@ def bench_qwen3(work: Path, docs: list[str], rounds: int) -> None:
         "qwembed rerank, max_batch_tokens=4096": lambda b: score_pairs(
             reranker, QUERY, b, max_batch_tokens=4096
         ),
+        "qwembed rerank, padded forward": lambda b: score_pairs(padded, QUERY, b),
         "transformers, one pair at a time, full logits": one_at_a_time,
         "transformers, one pair at a time, last logits": lambda b: one_at_a_time(b, keep=1),
         "sentence-transformers CrossEncoder (bs 32)": lambda b: cross.predict(

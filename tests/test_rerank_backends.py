@@ -71,10 +71,25 @@ def reference(qwen_dir):
     return score
 
 
+@pytest.fixture(scope="module")
+def padded_reranker(qwen_dir):
+    """The same checkpoint through the Hugging Face model's left-padded forward."""
+    padded = Qwen3Reranker.load(str(qwen_dir), device="cpu", dtype="float32")
+    padded.packed = False
+    return padded
+
+
+@pytest.mark.parametrize("forward", ["packed", "padded"])
 @pytest.mark.parametrize(("query", "instruction"), QUERIES)
-def test_qwen3_scores_match_official_recipe(reranker, reference, query, instruction):
+def test_qwen3_scores_match_official_recipe(
+    reranker, padded_reranker, reference, query, instruction, forward
+):
+    if forward == "padded":
+        reranker = padded_reranker
+    else:
+        assert reranker.packed  # a full-attention Qwen3 runs the padding-free forward by default
     expected = np.array([reference(query, doc, instruction) for doc in DOCUMENTS])
-    # One left-padded batch mixing empty, short and ~400-token documents …
+    # One batch mixing empty, short and ~400-token documents …
     batch = reranker.tokenize_pairs(query, DOCUMENTS, instruction)
     assert len({len(ids) for ids in batch}) > 3
     np.testing.assert_allclose(reranker.score_token_ids(batch), expected, atol=1e-5, rtol=0)

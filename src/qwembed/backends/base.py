@@ -112,7 +112,7 @@ class Reranker(ABC):
     """A model that scores (query, document) pairs; higher is more relevant."""
 
     backend: str = "base"
-    #: rerankers run padded forward passes (see Encoder.packed)
+    #: whether the forward is padding-free (see Encoder.packed): batches are then budgeted in real tokens
     packed: bool = False
 
     def __init__(self, name: str, source: str, max_tokens: int):

@@ -4,16 +4,21 @@ The model is a chat LM asked "does this document meet the query's requirements?"
 P(yes) from a two-way softmax over the ``no`` / ``yes`` logits at the last position. Stacks that
 load it as a sequence classifier, or forget the template, return scores that look random.
 
-Two things keep it fast without changing a single score beyond float noise:
+Three things keep it fast without changing a single score beyond float noise:
 
 * only the last position goes through the LM head, and only the two rows of it we read
   (``hidden[:, -1] @ W[[no, yes]].T``) instead of ``batch × length × 151k`` logits;
-* left padding with positions counted from each sequence's first real token, so a pair scores
-  the same alone and inside a batch of longer pairs.
+* the padding-free forward the embedder uses (``packed_qwen3.py``): the pairs' real tokens only,
+  the norms and RoPE in few passes, and on a GPU the element-wise steps fused into single kernels
+  (``fused_pointwise.py``, compiled in the background after load);
+* for checkpoints it does not cover (sliding-window layers), left padding with positions counted
+  from each sequence's first real token, so a pair scores the same alone and inside a batch of
+  longer pairs.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,8 +27,12 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from .base import Reranker, TokenIds
 from .device import load_transformers_model, resolve_device
+from .fused_pointwise import fuse_in_background
+from .packed_qwen3 import packed_qwen3_pooled, supports_packing
+from .packing import PackedBatch
 from .padding import pad_token_ids, positions_from_mask
 from .precision import resolve_dtype
+from .qwen3_pointwise import EAGER, Pointwise
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 PREFIX = (
@@ -43,6 +52,9 @@ def format_body(query: str, document: str, instruction: str | None = None) -> st
 
 class Qwen3Reranker(Reranker):
     backend = "qwen3-reranker"
+    #: the packed forward's element-wise steps, as for the embedder (``qwen3.py``)
+    pointwise: Pointwise = EAGER
+    fusing: threading.Thread | None = None
 
     def __init__(
         self,
@@ -75,6 +87,7 @@ class Qwen3Reranker(Reranker):
         bias = getattr(head, "bias", None)
         self._head_bias = bias[[no_id, yes_id]].detach().float() if bias is not None else None
         self._body = model.base_model
+        self.packed = supports_packing(self._body)
 
     @staticmethod
     def _single_token_id(tokenizer: PreTrainedTokenizerBase, word: str) -> int:
@@ -102,7 +115,16 @@ class Qwen3Reranker(Reranker):
             dtype=resolve_dtype(dtype, dev, cpu_bf16=False),
             trust_remote_code=trust_remote_code,
         )
-        return cls(model, tokenizer, name=name or name_or_path, source=name_or_path, max_tokens=max_tokens)
+        reranker = cls(
+            model, tokenizer, name=name or name_or_path, source=name_or_path, max_tokens=max_tokens
+        )
+        if reranker.packed:
+            reranker.fusing = fuse_in_background(reranker._body, reranker.name, reranker.use_pointwise)
+        return reranker
+
+    def use_pointwise(self, steps: Pointwise) -> None:
+        """Run the packed forward's element-wise steps with ``steps`` from the next batch on."""
+        self.pointwise = steps
 
     def tokenize_pairs(self, query: str, documents: Sequence[str], instruction: str | None) -> list[TokenIds]:
         if not documents:
@@ -117,6 +139,17 @@ class Qwen3Reranker(Reranker):
     def score_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
         if not batch:
             return np.zeros(0, dtype=np.float32)
+        logits = self._last_hidden(batch).float() @ self._head_weight.T  # (n, 2): [no, yes]
+        if self._head_bias is not None:
+            logits = logits + self._head_bias
+        return torch.softmax(logits, dim=-1)[:, 1].cpu().numpy().astype(np.float32)
+
+    def _last_hidden(self, batch: Sequence[TokenIds]) -> torch.Tensor:
+        """The final-norm hidden state at each pair's last position (where the answer comes)."""
+        if self.packed:
+            rows = list(batch)
+            packed = PackedBatch.of(rows, len(rows), max(len(ids) for ids in rows), causal=True)
+            return packed_qwen3_pooled(self._body, packed, self.pointwise)
         # left padding: the answer position is the last column
         input_ids, mask = pad_token_ids(batch, self.pad_id, left=True)
         positions = positions_from_mask(mask)
@@ -126,10 +159,7 @@ class Qwen3Reranker(Reranker):
             position_ids=positions.to(self.device),
             use_cache=False,
         ).last_hidden_state
-        logits = hidden[:, -1].float() @ self._head_weight.T  # (n, 2): [no, yes]
-        if self._head_bias is not None:
-            logits = logits + self._head_bias
-        return torch.softmax(logits, dim=-1)[:, 1].cpu().numpy().astype(np.float32)
+        return hidden[:, -1]
 
     def raw_scores(self, scores: np.ndarray) -> np.ndarray:
         """P(yes) back to the yes-minus-no logit difference (softmax over two tokens is a sigmoid)."""

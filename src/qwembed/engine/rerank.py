@@ -39,7 +39,9 @@ def score_pairs(
     scores = np.zeros(len(sequences), dtype=np.float32)
     lengths = [len(ids) for ids in sequences]
     budget = max_batch_tokens or default_batch_tokens(reranker)
-    for batch in plan_batches(lengths, budget, max_batch_size):
+    # duck-typed rerankers (a remote one, a test stub) need not say; padded is the safe budget
+    padded = not getattr(reranker, "packed", False)
+    for batch in plan_batches(lengths, budget, max_batch_size, padded=padded):
         scores[batch] = reranker.score_token_ids([sequences[i] for i in batch])
     return scores
 
