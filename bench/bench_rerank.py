@@ -2,7 +2,8 @@
 
 Qwen3 path (a random Qwen3 causal LM, smaller than Qwen3-Reranker-0.6B so it runs on a laptop CPU):
   * qwembed: token-budget batches, the padding-free forward, LM head on the last position's yes/no
-    rows only; and the same through the Hugging Face model's left-padded forward;
+    rows only; the same through the Hugging Face model's left-padded forward; and in mixed bf16
+    (on CPUs with bf16 units);
   * transformers, one pair at a time with the model card's full-vocabulary logits (and, to
     separate the two savings, with ``logits_to_keep=1``);
   * sentence-transformers CrossEncoder on the same checkpoint (causal-LM mode, ``logits_to_keep=1``).
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from qwembed.backends.cross_encoder import CrossEncoderReranker
+from qwembed.backends.precision import cpu_has_bf16_units
 from qwembed.backends.qwen3_reranker import DEFAULT_INSTRUCTION, PREFIX, SUFFIX, Qwen3Reranker
 from qwembed.engine.rerank import score_pairs
 
@@ -103,6 +105,9 @@ def bench_qwen3(work: Path, docs: list[str], rounds: int) -> None:
     reranker = Qwen3Reranker.load(str(path), device="cpu", dtype="float32")
     padded = copy.copy(reranker)  # the same weights through the Hugging Face model's padded forward
     padded.packed = False
+    # mixed bf16 asked for explicitly: on this wide random initialisation the load-time check
+    # (scores within 0.01 of float32) may refuse it under --dtype auto
+    mixed = Qwen3Reranker.load(str(path), device="cpu", dtype="bfloat16") if cpu_has_bf16_units() else None
     lengths = [len(s) for s in reranker.tokenize_pairs(QUERY, docs, None)]
     print(f"Qwen3 random causal LM: 4 layers, hidden 256, vocab {len(reranker.tokenizer)}")
     print(f"  {len(docs)} pairs, tokens per pair: median {int(np.median(lengths))}, max {max(lengths)}")
@@ -128,6 +133,7 @@ def bench_qwen3(work: Path, docs: list[str], rounds: int) -> None:
             reranker, QUERY, b, max_batch_tokens=4096
         ),
         "qwembed rerank, padded forward": lambda b: score_pairs(padded, QUERY, b),
+        **({"qwembed rerank, mixed bf16": lambda b: score_pairs(mixed, QUERY, b)} if mixed else {}),
         "transformers, one pair at a time, full logits": one_at_a_time,
         "transformers, one pair at a time, last logits": lambda b: one_at_a_time(b, keep=1),
         "sentence-transformers CrossEncoder (bs 32)": lambda b: cross.predict(

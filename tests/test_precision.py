@@ -32,7 +32,7 @@ def bf16_cpu(monkeypatch):
 def test_auto_dtype_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: True)
     assert resolve_dtype("auto", CPU) == torch.bfloat16
-    assert resolve_dtype("auto", CPU, cpu_bf16=False) == torch.float32  # rerankers
+    assert resolve_dtype("auto", CPU, cpu_bf16=False) == torch.float32  # the cross-encoder reranker
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
     monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: False)
     assert resolve_dtype("auto", CPU) == torch.float32
@@ -57,7 +57,7 @@ def test_auto_bf16_passes_its_check_and_stays_close_to_float32(bf16_cpu, minilm_
     bf16 = Embedder.load("minilm", device="cpu", dtype="auto")
     encoder = bf16.encoder
     assert encoder.precision.mixed and encoder.precision.dtype == torch.bfloat16
-    assert not encoder.calibration.fell_back and encoder.calibration.min_cosine >= 0.9999
+    assert not encoder.calibration.fell_back and encoder.calibration.worst >= 0.9999
     linear = next(m for m in encoder.model.modules() if isinstance(m, torch.nn.Linear))
     norm = next(m for m in encoder.model.modules() if isinstance(m, torch.nn.LayerNorm))
     assert linear.weight.dtype == torch.bfloat16 and norm.weight.dtype == torch.float32

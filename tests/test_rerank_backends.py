@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from qwembed.backends import precision, qwen3_reranker
 from qwembed.backends.cross_encoder import CrossEncoderReranker
 from qwembed.backends.qwen3_reranker import Qwen3Reranker
 from qwembed.backends.registry import ModelNotFoundError, bundled_minilm_path
@@ -106,13 +109,33 @@ def test_qwen3_instruction_changes_scores(reranker):
 
 
 def test_qwen3_long_document_is_cut_inside_the_body(qwen_dir, reference):
-    small = Qwen3Reranker.load(str(qwen_dir), device="cpu", max_tokens=96)
+    small = Qwen3Reranker.load(str(qwen_dir), device="cpu", dtype="float32", max_tokens=96)
     (ids,) = small.tokenize_pairs("Where does the Rhine flow?", [LONG_EN], None)
     assert len(ids) == 96
     assert ids[: len(reference.prefix)] == reference.prefix
     assert ids[-len(reference.suffix) :] == reference.suffix
     expected = reference("Where does the Rhine flow?", LONG_EN, max_length=96)
     assert abs(float(small.score_token_ids([ids])[0]) - expected) < 1e-5
+
+
+def test_qwen3_auto_dtype_is_mixed_bf16_checked_on_bf16_cpus(qwen_dir, reference, monkeypatch, caplog):
+    monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: True)  # autocast runs on any CPU
+    expected = np.array([reference(QUERIES[0][0], doc) for doc in DOCUMENTS])
+    mixed = Qwen3Reranker.load(str(qwen_dir), device="cpu")
+    assert mixed.precision.mixed and not mixed.calibration.fell_back
+    assert mixed.calibration.worst <= precision.DEFAULT_MAX_SCORE_DELTA
+    assert mixed._body.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert mixed._body.norm.weight.dtype == torch.float32  # norms and the residual stream stay float32
+    scores = score_pairs(mixed, QUERIES[0][0], DOCUMENTS)
+    assert np.abs(scores - expected).max() < 0.02 and not np.allclose(scores, expected, atol=1e-6)
+
+    # a check that fails falls back to the float32 weights, with the float32 scores
+    monkeypatch.setattr(qwen3_reranker, "score_check", lambda: precision.score_check(-1.0))
+    with caplog.at_level(logging.WARNING, logger="qwembed.precision"):
+        fallback = Qwen3Reranker.load(str(qwen_dir), device="cpu")
+    assert fallback.calibration.fell_back and not fallback.precision.mixed
+    assert "falling back to float32" in caplog.text
+    np.testing.assert_allclose(score_pairs(fallback, QUERIES[0][0], DOCUMENTS), expected, atol=1e-5, rtol=0)
 
 
 def test_qwen3_default_limit(reranker):

@@ -15,7 +15,7 @@ to float32, saying so, when the vectors drift past the bar.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import cache
@@ -77,7 +77,7 @@ def resolve_dtype(
     dtype: str | torch.dtype = "auto", device: torch.device | None = None, *, cpu_bf16: bool = True
 ) -> torch.dtype:
     """``auto`` → bfloat16 on CUDA and (with ``cpu_bf16``) on CPUs with bf16 matrix units, else
-    float32. Rerankers pass ``cpu_bf16=False``: their scores have no calibration check yet."""
+    float32. The cross-encoder reranker passes ``cpu_bf16=False``: its scores have no check yet."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
@@ -130,7 +130,9 @@ FLOAT32_CPU = Precision(torch.float32, "cpu")
 @dataclass(frozen=True)
 class CalibrationResult:
     precision: Precision
-    min_cosine: float
+    #: the check's figure for the worst calibration input: an embedder's cosine to float32, a
+    #: reranker's score change from float32
+    worst: float
     fell_back: bool
 
 
@@ -162,6 +164,49 @@ class _Calibratable(Protocol):
     def embed_token_ids(self, batch: Sequence[list[int]]) -> np.ndarray: ...
 
 
+class _Switchable(Protocol):
+    name: str
+    precision: Precision
+
+
+@dataclass(frozen=True)
+class Check:
+    """How the load-time check judges mixed bf16 outputs against float32 ones."""
+
+    #: what ``worst`` measures, for the log
+    measure: str
+    #: the figure for the worst calibration input, from (float32 outputs, mixed bf16 outputs)
+    worst: Callable[[np.ndarray, np.ndarray], float]
+    #: whether that figure is good enough
+    passes: Callable[[float], bool]
+    #: the bar, as the log states it
+    bar: str
+
+
+def cosine_check(min_cosine: float) -> Check:
+    """Embedders: unit vectors' worst cosine to float32, at least ``min_cosine``."""
+    return Check(
+        "calibration cosine to float32",
+        lambda exact, mixed: float(np.min(np.sum(exact * mixed, axis=1))),
+        lambda worst: worst >= min_cosine,
+        f"≥ {min_cosine}",
+    )
+
+
+#: rerankers' load-time check: the largest change of a calibration pair's score (a probability)
+DEFAULT_MAX_SCORE_DELTA = 0.01
+
+
+def score_check(max_delta: float = DEFAULT_MAX_SCORE_DELTA) -> Check:
+    """Rerankers: the largest change of a calibration pair's score, at most ``max_delta``."""
+    return Check(
+        "calibration score change from float32",
+        lambda exact, mixed: float(np.max(np.abs(exact - mixed))),
+        lambda worst: worst <= max_delta,
+        f"≤ {max_delta}",
+    )
+
+
 def apply_precision(
     encoder: _Calibratable,
     model: torch.nn.Module,
@@ -169,40 +214,55 @@ def apply_precision(
     *,
     min_cosine: float = DEFAULT_MIN_COSINE,
 ) -> CalibrationResult | None:
-    """Give a float32-loaded ``encoder`` its planned precision; mixed bf16 is checked first.
+    """Give a float32-loaded ``encoder`` its planned precision; mixed bf16 is checked first, on
+    the calibration texts' vectors (:func:`cosine_check`)."""
+    batch = [encoder.truncate(ids) for ids in encoder.tokenize(CALIBRATION_TEXTS)]
+    return apply_checked_precision(
+        encoder, model, precision, lambda: encoder.embed_token_ids(batch), cosine_check(min_cosine)
+    )
 
-    The calibration set's float32 vectors are the reference. Below ``min_cosine`` an automatic
-    choice falls back to float32 (the float32 weights are kept until the check passes); an explicit
-    ``--dtype bfloat16`` stays, with a warning. Nothing to check for other precisions (None).
+
+def apply_checked_precision(
+    owner: _Switchable,
+    model: torch.nn.Module,
+    precision: Precision,
+    run: Callable[[], np.ndarray],
+    check: Check,
+) -> CalibrationResult | None:
+    """Give a float32-loaded ``owner`` (an embedder, a reranker) its planned precision; mixed bf16
+    is checked first.
+
+    ``run`` computes the calibration outputs in ``owner.precision``; its float32 outputs are the
+    reference. When ``check`` fails, an automatic choice falls back to float32 (the float32 weights
+    are kept until the check passes); an explicit ``--dtype bfloat16`` stays, with a warning.
+    Nothing to check for other precisions (None).
     """
-    encoder.precision = precision
+    owner.precision = precision
     if not precision.mixed:
         return None
-    batch = [encoder.truncate(ids) for ids in encoder.tokenize(CALIBRATION_TEXTS)]
-    encoder.precision = FLOAT32_CPU
-    reference = encoder.embed_token_ids(batch)
+    owner.precision = FLOAT32_CPU
+    reference = run()
     originals = cast_linear_layers(model, precision.dtype)
-    encoder.precision = precision
-    worst = float(np.min(np.sum(reference * encoder.embed_token_ids(batch), axis=1)))
-    if worst >= min_cosine:
+    owner.precision = precision
+    worst = check.worst(reference, run())
+    if check.passes(worst):
         log.info(
-            "%s: %s, calibration cosine to float32 ≥ %.6f",
-            encoder.name,
-            precision.describe(),
-            worst,
+            "%s: %s, %s %.6f (bar %s)", owner.name, precision.describe(), check.measure, worst, check.bar
         )
         return CalibrationResult(precision, worst, fell_back=False)
     if not precision.automatic:
         log.warning(
-            "%s was asked for, but its calibration cosine to float32 is %.6f (< %s)",
+            "%s: %s was asked for, but its %s is %.6f (bar %s)",
+            owner.name,
             precision.describe(),
+            check.measure,
             worst,
-            min_cosine,
+            check.bar,
         )
         return CalibrationResult(precision, worst, fell_back=False)
     _restore(model, originals)
-    encoder.precision = FLOAT32_CPU
+    owner.precision = FLOAT32_CPU
     log.warning(
-        "bf16 calibration cosine to float32 was %.6f (< %s): falling back to float32", worst, min_cosine
+        "%s: bf16 %s was %.6f (bar %s): falling back to float32", owner.name, check.measure, worst, check.bar
     )
     return CalibrationResult(FLOAT32_CPU, worst, fell_back=True)
