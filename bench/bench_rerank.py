@@ -8,7 +8,8 @@ Qwen3 path (a random Qwen3 causal LM, smaller than Qwen3-Reranker-0.6B so it run
     separate the two savings, with ``logits_to_keep=1``);
   * sentence-transformers CrossEncoder on the same checkpoint (causal-LM mode, ``logits_to_keep=1``).
 Cross-encoder path (all-MiniLM-L6-v2 backbone with a fresh head):
-  * qwembed's CrossEncoderReranker vs CrossEncoder.predict vs transformers one pair at a time.
+  * qwembed's CrossEncoderReranker (float32, and mixed bf16 on CPUs with bf16 units) vs
+    CrossEncoder.predict vs transformers one pair at a time.
 
     .venv/bin/python bench/bench_rerank.py [--docs 100] [--rounds 2] [--threads 2]
 """
@@ -149,6 +150,11 @@ def bench_cross_encoder(work: Path, docs: list[str], rounds: int) -> None:
 
     path = build_minilm_cross_encoder(work / "minilm-ce")
     reranker = CrossEncoderReranker.load(str(path), device="cpu", dtype="float32")
+    auto = CrossEncoderReranker.load(str(path), device="cpu")  # mixed bf16 where its check passes
+    print(f"cross-encoder, --dtype auto: {auto.precision.describe()} ({auto.calibration})")
+    mixed = (
+        CrossEncoderReranker.load(str(path), device="cpu", dtype="bfloat16") if cpu_has_bf16_units() else None
+    )
     cross = CrossEncoder(str(path), device="cpu")
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path).eval()
@@ -163,6 +169,7 @@ def bench_cross_encoder(work: Path, docs: list[str], rounds: int) -> None:
 
     methods: dict[str, Method] = {
         "qwembed rerank (token-budget batches)": lambda b: score_pairs(reranker, QUERY, b),
+        **({"qwembed rerank, mixed bf16": lambda b: score_pairs(mixed, QUERY, b)} if mixed else {}),
         "qwembed rerank, max_batch_tokens=4096": lambda b: score_pairs(
             reranker, QUERY, b, max_batch_tokens=4096
         ),

@@ -32,7 +32,6 @@ def bf16_cpu(monkeypatch):
 def test_auto_dtype_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: True)
     assert resolve_dtype("auto", CPU) == torch.bfloat16
-    assert resolve_dtype("auto", CPU, cpu_bf16=False) == torch.float32  # the cross-encoder reranker
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
     monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: False)
     assert resolve_dtype("auto", CPU) == torch.float32

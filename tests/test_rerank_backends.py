@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from qwembed.backends import precision, qwen3_reranker
+from qwembed.backends import cross_encoder, precision, qwen3_reranker
 from qwembed.backends.cross_encoder import CrossEncoderReranker
 from qwembed.backends.qwen3_reranker import Qwen3Reranker
 from qwembed.backends.registry import ModelNotFoundError, bundled_minilm_path
@@ -170,7 +170,7 @@ def cross_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cross(cross_dir):
-    return CrossEncoderReranker.load(str(cross_dir), device="cpu")
+    return CrossEncoderReranker.load(str(cross_dir), device="cpu", dtype="float32")
 
 
 CE_QUERY = "How many people live in Berlin?"
@@ -206,3 +206,21 @@ def test_cross_encoder_token_types_and_truncation(cross):
     (cut,) = cross_small.tokenize_pairs(CE_QUERY, CE_DOCS[3:4], None)
     query_part = tokenizer(CE_QUERY)["input_ids"]  # [CLS] query [SEP] survives whole
     assert len(cut) == 24 and cut[: len(query_part)] == query_part and cut[-1] == tokenizer.sep_token_id
+
+
+@pytest.mark.parametrize("bar, mixed", [(1.0, True), (-1.0, False)], ids=["check-passes", "check-fails"])
+def test_cross_encoder_auto_dtype_is_mixed_bf16_only_where_its_check_passes(
+    cross, cross_dir, monkeypatch, bar, mixed
+):
+    monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: True)  # autocast runs on any CPU
+    monkeypatch.setattr(cross_encoder, "score_check", lambda: precision.score_check(bar))
+    expected = cross.score_token_ids(cross.tokenize_pairs(CE_QUERY, CE_DOCS, None))
+    auto = CrossEncoderReranker.load(str(cross_dir), device="cpu")
+    assert auto.precision.mixed is mixed and auto.calibration.fell_back is not mixed
+    classifier = auto.model.model.classifier
+    assert classifier.weight.dtype == (torch.bfloat16 if mixed else torch.float32)
+    scores = auto.score_token_ids(auto.tokenize_pairs(CE_QUERY, CE_DOCS, None))
+    if mixed:  # bf16 matmuls: close to float32, not equal
+        assert np.abs(scores - expected).max() < 0.1 and not np.allclose(scores, expected, atol=1e-6)
+    else:  # the float32 weights were kept: float32's scores
+        np.testing.assert_allclose(scores, expected, atol=1e-6, rtol=0)

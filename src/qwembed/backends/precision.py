@@ -73,17 +73,14 @@ def cpu_has_bf16_units() -> bool:
         return " amx_bf16" in flags or " avx512_bf16" in flags
 
 
-def resolve_dtype(
-    dtype: str | torch.dtype = "auto", device: torch.device | None = None, *, cpu_bf16: bool = True
-) -> torch.dtype:
-    """``auto`` → bfloat16 on CUDA and (with ``cpu_bf16``) on CPUs with bf16 matrix units, else
-    float32. The cross-encoder reranker passes ``cpu_bf16=False``: its scores have no check yet."""
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
+    """``auto`` → bfloat16 on CUDA and on CPUs with bf16 matrix units, else float32."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
         if device is not None and device.type == "cuda":
             return torch.bfloat16
-        if cpu_bf16 and device is not None and device.type == "cpu" and cpu_has_bf16_units():
+        if device is not None and device.type == "cpu" and cpu_has_bf16_units():
             return torch.bfloat16
         return torch.float32
     try:
@@ -195,6 +192,29 @@ def cosine_check(min_cosine: float) -> Check:
 
 #: rerankers' load-time check: the largest change of a calibration pair's score (a probability)
 DEFAULT_MAX_SCORE_DELTA = 0.01
+
+
+class _Scoring(Protocol):
+    """What the check needs of a reranker."""
+
+    def tokenize_pairs(
+        self, query: str, documents: Sequence[str], instruction: str | None
+    ) -> list[list[int]]: ...
+    def score_token_ids(self, batch: Sequence[list[int]]) -> np.ndarray: ...
+    def raw_scores(self, scores: np.ndarray) -> np.ndarray: ...
+
+
+def calibration_probabilities(reranker: _Scoring) -> np.ndarray:
+    """A reranker's calibration outputs: each calibration text as a document for three of them as
+    queries (30 pairs), as probabilities (the sigmoid of the raw scores), so that one bar on their
+    change serves rerankers whose scores are logits and those whose scores are probabilities."""
+    pairs = [
+        ids
+        for query in CALIBRATION_TEXTS[:3]
+        for ids in reranker.tokenize_pairs(query, CALIBRATION_TEXTS, None)
+    ]
+    raw = reranker.raw_scores(reranker.score_token_ids(pairs)).astype(np.float64)
+    return 1.0 / (1.0 + np.exp(-raw))
 
 
 def score_check(max_delta: float = DEFAULT_MAX_SCORE_DELTA) -> Check:

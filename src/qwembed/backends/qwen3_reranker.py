@@ -36,11 +36,11 @@ from .packed_qwen3 import packed_qwen3_pooled, supports_packing
 from .packing import PackedBatch
 from .padding import pad_token_ids, positions_from_mask
 from .precision import (
-    CALIBRATION_TEXTS,
     FLOAT32_CPU,
     CalibrationResult,
     Precision,
     apply_checked_precision,
+    calibration_probabilities,
     score_check,
 )
 from .qwen3_pointwise import EAGER, Pointwise
@@ -135,17 +135,11 @@ class Qwen3Reranker(Reranker):
         )
         # mixed bf16 only where its scores stay within 0.01 of float32's on the calibration pairs
         reranker.calibration = apply_checked_precision(
-            reranker, reranker._body, precision, reranker._calibration_scores, score_check()
+            reranker, reranker._body, precision, lambda: calibration_probabilities(reranker), score_check()
         )
         if reranker.packed:
             reranker.fusing = fuse_in_background(reranker._body, reranker.name, reranker.use_pointwise)
         return reranker
-
-    def _calibration_scores(self) -> np.ndarray:
-        """Scores of the calibration texts, each as a document for three of them as queries."""
-        queries = CALIBRATION_TEXTS[:3]
-        pairs = [ids for query in queries for ids in self.tokenize_pairs(query, CALIBRATION_TEXTS, None)]
-        return self.score_token_ids(pairs)
 
     def use_pointwise(self, steps: Pointwise) -> None:
         """Run the packed forward's element-wise steps with ``steps`` from the next batch on."""
