@@ -8,7 +8,7 @@ Pairs travel as plain token-id lists through the engine, so the segment ids BERT
 need are rebuilt from the ids: everything after the first ``[SEP]`` is the document.
 
 Precision is the embedders' (``precision.py``): bf16 on CUDA; under ``--dtype auto`` on CPUs with
-bf16 units, mixed bf16 (1.8× on AMX) if no calibration pair's score, as a probability, moves by
+bf16 units, mixed bf16 (1.6–1.8× on AMX) if no calibration pair's score, as a probability, moves by
 more than 0.01 from float32 at load, float32 otherwise.
 """
 

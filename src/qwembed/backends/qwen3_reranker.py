@@ -16,7 +16,7 @@ Three things keep it fast without changing a single score beyond float noise:
   longer pairs.
 
 Precision is the embedders' (``precision.py``): bf16 on CUDA; under ``--dtype auto`` on CPUs with
-bf16 units, mixed bf16 (2.3× on AMX) if no calibration pair's score moves by more than 0.01 from
+bf16 units, mixed bf16 (1.6–2.5× on AMX) if no calibration pair's score moves by more than 0.01 from
 float32 at load, float32 otherwise.
 """
 
