@@ -1,0 +1,358 @@
+/* Bidirectional attention of packed bf16 sequences on Intel AMX, one (sequence, head) at a time.
+ *
+ * Why this exists: PyTorch's CPU flash kernel runs bf16 heads narrower than 64 through a
+ * general GEMM per block of 64 query rows and an exact exponential per score; with BERT-small's
+ * 32-wide heads the softmax, not the matrix units, bounds it (docs/benchmarks.md). Here a
+ * (sequence, head) pair is small enough to keep in cache whole (a 256-token sequence's scores are
+ * 16 × 256 floats per block of 16 queries), so the kernel:
+ *
+ *   1. lays the head's keys and values out in AMX's pair-interleaved ("VNNI") order, once;
+ *   2. per block of 16 queries: scores S = Q Kᵀ on the tile unit (bf16 in, fp32 out);
+ *   3. a row softmax in AVX-512 with a polynomial 2^x (relative error 4e-6, far below the bf16
+ *      rounding the probabilities get next);
+ *   4. O = P V on the tile unit, divided by the row sums, rounded to bf16.
+ *
+ * Inputs are the packed projections of a batch, (tokens, q_heads + 2 × kv_heads, head_dim):
+ * queries, then keys, then values, as ``packing.grouped_attention`` takes them; sequence ``s`` is
+ * tokens bounds[s] .. bounds[s + 1]. Output: (tokens, q_heads × head_dim) bf16. head_dim is 32
+ * (MiniLM, BGE-small) or 64 (BERT-base and -large shapes). The caller splits the (sequence, head) items over its threads.
+ *
+ * Built at first use by ``amx_attention.py`` with gcc/clang and loaded with ctypes; a build or
+ * self-check failure leaves PyTorch's kernel in place.
+ */
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+#define TILE_ROWS 16
+#define TILE_BYTES 64 /* 16 fp32, 32 bf16 or 16 bf16 pairs per tile row */
+
+typedef struct {
+    uint8_t palette_id;
+    uint8_t start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_config;
+
+/* Linux hands out the tile registers' state only to processes that ask (kernel ≥ 5.16). */
+int qw_amx_request(void) {
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 ? 0 : -1;
+}
+
+static inline int round_up(int n, int to) { return (n + to - 1) / to * to; }
+
+/* 2^t for t <= 0: 2^f for the fraction f = t - floor(t) (vreduceps) by a cubic (least squares
+ * on Chebyshev nodes, max relative error 1.0e-4, against the 3.9e-3 of the bf16 rounding that
+ * follows), times 2^floor(t) by vscalefps, which flushes to 0 far below the row's maximum. Six
+ * instructions for 16 values. */
+static inline __m512 exp2_nonpositive(__m512 t) {
+    __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(0.07908570124785536f), f, _mm512_set1_ps(0.22451634404565593f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.696390546655364f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.9998966910282051f));
+    return _mm512_scalef_ps(p, t);
+}
+
+static inline __mmask16 tail_mask(int remaining) {
+    return remaining >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << remaining) - 1u);
+}
+
+/* Keys as the B operand of S = Q Kᵀ: for each 32-wide slice of the head and each block of 16
+ * keys, 16 rows (pairs of head dimensions) × 16 keys of bf16 pairs, i.e. the 16 × 16 transpose
+ * of the keys' 32-bit pairs, by gathers; keys past the sequence are zero. Layout
+ * [slice][key block][pair][key]. */
+static void pack_keys(const uint16_t *k, int64_t stride, int length, int key_blocks, int slices, uint32_t *out) {
+    const __m512i lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i offsets = _mm512_mullo_epi32(lanes, _mm512_set1_epi32((int)(stride * 2)));
+    for (int block = 0; block < key_blocks; block++) {
+        __mmask16 live = tail_mask(length - block * 16);
+        const uint8_t *first = (const uint8_t *)(k + (int64_t)block * 16 * stride);
+        for (int slice = 0; slice < slices; slice++) {
+            uint32_t *tile = out + ((size_t)slice * key_blocks + block) * TILE_ROWS * 16;
+            for (int pair = 0; pair < TILE_ROWS; pair++) {
+                __m512i column = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, offsets,
+                                                             first + (slice * 16 + pair) * 4, 1);
+                _mm512_storeu_si512(tile + pair * 16, column);
+            }
+        }
+    }
+}
+
+/* Values as the B operand of O = P V: for each chunk of 32 keys and each 16-wide block of the
+ * head, 16 rows (pairs of keys) × 16 head columns of bf16 pairs, interleaving two keys' rows by
+ * a two-source permute; keys past the sequence are zero. Layout [key chunk][column block][pair]
+ * [column]. */
+static void pack_values(const uint16_t *v, int64_t stride, int length, int key_chunks, int head_dim, uint16_t *out) {
+    int column_blocks = head_dim / 16;
+    __m512i low, high; /* columns 0..15 / 16..31 of a 32-wide slice, two keys interleaved */
+    {
+        uint16_t l[32], h[32];
+        for (int c = 0; c < 16; c++) {
+            l[2 * c] = (uint16_t)c, l[2 * c + 1] = (uint16_t)(32 + c);
+            h[2 * c] = (uint16_t)(16 + c), h[2 * c + 1] = (uint16_t)(48 + c);
+        }
+        low = _mm512_loadu_si512(l), high = _mm512_loadu_si512(h);
+    }
+    for (int n = 0; n < key_chunks * 32; n += 2) {
+        int chunk = n / 32, pair = (n % 32) / 2;
+        for (int slice = 0; slice < head_dim / 32; slice++) {
+            __m512i a = n < length ? _mm512_loadu_si512(v + (int64_t)n * stride + slice * 32) : _mm512_setzero_si512();
+            __m512i b = n + 1 < length ? _mm512_loadu_si512(v + (int64_t)(n + 1) * stride + slice * 32)
+                                       : _mm512_setzero_si512();
+            uint16_t *tile = out + ((size_t)chunk * column_blocks + slice * 2) * TILE_ROWS * 32 + pair * 32;
+            _mm512_storeu_si512(tile, _mm512_permutex2var_epi16(a, low, b));
+            _mm512_storeu_si512(tile + TILE_ROWS * 32, _mm512_permutex2var_epi16(a, high, b));
+        }
+    }
+}
+
+typedef struct {
+    uint32_t *keys;    /* pack_keys */
+    uint16_t *values;  /* pack_values */
+    uint16_t *queries; /* 16 × head_dim, zero past the sequence */
+    float *scores;     /* 16 × key_span */
+    uint16_t *probs;   /* 16 × key_chunks·32, bf16 */
+    float *context;    /* 2 × 16 × head_dim: partial sums of even and odd key chunks */
+} scratch;
+
+/* Tile registers. A tile multiply waits for the previous one on the same accumulator, so every
+ * loop keeps four independent accumulators (0-3) in flight; 4 and 5 hold B operands, 6 and 7 A. */
+
+/* S = Q Kᵀ for one block of 16 queries, four blocks of 16 keys at a time. */
+static void scores_block(const scratch *w, int key_blocks, int key_span, int slices) {
+    const uint32_t *keys = w->keys;
+    size_t tile = TILE_ROWS * 16, slice_size = (size_t)key_blocks * tile;
+    float *s = w->scores;
+    int stride = key_span * 4;
+    for (int b = 0; b < key_blocks; b += 4) {
+        int count = key_blocks - b < 4 ? key_blocks - b : 4;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int slice = 0; slice < slices; slice++) {
+            const uint32_t *base = keys + slice * slice_size + (size_t)b * tile;
+            /* A slice 0 is in register 6, slice 1 in 7 */
+#define SCORE(acc, breg, slot)                                                                                         \
+    if (count > slot) {                                                                                                \
+        _tile_loadd(breg, base + slot * tile, TILE_BYTES);                                                             \
+        if (slice == 0) _tile_dpbf16ps(acc, 6, breg);                                                                  \
+        else _tile_dpbf16ps(acc, 7, breg);                                                                             \
+    }
+            SCORE(0, 4, 0)
+            SCORE(1, 5, 1)
+            SCORE(2, 4, 2)
+            SCORE(3, 5, 3)
+#undef SCORE
+        }
+        _tile_stored(0, s + b * 16, stride);
+        if (count > 1) _tile_stored(1, s + (b + 1) * 16, stride);
+        if (count > 2) _tile_stored(2, s + (b + 2) * 16, stride);
+        if (count > 3) _tile_stored(3, s + (b + 3) * 16, stride);
+    }
+}
+
+/* O = P V for one block of 16 queries: each of the four accumulators is one 16-column block of
+ * the head (64 wide), or (32 wide) one column block over even or odd chunks of 32 keys, whose
+ * two partial sums land in w->context and w->context + 16 × head_dim. */
+static void context_block(const scratch *w, int key_chunks, int prob_span, int head_dim) {
+    int column_blocks = head_dim / 16;
+    size_t tile = TILE_ROWS * 32;
+    const uint16_t *values = w->values;
+    int pstride = prob_span * 2;
+    _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+    if (column_blocks == 2) {
+        for (int chunk = 0; chunk < key_chunks; chunk += 2) {
+            const uint16_t *v = values + (size_t)chunk * 2 * tile;
+            _tile_loadd(6, w->probs + chunk * 32, pstride);
+            _tile_loadd(4, v, TILE_BYTES);
+            _tile_loadd(5, v + tile, TILE_BYTES);
+            _tile_dpbf16ps(0, 6, 4);
+            _tile_dpbf16ps(1, 6, 5);
+            if (chunk + 1 < key_chunks) {
+                _tile_loadd(7, w->probs + (chunk + 1) * 32, pstride);
+                _tile_loadd(4, v + 2 * tile, TILE_BYTES);
+                _tile_loadd(5, v + 3 * tile, TILE_BYTES);
+                _tile_dpbf16ps(2, 7, 4);
+                _tile_dpbf16ps(3, 7, 5);
+            }
+        }
+        float *odd = w->context + TILE_ROWS * head_dim;
+        _tile_stored(0, w->context, head_dim * 4);
+        _tile_stored(1, w->context + 16, head_dim * 4);
+        _tile_stored(2, odd, head_dim * 4);
+        _tile_stored(3, odd + 16, head_dim * 4);
+    } else { /* four column blocks */
+        for (int chunk = 0; chunk < key_chunks; chunk++) {
+            const uint16_t *v = values + (size_t)chunk * 4 * tile;
+            _tile_loadd(6, w->probs + chunk * 32, pstride);
+            _tile_loadd(4, v, TILE_BYTES);
+            _tile_loadd(5, v + tile, TILE_BYTES);
+            _tile_dpbf16ps(0, 6, 4);
+            _tile_dpbf16ps(1, 6, 5);
+            _tile_loadd(4, v + 2 * tile, TILE_BYTES);
+            _tile_loadd(5, v + 3 * tile, TILE_BYTES);
+            _tile_dpbf16ps(2, 6, 4);
+            _tile_dpbf16ps(3, 6, 5);
+        }
+        for (int c = 0; c < 4; c++) {
+            float *to = w->context + c * 16;
+            if (c == 0) _tile_stored(0, to, head_dim * 4);
+            else if (c == 1) _tile_stored(1, to, head_dim * 4);
+            else if (c == 2) _tile_stored(2, to, head_dim * 4);
+            else _tile_stored(3, to, head_dim * 4);
+        }
+    }
+}
+
+/* Softmax numerators of one row of scores in bf16 (zero past the sequence); returns their sum.
+ * Two accumulators for the maximum and for the sum, so that neither chain of dependent adds sets
+ * the pace. */
+static inline float softmax_row(const float *s, int length, int prob_span, float log2_scale, uint16_t *p) {
+    __m512 top0 = _mm512_set1_ps(-__builtin_inff()), top1 = top0;
+    int j = 0;
+    for (; j + 32 <= length; j += 32) {
+        top0 = _mm512_max_ps(top0, _mm512_loadu_ps(s + j));
+        top1 = _mm512_max_ps(top1, _mm512_loadu_ps(s + j + 16));
+    }
+    for (; j < length; j += 16) top0 = _mm512_mask_max_ps(top0, tail_mask(length - j), top0, _mm512_loadu_ps(s + j));
+    __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(_mm512_max_ps(top0, top1)) * log2_scale);
+    __m512 scale = _mm512_set1_ps(log2_scale);
+    __m512 total0 = _mm512_setzero_ps(), total1 = total0;
+    for (j = 0; j + 32 <= length; j += 32) {
+        __m512 e0 = exp2_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), scale, shift));
+        __m512 e1 = exp2_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(s + j + 16), scale, shift));
+        total0 = _mm512_add_ps(total0, e0);
+        total1 = _mm512_add_ps(total1, e1);
+        _mm512_storeu_si512(p + j, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
+    }
+    for (; j < length; j += 16) {
+        __m512 e = exp2_nonpositive(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), scale, shift));
+        e = _mm512_maskz_mov_ps(tail_mask(length - j), e);
+        total0 = _mm512_add_ps(total0, e);
+        _mm256_storeu_si256((__m256i *)(p + j), (__m256i)_mm512_cvtneps_pbh(e));
+    }
+    for (; j < prob_span; j += 16) _mm256_storeu_si256((__m256i *)(p + j), _mm256_setzero_si256());
+    return _mm512_reduce_add_ps(_mm512_add_ps(total0, total1));
+}
+
+static void attend_one(const uint16_t *q, const uint16_t *k, const uint16_t *v, int64_t stride, int length,
+                       int head_dim, float log2_scale, uint16_t *out, int64_t out_stride, scratch *w) {
+    int slices = head_dim / 32;
+    int key_span = round_up(length, 16), key_blocks = key_span / 16;
+    int prob_span = round_up(length, 32), key_chunks = prob_span / 32;
+    int split = head_dim == 32 && key_chunks > 1; /* context_block's even / odd partial sums */
+    pack_keys(k, stride, length, key_blocks, slices, w->keys);
+    pack_values(v, stride, length, key_chunks, head_dim, w->values);
+
+    for (int first = 0; first < length; first += TILE_ROWS) {
+        int rows = length - first < TILE_ROWS ? length - first : TILE_ROWS;
+        if (rows == TILE_ROWS) { /* straight from the projections */
+            const uint16_t *from = q + (int64_t)first * stride;
+            _tile_loadd(6, from, stride * 2);
+            if (slices > 1) _tile_loadd(7, from + 32, stride * 2);
+        } else { /* the last rows, zero-padded: reading past them could leave the buffer */
+            for (int r = 0; r < TILE_ROWS; r++)
+                for (int slice = 0; slice < slices; slice++)
+                    _mm512_storeu_si512(w->queries + r * head_dim + slice * 32,
+                                        r < rows ? _mm512_loadu_si512(q + (int64_t)(first + r) * stride + slice * 32)
+                                                 : _mm512_setzero_si512());
+            _tile_loadd(6, w->queries, head_dim * 2);
+            if (slices > 1) _tile_loadd(7, w->queries + 32, head_dim * 2);
+        }
+        scores_block(w, key_blocks, key_span, slices);
+
+        float sums[TILE_ROWS];
+        for (int r = 0; r < TILE_ROWS; r++) {
+            uint16_t *p = w->probs + (size_t)r * prob_span;
+            if (r < rows) sums[r] = softmax_row(w->scores + (size_t)r * key_span, length, prob_span, log2_scale, p);
+            else memset(p, 0, prob_span * 2);
+        }
+        context_block(w, key_chunks, prob_span, head_dim);
+
+        const float *odd = w->context + TILE_ROWS * head_dim;
+        for (int r = 0; r < rows; r++) {
+            __m512 inverse = _mm512_set1_ps(1.0f / sums[r]);
+            uint16_t *o = out + (int64_t)(first + r) * out_stride;
+            for (int c = 0; c < head_dim; c += 16) {
+                __m512 x = _mm512_loadu_ps(w->context + (size_t)r * head_dim + c);
+                if (split) x = _mm512_add_ps(x, _mm512_loadu_ps(odd + (size_t)r * head_dim + c));
+                _mm256_storeu_si256((__m256i *)(o + c), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(x, inverse)));
+            }
+        }
+    }
+}
+
+/* Items first .. last of the (sequence, query head) grid, sequence-major. Returns 0, or -1 when
+ * the arguments are out of range or memory runs out. */
+int qw_amx_attention(const uint16_t *qkv, uint16_t *out, const int64_t *bounds, int64_t sequences, int q_heads,
+                     int kv_heads, int head_dim, float scale, int64_t first, int64_t last) {
+    if ((head_dim != 32 && head_dim != 64) || kv_heads < 1 || q_heads % kv_heads != 0) return -1;
+    int longest = 0;
+    for (int64_t s = first / q_heads; s <= (last - 1) / q_heads && s < sequences; s++) {
+        int64_t n = bounds[s + 1] - bounds[s];
+        if (n > longest) longest = (int)n;
+    }
+    if (longest == 0 || first >= last) return 0;
+    int key_span = round_up(longest, 16), prob_span = round_up(longest, 32);
+    size_t sizes[6] = {
+        (size_t)(head_dim / 32) * key_span * TILE_ROWS * 4, /* keys: slices × blocks × 16 × 16 × 4 */
+        (size_t)prob_span * head_dim * 2,                   /* values */
+        (size_t)TILE_ROWS * head_dim * 2,                   /* queries */
+        (size_t)TILE_ROWS * key_span * 4,                   /* scores */
+        (size_t)TILE_ROWS * prob_span * 2,                  /* probabilities */
+        (size_t)2 * TILE_ROWS * head_dim * 4,               /* context */
+    };
+    void *parts[6] = {0};
+    int failed = 0;
+    for (int i = 0; i < 6; i++) {
+        parts[i] = aligned_alloc(64, round_up((int)sizes[i], 64));
+        failed |= parts[i] == NULL;
+    }
+    if (failed) {
+        for (int i = 0; i < 6; i++) free(parts[i]);
+        return -1;
+    }
+    scratch w = {parts[0], parts[1], parts[2], parts[3], parts[4], parts[5]};
+
+    /* Whatever tile configuration this thread had (oneDNN's, say) comes back afterwards. */
+    tile_config saved, ours;
+    _tile_storeconfig(&saved);
+    memset(&ours, 0, sizeof ours);
+    ours.palette_id = 1;
+    for (int t = 0; t < 8; t++) {
+        ours.rows[t] = TILE_ROWS;
+        ours.colsb[t] = TILE_BYTES;
+    }
+    _tile_loadconfig(&ours);
+
+    int64_t width = (int64_t)(q_heads + 2 * kv_heads) * head_dim, out_width = (int64_t)q_heads * head_dim;
+    int group = q_heads / kv_heads;
+    const float log2e = 1.4426950408889634f;
+    for (int64_t item = first; item < last; item++) {
+        int64_t s = item / q_heads;
+        int h = (int)(item % q_heads), g = h / group;
+        int64_t start = bounds[s];
+        int length = (int)(bounds[s + 1] - start);
+        if (length == 0) continue;
+        const uint16_t *base = qkv + start * width;
+        attend_one(base + (int64_t)h * head_dim, base + (int64_t)(q_heads + g) * head_dim,
+                   base + (int64_t)(q_heads + kv_heads + g) * head_dim, width, length, head_dim, scale * log2e,
+                   out + start * out_width + (int64_t)h * head_dim, out_width, &w);
+    }
+
+    if (saved.palette_id) _tile_loadconfig(&saved);
+    else _tile_release();
+    for (int i = 0; i < 6; i++) free(parts[i]);
+    return 0;
+}

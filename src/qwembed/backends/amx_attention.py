@@ -1,0 +1,226 @@
+"""Bidirectional attention of packed bf16 sequences on Intel AMX (``amx_attention.c``).
+
+PyTorch's CPU attention runs bf16 heads of 32 (all-MiniLM-L6-v2, BGE-small) at about a sixth of
+the matrix units' rate: its flash kernel computes an exact exponential per score and multiplies
+through a general GEMM per block of 64 queries, so on 256-token documents attention took 30 % of
+the mixed-bf16 forward for 10 % of its FLOPs (docs/benchmarks.md). No maintained library fills
+the gap (oneDNN's graph API does not take varlen batches; Intel's extension for PyTorch is
+discontinued), so this is ours: one small C file with AMX tile and AVX-512 intrinsics that takes
+the packed projections and each sequence's bounds — no padding, no masks, no groups or tiles —
+and runs one (sequence, head) at a time, cache-resident.
+
+It is built at first use with the system's C compiler (as Inductor builds its CPU kernels) into
+``$XDG_CACHE_HOME/qwembed/kernels``, keyed by a hash of the source, flags and compiler, loaded
+with ctypes (which releases the GIL during the call), and checked once against PyTorch's
+attention before it serves. Where the CPU has no AMX, no compiler is found, the build or the check
+fails, or ``QWEMBED_AMX_ATTENTION=0``, :func:`applies` answers False and PyTorch's kernel stays;
+the log says why once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger("qwembed.amx_attention")
+
+#: set to 0 to keep PyTorch's attention on AMX CPUs (for comparison, or if the kernel misbehaves)
+ENV_SWITCH = "QWEMBED_AMX_ATTENTION"
+
+SOURCE = Path(__file__).with_name("amx_attention.c")
+FLAGS = (
+    "-O3", "-fPIC", "-shared", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
+    "-mavx512bf16", "-mamx-tile", "-mamx-bf16",
+)  # fmt: skip
+
+#: head widths the kernel handles (BERT-small shapes: 32; base and large: 64)
+HEAD_WIDTHS = (32, 64)
+
+#: largest agreement allowed with PyTorch's float32 attention in the load-time check, on values
+#: of unit scale; bf16 inputs and probabilities put PyTorch's own bf16 kernel at about 0.02
+CHECK_TOLERANCE = 0.05
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "qwembed" / "kernels"
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+
+
+def build(compiler: str, directory: Path) -> Path:
+    """The shared library for this source, flags and compiler, compiled once per cache key; a
+    concurrent build by another process lands by atomic rename."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode()).hexdigest()[:16]
+    target = directory / f"amx_attention-{key}.so"
+    if target.exists():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        partial = Path(scratch) / target.name
+        result = subprocess.run(
+            [compiler, *FLAGS, "-o", str(partial), str(SOURCE)], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
+        os.replace(partial, target)
+    return target
+
+
+class Kernel:
+    """The loaded library: :meth:`attend` is attention over packed sequences."""
+
+    def __init__(self, path: Path):
+        library = ctypes.CDLL(str(path))
+        if library.qw_amx_request() != 0:
+            raise RuntimeError("the operating system refused AMX tile state (Linux ≥ 5.16 grants it)")
+        self._attention = library.qw_amx_attention
+        self._attention.restype = ctypes.c_int
+        self._attention.argtypes = [
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int,
+            ctypes.c_int, ctypes.c_float, ctypes.c_int64, ctypes.c_int64,
+        ]  # fmt: skip
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def attend(
+        self, qkv: torch.Tensor, bounds: torch.Tensor, q_heads: int, kv_heads: int, scale: float | None = None
+    ) -> torch.Tensor:
+        """Attention of ``qkv`` ``(tokens, q_heads + 2 × kv_heads, width)`` bf16 (queries, keys,
+        values), sequence ``i`` being tokens ``bounds[i] : bounds[i + 1]`` → ``(tokens, q_heads ×
+        width)`` bf16. The (sequence, head) pairs are split over torch's intra-op threads."""
+        tokens, heads, width = qkv.shape
+        if heads != q_heads + 2 * kv_heads or width not in HEAD_WIDTHS or qkv.dtype != torch.bfloat16:
+            shape = f"{tuple(qkv.shape)} {qkv.dtype}"
+            raise ValueError(f"unsupported attention shape {shape} for {q_heads} / {kv_heads} heads")
+        qkv = qkv.contiguous()
+        bounds = bounds.to(device="cpu", dtype=torch.int64).contiguous()
+        out = torch.empty(tokens, q_heads * width, dtype=torch.bfloat16)
+        sequences = len(bounds) - 1
+        items = sequences * q_heads
+        scale = width**-0.5 if scale is None else float(scale)
+        args = (qkv.data_ptr(), out.data_ptr(), bounds.data_ptr(), sequences, q_heads, kv_heads, width, scale)
+        threads = min(torch.get_num_threads(), items)
+        if threads <= 1:
+            codes = [self._attention(*args, 0, items)]
+        else:  # equal runs of (sequence, head) items, each thread its own
+            cuts = [round(items * i / threads) for i in range(threads + 1)]
+            pool = self._threads(threads)
+            codes = list(pool.map(lambda i: self._attention(*args, cuts[i], cuts[i + 1]), range(threads)))
+        if any(codes):
+            raise MemoryError("the AMX attention kernel could not allocate its scratch memory")
+        return out
+
+    def _threads(self, count: int) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None or self._pool._max_workers < count:
+                self._pool = ThreadPoolExecutor(count, thread_name_prefix="qwembed-amx")
+            return self._pool
+
+
+def _reference(qkv: torch.Tensor, bounds: torch.Tensor, q_heads: int, kv_heads: int) -> torch.Tensor:
+    """PyTorch's attention in float32, one sequence at a time."""
+    parts = []
+    for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        q, k, v = qkv[start:stop].float().transpose(0, 1)[None].split([q_heads, kv_heads, kv_heads], dim=1)
+        context = F.scaled_dot_product_attention(q, k, v, enable_gqa=q_heads != kv_heads)
+        parts.append(context[0].transpose(0, 1).reshape(stop - start, -1))
+    return torch.cat(parts)
+
+
+def check(kernel: Kernel) -> float:
+    """Largest difference from PyTorch's float32 attention on random sequences of awkward lengths
+    (single tokens, tile edges), both head widths, with and without grouped keys."""
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for width, q_heads, kv_heads in ((32, 3, 3), (64, 4, 2)):
+        bounds = torch.tensor([0, 1, 16, 17, 48, 81, 200]).cumsum(0)
+        qkv = torch.randn(int(bounds[-1]), q_heads + 2 * kv_heads, width, generator=generator).bfloat16()
+        got = kernel.attend(qkv, bounds, q_heads, kv_heads).float()
+        worst = max(worst, (got - _reference(qkv, bounds, q_heads, kv_heads)).abs().max().item())
+    return worst
+
+
+def _unavailable_reason() -> str | None:
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return f"{ENV_SWITCH}=0"
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return f"not an x86-64 Linux machine ({platform.system()} {platform.machine()})"
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    missing = [flag for flag in ("amx_bf16", "amx_tile", "avx512_bf16") if f" {flag}" not in flags]
+    if missing:
+        return f"this CPU lacks {', '.join(missing)}"
+    return None
+
+
+_lock = threading.Lock()
+_loaded: list[Kernel | None] = []  # empty until the first call of kernel()
+
+
+def kernel() -> Kernel | None:
+    """The checked kernel, or None (and why, in the log, once) where it cannot serve."""
+    with _lock:
+        if not _loaded:
+            _loaded.append(_load())
+        return _loaded[0]
+
+
+def _load() -> Kernel | None:
+    reason = _unavailable_reason()
+    if reason is not None:
+        log.info("attention: PyTorch's kernel (AMX kernel not used: %s)", reason)
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        log.warning("attention: PyTorch's kernel (no C compiler found to build the AMX kernel; set CC)")
+        return None
+    try:
+        try:
+            path = build(compiler, cache_dir())
+        except OSError:  # an unwritable cache: build where the process may write
+            path = build(compiler, Path(tempfile.gettempdir()) / "qwembed-kernels")
+        loaded = Kernel(path)
+        worst = check(loaded)
+    except Exception as error:  # any failure leaves PyTorch's kernel in place
+        log.warning("attention: PyTorch's kernel (the AMX kernel failed to build or load: %s)", error)
+        return None
+    if not worst <= CHECK_TOLERANCE:
+        log.warning("attention: PyTorch's kernel (AMX kernel off by %.3g > %.3g)", worst, CHECK_TOLERANCE)
+        return None
+    log.info("attention: AMX kernel %s (off PyTorch's by at most %.3g in the check)", path.name, worst)
+    return loaded
+
+
+def applies(qkv: torch.Tensor, *, causal: bool) -> bool:
+    """Whether ``qkv`` goes to the AMX kernel: bidirectional bf16 attention on a CPU, in a head
+    width it handles, on a machine where it built and passed its check."""
+    return (
+        not causal
+        and qkv.device.type == "cpu"
+        and qkv.dtype == torch.bfloat16
+        and qkv.shape[-1] in HEAD_WIDTHS
+        and not (qkv.requires_grad and torch.is_grad_enabled())
+        and kernel() is not None
+    )
+
+
+def reset() -> None:
+    """Forget the loaded kernel, so the next call of :func:`kernel` loads again (tests, or after
+    changing the environment switch)."""
+    with _lock:
+        _loaded.clear()

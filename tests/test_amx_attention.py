@@ -1,0 +1,190 @@
+"""The AMX attention kernel equals PyTorch's attention, serves only what it handles, and where it
+cannot serve (no AMX, no compiler, a failed build or check, the switch) PyTorch's kernel stays and
+the log says why."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qwembed.backends import amx_attention
+from qwembed.backends.packing import PackedBatch, grouped_attention
+from qwembed.engine import Embedder
+
+
+def _kernel_or_reason() -> tuple[amx_attention.Kernel | None, str]:
+    amx_attention.reset()
+    kernel = amx_attention.kernel()
+    reason = amx_attention._unavailable_reason() or "the kernel failed to build or check (see the log)"
+    return kernel, reason
+
+
+_KERNEL, _REASON = _kernel_or_reason()
+needs_kernel = pytest.mark.skipif(_KERNEL is None, reason=f"AMX attention unavailable: {_REASON}")
+
+
+@pytest.fixture(autouse=True)
+def fresh_kernel_state():
+    amx_attention.reset()
+    yield
+    amx_attention.reset()
+
+
+def _ragged(lengths: list[int], q_heads: int, kv_heads: int, width: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    bounds = torch.tensor([0, *lengths]).cumsum(0)
+    qkv = torch.randn(int(bounds[-1]), q_heads + 2 * kv_heads, width, generator=generator) * 2
+    return qkv.bfloat16(), bounds
+
+
+def _per_sequence(qkv, bounds, q_heads, kv_heads, dtype):
+    """PyTorch's attention one sequence at a time in ``dtype``."""
+    parts = []
+    for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        q, k, v = qkv[start:stop].to(dtype).transpose(0, 1)[None].split([q_heads, kv_heads, kv_heads], dim=1)
+        context = F.scaled_dot_product_attention(q, k, v, enable_gqa=q_heads != kv_heads)
+        parts.append(context[0].transpose(0, 1).reshape(stop - start, -1).float())
+    return torch.cat(parts)
+
+
+#: tile edges (16 queries, 32 keys), single tokens, and more than one block of everything
+LENGTHS = [1, 2, 15, 16, 17, 31, 32, 33, 64, 100, 255, 300]
+
+
+@pytest.mark.skipif(
+    amx_attention._unavailable_reason() is not None or amx_attention._compiler() is None,
+    reason=f"no AMX CPU with a C compiler: {amx_attention._unavailable_reason() or 'no compiler'}",
+)
+def test_on_an_amx_cpu_with_a_compiler_the_kernel_builds_and_passes_its_check(caplog):
+    with caplog.at_level(logging.INFO, logger="qwembed.amx_attention"):
+        assert amx_attention.kernel() is not None, caplog.text
+    assert "AMX kernel amx_attention-" in caplog.text
+
+
+@needs_kernel
+@pytest.mark.parametrize(("width", "q_heads", "kv_heads"), [(32, 12, 12), (64, 4, 4), (64, 16, 8)])
+def test_the_kernel_is_as_close_to_float32_attention_as_pytorchs_bf16_kernel(width, q_heads, kv_heads):
+    qkv, bounds = _ragged(LENGTHS, q_heads, kv_heads, width)
+    got = amx_attention.kernel().attend(qkv, bounds, q_heads, kv_heads)
+    assert got.dtype == torch.bfloat16 and got.shape == (len(qkv), q_heads * width)
+    exact = _per_sequence(qkv, bounds, q_heads, kv_heads, torch.float32)
+    pytorch_bf16 = _per_sequence(qkv, bounds, q_heads, kv_heads, torch.bfloat16)
+    ours = (got.float() - exact).abs()
+    theirs = (pytorch_bf16 - exact).abs()
+    assert ours.max() <= 1.25 * theirs.max() + 1e-3
+    assert ours.mean() <= 1.25 * theirs.mean() + 1e-4
+    # every sequence sees only itself: changing one sequence leaves the others' outputs alone
+    changed = qkv.clone()
+    changed[bounds[3] : bounds[4]] = 0
+    again = amx_attention.kernel().attend(changed, bounds, q_heads, kv_heads)
+    outside = torch.ones(len(qkv), dtype=torch.bool)
+    outside[bounds[3] : bounds[4]] = False
+    assert torch.equal(again[outside], got[outside])
+
+
+@needs_kernel
+def test_a_scale_other_than_the_default_is_applied():
+    qkv, bounds = _ragged([47], 2, 2, 32)
+    q, k, v = qkv.float().transpose(0, 1)[None].split([2, 2, 2], dim=1)
+    got = amx_attention.kernel().attend(qkv, bounds, 2, 2, scale=0.5)
+    expected = F.scaled_dot_product_attention(q, k, v, scale=0.5)[0].transpose(0, 1).reshape(47, -1)
+    assert (got.float() - expected).abs().max() < 0.05
+
+
+@needs_kernel
+def test_threads_split_the_work_without_changing_a_bit():
+    qkv, bounds = _ragged(LENGTHS, 12, 12, 32, seed=1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = amx_attention.kernel().attend(qkv, bounds, 12, 12)
+        torch.set_num_threads(3)
+        three = amx_attention.kernel().attend(qkv, bounds, 12, 12)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, three)
+
+
+class _RecordingKernel:
+    def __init__(self):
+        self.calls = 0
+
+    def attend(self, qkv, bounds, q_heads, kv_heads, scale=None):
+        self.calls += 1
+        return torch.zeros(len(qkv), q_heads * qkv.shape[-1], dtype=qkv.dtype)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "width", "causal", "taken"),
+    [
+        (torch.bfloat16, 32, False, True),
+        (torch.bfloat16, 64, False, True),
+        (torch.float32, 32, False, False),  # exact mode stays exact
+        (torch.bfloat16, 32, True, False),  # decoders (Qwen3) keep PyTorch's causal kernel
+        (torch.bfloat16, 128, False, False),  # a head width the kernel does not handle
+    ],
+)
+def test_grouped_attention_hands_the_kernel_only_what_it_handles(dtype, width, causal, taken):
+    recording = _RecordingKernel()
+    amx_attention._loaded.append(recording)  # stands in for a built kernel, on any CPU
+    lengths = [20, 9, 9, 3]
+    batch = PackedBatch.of([[1] * n for n in lengths], rows=4, longest=20, causal=causal)
+    qkv = torch.randn(sum(lengths), 6, width).to(dtype)
+    out = grouped_attention(batch, qkv, 2, 2, causal=causal)
+    assert recording.calls == int(taken)
+    assert out.shape == (sum(lengths), 2 * width)
+    assert out.eq(0).all() == taken
+
+
+def test_the_switch_keeps_pytorchs_kernel_and_says_so(monkeypatch, caplog):
+    monkeypatch.setenv(amx_attention.ENV_SWITCH, "0")
+    with caplog.at_level(logging.INFO, logger="qwembed.amx_attention"):
+        assert amx_attention.kernel() is None
+    assert f"{amx_attention.ENV_SWITCH}=0" in caplog.text
+    assert not amx_attention.applies(torch.zeros(4, 3, 32, dtype=torch.bfloat16), causal=False)
+
+
+def test_a_failed_build_keeps_pytorchs_kernel_and_says_so(monkeypatch, caplog, tmp_path):
+    monkeypatch.setattr(amx_attention, "_unavailable_reason", lambda: None)  # as if on an AMX CPU
+    monkeypatch.setattr(amx_attention, "_compiler", lambda: "false")  # a compiler that always fails
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="qwembed.amx_attention"):
+        assert amx_attention.kernel() is None
+    assert "failed to build or load" in caplog.text
+
+
+@needs_kernel
+def test_a_failed_check_keeps_pytorchs_kernel_and_says_so(monkeypatch, caplog):
+    monkeypatch.setattr(amx_attention, "check", lambda kernel: 1.0)
+    with caplog.at_level(logging.WARNING, logger="qwembed.amx_attention"):
+        assert amx_attention.kernel() is None
+    assert "AMX kernel off by" in caplog.text
+
+
+@pytest.mark.skipif(amx_attention._compiler() is None, reason="no C compiler")
+def test_the_library_is_built_once_per_source_and_compiler(tmp_path):
+    compiler = amx_attention._compiler()
+    try:
+        first = amx_attention.build(compiler, tmp_path)
+    except RuntimeError as error:  # an old compiler without AMX intrinsics
+        pytest.skip(f"this compiler cannot build the kernel: {error}")
+    built = first.stat().st_mtime_ns
+    assert amx_attention.build(compiler, tmp_path) == first
+    assert first.stat().st_mtime_ns == built
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no build leftovers
+
+
+@needs_kernel
+def test_minilm_embeds_the_same_with_the_kernel_as_with_pytorchs(minilm_dir):
+    embedder = Embedder.load("minilm", device="cpu", dtype="bfloat16")
+    texts = ["x", "如何申请信用卡的分期付款？", "a much longer text about loans and repayments " * 20]
+    texts += [f"question {i}: " + "how do I repay my card " * (i % 5) for i in range(12)]
+    assert amx_attention.kernel() is not None
+    with_kernel = embedder.embed(texts)
+    amx_attention._loaded[0] = None
+    with_pytorch = embedder.embed(texts)
+    assert np.min(np.sum(with_kernel * with_pytorch, axis=1)) > 0.9999
