@@ -52,7 +52,7 @@ def _per_sequence(qkv, bounds, q_heads, kv_heads, dtype):
 
 
 #: tile edges (16 queries, 32 keys), single tokens, and more than one block of everything
-LENGTHS = [1, 2, 15, 16, 17, 31, 32, 33, 64, 100, 255, 300]
+LENGTHS = [1, 2, 15, 16, 17, 31, 32, 33, 64, 100, 255, 300, 513]
 
 
 @pytest.mark.skipif(
@@ -84,6 +84,20 @@ def test_the_kernel_is_as_close_to_float32_attention_as_pytorchs_bf16_kernel(wid
     outside = torch.ones(len(qkv), dtype=torch.bool)
     outside[bounds[3] : bounds[4]] = False
     assert torch.equal(again[outside], got[outside])
+
+
+@needs_kernel
+@pytest.mark.parametrize("width", [32, 64])
+def test_widely_spread_scores_keep_their_largest_terms(width):
+    """Scores hundreds apart: most probabilities are far below float32's normal range (the kernel
+    flushes them to zero) and each row is dominated by a few keys."""
+    qkv, bounds = _ragged([40, 256], 2, 2, width, seed=2)
+    qkv = (qkv.float() * 12).bfloat16()
+    got = amx_attention.kernel().attend(qkv, bounds, 2, 2).float()
+    exact = _per_sequence(qkv, bounds, 2, 2, torch.float32)
+    pytorch_bf16 = _per_sequence(qkv, bounds, 2, 2, torch.bfloat16)
+    assert got.isfinite().all()
+    assert (got - exact).abs().max() <= 1.25 * (pytorch_bf16 - exact).abs().max() + 1e-2
 
 
 @needs_kernel

@@ -8,16 +8,21 @@
  *
  *   1. lays the head's keys and values out in AMX's pair-interleaved ("VNNI") order, once;
  *   2. per block of 16 queries: scores S = Q Kᵀ on the tile unit (bf16 in, fp32 out);
- *   3. a row softmax in AVX-512 with a polynomial 2^x (relative error 4e-6, far below the bf16
+ *   3. a row softmax in AVX-512 with a polynomial 2^x (relative error 1e-4, well below the bf16
  *      rounding the probabilities get next);
  *   4. O = P V on the tile unit, divided by the row sums, rounded to bf16.
+ *
+ * For 32-wide heads the steps are software-pipelined: the softmax of one block runs on the vector
+ * units while the tile unit computes the next block's scores and the previous block's context
+ * (1.25× the plain sequence on 8 × 256 tokens, 12 heads; 2.1× PyTorch's kernel).
  *
  * Inputs are the packed projections of a batch, (tokens, q_heads + 2 × kv_heads, head_dim):
  * queries, then keys, then values, as ``packing.grouped_attention`` takes them; sequence ``s`` is
  * tokens bounds[s] .. bounds[s + 1]. Output: (tokens, q_heads × head_dim) bf16. head_dim is 32
- * (MiniLM, BGE-small) or 64 (BERT-base and -large shapes). The caller splits the (sequence, head) items over its threads.
+ * (MiniLM, BGE-small) or 64 (BERT-base and -large shapes). The caller splits the (sequence, head)
+ * items over its threads.
  *
- * Built at first use by ``amx_attention.py`` with gcc/clang and loaded with ctypes; a build or
+ * Built at first use by ``amx_attention.py`` with gcc or clang and loaded with ctypes; a build or
  * self-check failure leaves PyTorch's kernel in place.
  */
 #include <immintrin.h>
@@ -119,100 +124,83 @@ typedef struct {
     uint16_t *queries; /* 16 × head_dim, zero past the sequence */
     float *scores;     /* 16 × key_span */
     uint16_t *probs;   /* 16 × key_chunks·32, bf16 */
-    float *context;    /* 2 × 16 × head_dim: partial sums of even and odd key chunks */
+    float *context;    /* 16 × head_dim */
 } scratch;
 
-/* Tile registers. A tile multiply waits for the previous one on the same accumulator, so every
- * loop keeps four independent accumulators (0-3) in flight; 4 and 5 hold B operands, 6 and 7 A. */
+/* Width 64's tile registers: a tile multiply waits for the previous one on the same accumulator,
+ * so its loops keep several accumulators (0-3) in flight; 4 and 5 hold B operands, 6 and 7 A. */
 
-/* S = Q Kᵀ for one block of 16 queries, four blocks of 16 keys at a time. */
+/* S = Q Kᵀ for one block of 16 queries, two blocks of 16 keys at a time into alternating pairs
+ * of accumulators (0-1, 2-3): while one pair multiplies, the other's results are stored, so the
+ * tile stores overlap the multiplies instead of waiting for them. */
 static void scores_block(const scratch *w, int key_blocks, int key_span, int slices) {
-    const uint32_t *keys = w->keys;
-    size_t tile = TILE_ROWS * 16, slice_size = (size_t)key_blocks * tile;
+    const size_t tile = TILE_ROWS * 16, slice_size = (size_t)key_blocks * tile;
     float *s = w->scores;
     int stride = key_span * 4;
-    for (int b = 0; b < key_blocks; b += 4) {
-        int count = key_blocks - b < 4 ? key_blocks - b : 4;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int slice = 0; slice < slices; slice++) {
-            const uint32_t *base = keys + slice * slice_size + (size_t)b * tile;
-            /* A slice 0 is in register 6, slice 1 in 7 */
-#define SCORE(acc, breg, slot)                                                                                         \
-    if (count > slot) {                                                                                                \
-        _tile_loadd(breg, base + slot * tile, TILE_BYTES);                                                             \
+#define MULTIPLY(acc, breg, block)                                                                                     \
+    for (int slice = 0; slice < slices; slice++) {                                                                     \
+        _tile_loadd(breg, w->keys + slice * slice_size + (size_t)(block) * tile, TILE_BYTES);                          \
         if (slice == 0) _tile_dpbf16ps(acc, 6, breg);                                                                  \
         else _tile_dpbf16ps(acc, 7, breg);                                                                             \
     }
-            SCORE(0, 4, 0)
-            SCORE(1, 5, 1)
-            SCORE(2, 4, 2)
-            SCORE(3, 5, 3)
-#undef SCORE
+    for (int b = 0; b < key_blocks; b += 2) {
+        int pair = (b / 2) % 2, two = b + 1 < key_blocks;
+        if (pair == 0) {
+            _tile_zero(0);
+            MULTIPLY(0, 4, b)
+            if (two) {
+                _tile_zero(1);
+                MULTIPLY(1, 5, b + 1)
+            }
+            if (b >= 2) { /* the previous pair, 2-3, always complete */
+                _tile_stored(2, s + (b - 2) * 16, stride);
+                _tile_stored(3, s + (b - 1) * 16, stride);
+            }
+        } else {
+            _tile_zero(2);
+            MULTIPLY(2, 4, b)
+            if (two) {
+                _tile_zero(3);
+                MULTIPLY(3, 5, b + 1)
+            }
+            _tile_stored(0, s + (b - 2) * 16, stride);
+            _tile_stored(1, s + (b - 1) * 16, stride);
         }
-        _tile_stored(0, s + b * 16, stride);
-        if (count > 1) _tile_stored(1, s + (b + 1) * 16, stride);
-        if (count > 2) _tile_stored(2, s + (b + 2) * 16, stride);
-        if (count > 3) _tile_stored(3, s + (b + 3) * 16, stride);
+    }
+#undef MULTIPLY
+    int last = (key_blocks - 1) / 2 * 2, two = last + 1 < key_blocks; /* the last pair, not yet stored */
+    if ((last / 2) % 2 == 0) {
+        _tile_stored(0, s + last * 16, stride);
+        if (two) _tile_stored(1, s + (last + 1) * 16, stride);
+    } else {
+        _tile_stored(2, s + last * 16, stride);
+        if (two) _tile_stored(3, s + (last + 1) * 16, stride);
     }
 }
 
-/* O = P V for one block of 16 queries: each of the four accumulators is one 16-column block of
- * the head (64 wide), or (32 wide) one column block over even or odd chunks of 32 keys, whose
- * two partial sums land in w->context and w->context + 16 × head_dim. */
-static void context_block(const scratch *w, int key_chunks, int prob_span, int head_dim) {
-    int column_blocks = head_dim / 16;
-    size_t tile = TILE_ROWS * 32;
-    const uint16_t *values = w->values;
-    int pstride = prob_span * 2;
+/* O = P V for one block of 16 queries of width 64: each accumulator is one 16-column block. */
+static void context_block(const scratch *w, int key_chunks, int prob_span) {
+    const size_t tile = TILE_ROWS * 32;
     _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-    if (column_blocks == 2) {
-        for (int chunk = 0; chunk < key_chunks; chunk += 2) {
-            const uint16_t *v = values + (size_t)chunk * 2 * tile;
-            _tile_loadd(6, w->probs + chunk * 32, pstride);
-            _tile_loadd(4, v, TILE_BYTES);
-            _tile_loadd(5, v + tile, TILE_BYTES);
-            _tile_dpbf16ps(0, 6, 4);
-            _tile_dpbf16ps(1, 6, 5);
-            if (chunk + 1 < key_chunks) {
-                _tile_loadd(7, w->probs + (chunk + 1) * 32, pstride);
-                _tile_loadd(4, v + 2 * tile, TILE_BYTES);
-                _tile_loadd(5, v + 3 * tile, TILE_BYTES);
-                _tile_dpbf16ps(2, 7, 4);
-                _tile_dpbf16ps(3, 7, 5);
-            }
-        }
-        float *odd = w->context + TILE_ROWS * head_dim;
-        _tile_stored(0, w->context, head_dim * 4);
-        _tile_stored(1, w->context + 16, head_dim * 4);
-        _tile_stored(2, odd, head_dim * 4);
-        _tile_stored(3, odd + 16, head_dim * 4);
-    } else { /* four column blocks */
-        for (int chunk = 0; chunk < key_chunks; chunk++) {
-            const uint16_t *v = values + (size_t)chunk * 4 * tile;
-            _tile_loadd(6, w->probs + chunk * 32, pstride);
-            _tile_loadd(4, v, TILE_BYTES);
-            _tile_loadd(5, v + tile, TILE_BYTES);
-            _tile_dpbf16ps(0, 6, 4);
-            _tile_dpbf16ps(1, 6, 5);
-            _tile_loadd(4, v + 2 * tile, TILE_BYTES);
-            _tile_loadd(5, v + 3 * tile, TILE_BYTES);
-            _tile_dpbf16ps(2, 6, 4);
-            _tile_dpbf16ps(3, 6, 5);
-        }
-        for (int c = 0; c < 4; c++) {
-            float *to = w->context + c * 16;
-            if (c == 0) _tile_stored(0, to, head_dim * 4);
-            else if (c == 1) _tile_stored(1, to, head_dim * 4);
-            else if (c == 2) _tile_stored(2, to, head_dim * 4);
-            else _tile_stored(3, to, head_dim * 4);
-        }
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int chunk = 0; chunk < key_chunks; chunk++) {
+        const uint16_t *v = w->values + (size_t)chunk * 4 * tile;
+        _tile_loadd(6, w->probs + chunk * 32, prob_span * 2);
+        _tile_loadd(4, v, TILE_BYTES);
+        _tile_loadd(5, v + tile, TILE_BYTES);
+        _tile_dpbf16ps(0, 6, 4);
+        _tile_dpbf16ps(1, 6, 5);
+        _tile_loadd(4, v + 2 * tile, TILE_BYTES);
+        _tile_loadd(5, v + 3 * tile, TILE_BYTES);
+        _tile_dpbf16ps(2, 6, 4);
+        _tile_dpbf16ps(3, 6, 5);
     }
+    _tile_stored(0, w->context, 64 * 4);
+    _tile_stored(1, w->context + 16, 64 * 4);
+    _tile_stored(2, w->context + 32, 64 * 4);
+    _tile_stored(3, w->context + 48, 64 * 4);
 }
 
 /* Softmax numerators of one row of scores in bf16 (zero past the sequence); returns their sum.
@@ -246,31 +234,121 @@ static inline float softmax_row(const float *s, int length, int prob_span, float
     return _mm512_reduce_add_ps(_mm512_add_ps(total0, total1));
 }
 
-static void attend_one(const uint16_t *q, const uint16_t *k, const uint16_t *v, int64_t stride, int length,
-                       int head_dim, float log2_scale, uint16_t *out, int64_t out_stride, scratch *w) {
-    int slices = head_dim / 32;
+/* Head width 32 (MiniLM, BGE-small): the tile unit and the vector units work at once. The
+ * softmax of query block b runs on the vector units while, between its rows, the tile unit gets
+ * the scores of block b + 1 and the context of block b - 1, so neither waits for the other; the
+ * scores and probabilities are double-buffered for it. Tiles: 0-1 accumulate scores, 2 holds
+ * keys, 3 the next block's queries, 4-5 accumulate context, 6 holds probabilities, 7 values. */
+
+static inline void load_queries_into_3(const uint16_t *q, int first, int length, int64_t stride, scratch *w) {
+    int rows = length - first < TILE_ROWS ? length - first : TILE_ROWS;
+    if (rows == TILE_ROWS) {
+        _tile_loadd(3, q + (int64_t)first * stride, stride * 2);
+        return;
+    }
+    for (int r = 0; r < TILE_ROWS; r++) /* the last rows, zero-padded: reading past them could leave the buffer */
+        _mm512_storeu_si512(w->queries + r * 32,
+                            r < rows ? _mm512_loadu_si512(q + (int64_t)(first + r) * stride) : _mm512_setzero_si512());
+    _tile_loadd(3, w->queries, 64);
+}
+
+/* Scores of key block ``block``, in accumulator block % 2. */
+static inline void score_unit(const scratch *w, int block, float *scores, int key_span) {
+    _tile_loadd(2, w->keys + (size_t)block * TILE_ROWS * 16, TILE_BYTES);
+    if (block & 1) {
+        _tile_zero(1);
+        _tile_dpbf16ps(1, 3, 2);
+        _tile_stored(1, scores + block * 16, key_span * 4);
+    } else {
+        _tile_zero(0);
+        _tile_dpbf16ps(0, 3, 2);
+        _tile_stored(0, scores + block * 16, key_span * 4);
+    }
+}
+
+static inline void context_unit(const scratch *w, int unit, const uint16_t *probs, int prob_span) {
+    int chunk = unit >> 1;
+    if (!(unit & 1)) _tile_loadd(6, probs + chunk * 32, prob_span * 2);
+    _tile_loadd(7, w->values + (size_t)unit * TILE_ROWS * 32, TILE_BYTES); /* [chunk][column block] */
+    if (unit & 1) _tile_dpbf16ps(5, 6, 7);
+    else _tile_dpbf16ps(4, 6, 7);
+}
+
+static inline void write_context_32(scratch *w, const float *sums, int rows, uint16_t *out, int64_t out_stride) {
+    _tile_stored(4, w->context, 32 * 4);
+    _tile_stored(5, w->context + 16, 32 * 4);
+    for (int r = 0; r < rows; r++) {
+        __m512 inverse = _mm512_set1_ps(1.0f / sums[r]);
+        __m512 low = _mm512_mul_ps(_mm512_loadu_ps(w->context + r * 32), inverse);
+        __m512 high = _mm512_mul_ps(_mm512_loadu_ps(w->context + r * 32 + 16), inverse);
+        _mm512_storeu_si512(out + (int64_t)r * out_stride, (__m512i)_mm512_cvtne2ps_pbh(high, low));
+    }
+}
+
+static void attend_32(const uint16_t *q, const uint16_t *k, const uint16_t *v, int64_t stride, int length,
+                      float log2_scale, uint16_t *out, int64_t out_stride, scratch *w) {
+    int key_span = round_up(length, 16), blocks = key_span / 16;
+    int prob_span = round_up(length, 32), context_units = prob_span / 32 * 2;
+    pack_keys(k, stride, length, blocks, 1, w->keys);
+    pack_values(v, stride, length, prob_span / 32, 32, w->values);
+    float *scores[2] = {w->scores, w->scores + (size_t)TILE_ROWS * key_span};
+    uint16_t *probs[2] = {w->probs, w->probs + (size_t)TILE_ROWS * prob_span};
+    float sums[2][TILE_ROWS];
+
+    load_queries_into_3(q, 0, length, stride, w);
+    for (int j = 0; j < blocks; j++) score_unit(w, j, scores[0], key_span);
+    for (int b = 0; b < blocks; b++) {
+        int now = b & 1, next = b + 1 < blocks, previous = b > 0;
+        int first = b * TILE_ROWS, rows = length - first < TILE_ROWS ? length - first : TILE_ROWS;
+        if (next) load_queries_into_3(q, first + TILE_ROWS, length, stride, w);
+        if (previous) {
+            _tile_zero(4);
+            _tile_zero(5);
+        }
+        for (int r = 0; r < TILE_ROWS; r++) {
+            uint16_t *p = probs[now] + (size_t)r * prob_span;
+            if (r < rows) sums[now][r] = softmax_row(scores[now] + (size_t)r * key_span, length, prob_span, log2_scale, p);
+            else memset(p, 0, prob_span * 2);
+            if (next)
+                for (int j = r * blocks / TILE_ROWS; j < (r + 1) * blocks / TILE_ROWS; j++)
+                    score_unit(w, j, scores[!now], key_span);
+            if (previous)
+                for (int u = r * context_units / TILE_ROWS; u < (r + 1) * context_units / TILE_ROWS; u++)
+                    context_unit(w, u, probs[!now], prob_span);
+        }
+        if (previous) write_context_32(w, sums[!now], TILE_ROWS, out + (int64_t)(first - TILE_ROWS) * out_stride, out_stride);
+    }
+    int last = blocks - 1;
+    _tile_zero(4);
+    _tile_zero(5);
+    for (int u = 0; u < context_units; u++) context_unit(w, u, probs[last & 1], prob_span);
+    write_context_32(w, sums[last & 1], length - last * TILE_ROWS, out + (int64_t)last * TILE_ROWS * out_stride, out_stride);
+}
+
+/* Head width 64 (BERT-base and -large shapes): one step after another per block of 16 queries. */
+static void attend_64(const uint16_t *q, const uint16_t *k, const uint16_t *v, int64_t stride, int length,
+                      float log2_scale, uint16_t *out, int64_t out_stride, scratch *w) {
     int key_span = round_up(length, 16), key_blocks = key_span / 16;
     int prob_span = round_up(length, 32), key_chunks = prob_span / 32;
-    int split = head_dim == 32 && key_chunks > 1; /* context_block's even / odd partial sums */
-    pack_keys(k, stride, length, key_blocks, slices, w->keys);
-    pack_values(v, stride, length, key_chunks, head_dim, w->values);
+    pack_keys(k, stride, length, key_blocks, 2, w->keys);
+    pack_values(v, stride, length, key_chunks, 64, w->values);
 
     for (int first = 0; first < length; first += TILE_ROWS) {
         int rows = length - first < TILE_ROWS ? length - first : TILE_ROWS;
         if (rows == TILE_ROWS) { /* straight from the projections */
             const uint16_t *from = q + (int64_t)first * stride;
             _tile_loadd(6, from, stride * 2);
-            if (slices > 1) _tile_loadd(7, from + 32, stride * 2);
+            _tile_loadd(7, from + 32, stride * 2);
         } else { /* the last rows, zero-padded: reading past them could leave the buffer */
             for (int r = 0; r < TILE_ROWS; r++)
-                for (int slice = 0; slice < slices; slice++)
-                    _mm512_storeu_si512(w->queries + r * head_dim + slice * 32,
-                                        r < rows ? _mm512_loadu_si512(q + (int64_t)(first + r) * stride + slice * 32)
+                for (int half = 0; half < 2; half++)
+                    _mm512_storeu_si512(w->queries + r * 64 + half * 32,
+                                        r < rows ? _mm512_loadu_si512(q + (int64_t)(first + r) * stride + half * 32)
                                                  : _mm512_setzero_si512());
-            _tile_loadd(6, w->queries, head_dim * 2);
-            if (slices > 1) _tile_loadd(7, w->queries + 32, head_dim * 2);
+            _tile_loadd(6, w->queries, 128);
+            _tile_loadd(7, w->queries + 32, 128);
         }
-        scores_block(w, key_blocks, key_span, slices);
+        scores_block(w, key_blocks, key_span, 2);
 
         float sums[TILE_ROWS];
         for (int r = 0; r < TILE_ROWS; r++) {
@@ -278,16 +356,15 @@ static void attend_one(const uint16_t *q, const uint16_t *k, const uint16_t *v, 
             if (r < rows) sums[r] = softmax_row(w->scores + (size_t)r * key_span, length, prob_span, log2_scale, p);
             else memset(p, 0, prob_span * 2);
         }
-        context_block(w, key_chunks, prob_span, head_dim);
+        context_block(w, key_chunks, prob_span);
 
-        const float *odd = w->context + TILE_ROWS * head_dim;
         for (int r = 0; r < rows; r++) {
             __m512 inverse = _mm512_set1_ps(1.0f / sums[r]);
             uint16_t *o = out + (int64_t)(first + r) * out_stride;
-            for (int c = 0; c < head_dim; c += 16) {
-                __m512 x = _mm512_loadu_ps(w->context + (size_t)r * head_dim + c);
-                if (split) x = _mm512_add_ps(x, _mm512_loadu_ps(odd + (size_t)r * head_dim + c));
-                _mm256_storeu_si256((__m256i *)(o + c), (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(x, inverse)));
+            for (int c = 0; c < 64; c += 32) {
+                __m512 low = _mm512_mul_ps(_mm512_loadu_ps(w->context + r * 64 + c), inverse);
+                __m512 high = _mm512_mul_ps(_mm512_loadu_ps(w->context + r * 64 + c + 16), inverse);
+                _mm512_storeu_si512(o + c, (__m512i)_mm512_cvtne2ps_pbh(high, low));
             }
         }
     }
@@ -309,9 +386,9 @@ int qw_amx_attention(const uint16_t *qkv, uint16_t *out, const int64_t *bounds, 
         (size_t)(head_dim / 32) * key_span * TILE_ROWS * 4, /* keys: slices × blocks × 16 × 16 × 4 */
         (size_t)prob_span * head_dim * 2,                   /* values */
         (size_t)TILE_ROWS * head_dim * 2,                   /* queries */
-        (size_t)TILE_ROWS * key_span * 4,                   /* scores */
-        (size_t)TILE_ROWS * prob_span * 2,                  /* probabilities */
-        (size_t)2 * TILE_ROWS * head_dim * 4,               /* context */
+        (size_t)2 * TILE_ROWS * key_span * 4,               /* scores, two blocks */
+        (size_t)2 * TILE_ROWS * prob_span * 2,              /* probabilities, two blocks */
+        (size_t)TILE_ROWS * head_dim * 4,                   /* context */
     };
     void *parts[6] = {0};
     int failed = 0;
@@ -324,6 +401,12 @@ int qw_amx_attention(const uint16_t *qkv, uint16_t *out, const int64_t *bounds, 
         return -1;
     }
     scratch w = {parts[0], parts[1], parts[2], parts[3], parts[4], parts[5]};
+
+    /* Subnormal numbers flush to zero while it runs: probabilities below 2^-126 of a row's largest
+     * are zero for this purpose, and without flushing each one costs a microcode assist (a row
+     * of widely spread scores ran 15× slower). The caller's setting comes back afterwards. */
+    unsigned int caller_csr = _mm_getcsr();
+    _mm_setcsr(caller_csr | 0x8040); /* flush to zero, denormals are zero */
 
     /* Whatever tile configuration this thread had (oneDNN's, say) comes back afterwards. */
     tile_config saved, ours;
@@ -346,13 +429,16 @@ int qw_amx_attention(const uint16_t *qkv, uint16_t *out, const int64_t *bounds, 
         int length = (int)(bounds[s + 1] - start);
         if (length == 0) continue;
         const uint16_t *base = qkv + start * width;
-        attend_one(base + (int64_t)h * head_dim, base + (int64_t)(q_heads + g) * head_dim,
-                   base + (int64_t)(q_heads + kv_heads + g) * head_dim, width, length, head_dim, scale * log2e,
-                   out + start * out_width + (int64_t)h * head_dim, out_width, &w);
+        const uint16_t *q = base + (int64_t)h * head_dim, *k = base + (int64_t)(q_heads + g) * head_dim;
+        const uint16_t *v = base + (int64_t)(q_heads + kv_heads + g) * head_dim;
+        uint16_t *o = out + start * out_width + (int64_t)h * head_dim;
+        if (head_dim == 32) attend_32(q, k, v, width, length, scale * log2e, o, out_width, &w);
+        else attend_64(q, k, v, width, length, scale * log2e, o, out_width, &w);
     }
 
     if (saved.palette_id) _tile_loadconfig(&saved);
     else _tile_release();
+    _mm_setcsr(caller_csr);
     for (int i = 0; i < 6; i++) free(parts[i]);
     return 0;
 }
