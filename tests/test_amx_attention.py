@@ -202,3 +202,9 @@ def test_minilm_embeds_the_same_with_the_kernel_as_with_pytorchs(minilm_dir):
     amx_attention._loaded[0] = None
     with_pytorch = embedder.embed(texts)
     assert np.min(np.sum(with_kernel * with_pytorch, axis=1)) > 0.9999
+
+
+def test_a_library_on_another_openmp_runtime_is_refused():
+    """Its thread count would not follow torch.set_num_threads: a second pool of threads."""
+    assert amx_attention._shares_torchs_threads(torch.get_num_threads)
+    assert not amx_attention._shares_torchs_threads(lambda: 64)

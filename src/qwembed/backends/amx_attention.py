@@ -28,7 +28,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -42,7 +41,7 @@ ENV_SWITCH = "QWEMBED_AMX_ATTENTION"
 SOURCE = Path(__file__).with_name("amx_attention.c")
 FLAGS = (
     "-O3", "-fPIC", "-shared", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
-    "-mavx512bf16", "-mamx-tile", "-mamx-bf16",
+    "-mavx512bf16", "-mamx-tile", "-mamx-bf16", "-fopenmp",
 )  # fmt: skip
 
 #: head widths the kernel handles (BERT-small shapes: 32; base and large: 64)
@@ -82,6 +81,20 @@ def build(compiler: str, directory: Path) -> Path:
     return target
 
 
+def _shares_torchs_threads(threads_of_library) -> bool:
+    """Whether the library's OpenMP thread count follows ``torch.set_num_threads`` in this thread,
+    i.e. it runs on torch's own OpenMP runtime and thread pool."""
+    before = torch.get_num_threads()
+    try:
+        agree = []
+        for count in {1, max(2, before)}:
+            torch.set_num_threads(count)
+            agree.append(threads_of_library() == count)
+        return all(agree)
+    finally:
+        torch.set_num_threads(before)
+
+
 class Kernel:
     """The loaded library: :meth:`attend` is attention over packed sequences."""
 
@@ -89,14 +102,14 @@ class Kernel:
         library = ctypes.CDLL(str(path))
         if library.qw_amx_request() != 0:
             raise RuntimeError("the operating system refused AMX tile state (Linux ≥ 5.16 grants it)")
+        if not _shares_torchs_threads(library.qw_amx_threads):
+            raise RuntimeError("its OpenMP runtime is not torch's: its threads would compete with torch's")
         self._attention = library.qw_amx_attention
         self._attention.restype = ctypes.c_int
         self._attention.argtypes = [
             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int,
-            ctypes.c_int, ctypes.c_float, ctypes.c_int64, ctypes.c_int64,
+            ctypes.c_int, ctypes.c_float,
         ]  # fmt: skip
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
 
     def attend(
         self, qkv: torch.Tensor, bounds: torch.Tensor, q_heads: int, kv_heads: int, scale: float | None = None
@@ -112,25 +125,13 @@ class Kernel:
         bounds = bounds.to(device="cpu", dtype=torch.int64).contiguous()
         out = torch.empty(tokens, q_heads * width, dtype=torch.bfloat16)
         sequences = len(bounds) - 1
-        items = sequences * q_heads
         scale = width**-0.5 if scale is None else float(scale)
         args = (qkv.data_ptr(), out.data_ptr(), bounds.data_ptr(), sequences, q_heads, kv_heads, width, scale)
-        threads = min(torch.get_num_threads(), items)
-        if threads <= 1:
-            codes = [self._attention(*args, 0, items)]
-        else:  # equal runs of (sequence, head) items, each thread its own
-            cuts = [round(items * i / threads) for i in range(threads + 1)]
-            pool = self._threads(threads)
-            codes = list(pool.map(lambda i: self._attention(*args, cuts[i], cuts[i + 1]), range(threads)))
-        if any(codes):
+        with torch.profiler.record_function("qwembed::amx_attention"):  # named in profiles, not a torch op
+            code = self._attention(*args)
+        if code:
             raise MemoryError("the AMX attention kernel could not allocate its scratch memory")
         return out
-
-    def _threads(self, count: int) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._pool is None or self._pool._max_workers < count:
-                self._pool = ThreadPoolExecutor(count, thread_name_prefix="qwembed-amx")
-            return self._pool
 
 
 def _reference(qkv: torch.Tensor, bounds: torch.Tensor, q_heads: int, kv_heads: int) -> torch.Tensor:
