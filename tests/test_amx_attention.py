@@ -208,3 +208,18 @@ def test_a_library_on_another_openmp_runtime_is_refused():
     """Its thread count would not follow torch.set_num_threads: a second pool of threads."""
     assert amx_attention._shares_torchs_threads(torch.get_num_threads)
     assert not amx_attention._shares_torchs_threads(lambda: 64)
+
+
+@needs_kernel
+def test_the_attention_benchmark_times_both_kernels_on_the_same_inputs(monkeypatch):
+    from conftest import REPO
+
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import bench_attention
+
+    row = bench_attention.case([40, 17, 3], 2, 32, amx_attention.kernel(), repeats=2)
+    assert row["sequences"] == 3
+    assert row["pytorch"]["x_pytorch_per_round_median"] == 1.0
+    for engine in ("pytorch", "amx kernel"):
+        assert row[engine]["ms"] > 0 and row[engine]["gflops"] > 0
+        assert row[engine]["max_abs_diff_to_float32"] < 0.05
