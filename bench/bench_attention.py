@@ -42,7 +42,7 @@ def case(lengths: list[int], heads: int, width: int, kernel, repeats: int) -> di
 
     def run(on: bool):
         def attend() -> torch.Tensor:
-            amx_attention._loaded[:] = [kernel if on else None]
+            amx_attention.KERNEL.set(kernel if on else None)
             return grouped_attention(batch, qkv, heads, heads, causal=False)
 
         return attend

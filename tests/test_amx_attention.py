@@ -11,15 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qwembed.backends import amx_attention
+from qwembed.backends import amx_attention, native
 from qwembed.backends.packing import PackedBatch, grouped_attention
 from qwembed.engine import Embedder
 
 
 def _kernel_or_reason() -> tuple[amx_attention.Kernel | None, str]:
-    amx_attention.reset()
+    amx_attention.KERNEL.reset()
     kernel = amx_attention.kernel()
-    reason = amx_attention._unavailable_reason() or "the kernel failed to build or check (see the log)"
+    reason = amx_attention.KERNEL.unavailable_reason() or "the kernel failed to build or check (see the log)"
     return kernel, reason
 
 
@@ -29,9 +29,9 @@ needs_kernel = pytest.mark.skipif(_KERNEL is None, reason=f"AMX attention unavai
 
 @pytest.fixture(autouse=True)
 def fresh_kernel_state():
-    amx_attention.reset()
+    amx_attention.KERNEL.reset()
     yield
-    amx_attention.reset()
+    amx_attention.KERNEL.reset()
 
 
 def _ragged(lengths: list[int], q_heads: int, kv_heads: int, width: int, seed: int = 0):
@@ -56,13 +56,13 @@ LENGTHS = [1, 2, 15, 16, 17, 31, 32, 33, 64, 100, 255, 300, 513]
 
 
 @pytest.mark.skipif(
-    amx_attention._unavailable_reason() is not None or amx_attention._compiler() is None,
-    reason=f"no AMX CPU with a C compiler: {amx_attention._unavailable_reason() or 'no compiler'}",
+    amx_attention.KERNEL.unavailable_reason() is not None or native.compiler() is None,
+    reason=f"no AMX CPU with a C compiler: {amx_attention.KERNEL.unavailable_reason() or 'no compiler'}",
 )
 def test_on_an_amx_cpu_with_a_compiler_the_kernel_builds_and_passes_its_check(caplog):
     with caplog.at_level(logging.INFO, logger="qwembed.amx_attention"):
         assert amx_attention.kernel() is not None, caplog.text
-    assert "AMX kernel amx_attention-" in caplog.text
+    assert "AMX attention kernel amx_attention-" in caplog.text
 
 
 @needs_kernel
@@ -144,7 +144,7 @@ class _RecordingKernel:
 )
 def test_grouped_attention_hands_the_kernel_only_what_it_handles(dtype, width, causal, taken):
     recording = _RecordingKernel()
-    amx_attention._loaded.append(recording)  # stands in for a built kernel, on any CPU
+    amx_attention.KERNEL.set(recording)  # stands in for a built kernel, on any CPU
     lengths = [20, 9, 9, 3]
     batch = PackedBatch.of([[1] * n for n in lengths], rows=4, longest=20, causal=causal)
     qkv = torch.randn(sum(lengths), 6, width).to(dtype)
@@ -163,8 +163,8 @@ def test_the_switch_keeps_pytorchs_kernel_and_says_so(monkeypatch, caplog):
 
 
 def test_a_failed_build_keeps_pytorchs_kernel_and_says_so(monkeypatch, caplog, tmp_path):
-    monkeypatch.setattr(amx_attention, "_unavailable_reason", lambda: None)  # as if on an AMX CPU
-    monkeypatch.setattr(amx_attention, "_compiler", lambda: "false")  # a compiler that always fails
+    monkeypatch.setattr(native, "unsupported_machine", lambda flags: None)  # as if on an AMX CPU
+    monkeypatch.setattr(native, "compiler", lambda: "false")  # a compiler that always fails
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     with caplog.at_level(logging.WARNING, logger="qwembed.amx_attention"):
         assert amx_attention.kernel() is None
@@ -173,23 +173,10 @@ def test_a_failed_build_keeps_pytorchs_kernel_and_says_so(monkeypatch, caplog, t
 
 @needs_kernel
 def test_a_failed_check_keeps_pytorchs_kernel_and_says_so(monkeypatch, caplog):
-    monkeypatch.setattr(amx_attention, "check", lambda kernel: 1.0)
+    monkeypatch.setattr(amx_attention.KERNEL, "check", lambda kernel: 1.0)
     with caplog.at_level(logging.WARNING, logger="qwembed.amx_attention"):
         assert amx_attention.kernel() is None
-    assert "AMX kernel off by" in caplog.text
-
-
-@pytest.mark.skipif(amx_attention._compiler() is None, reason="no C compiler")
-def test_the_library_is_built_once_per_source_and_compiler(tmp_path):
-    compiler = amx_attention._compiler()
-    try:
-        first = amx_attention.build(compiler, tmp_path)
-    except RuntimeError as error:  # an old compiler without AMX intrinsics
-        pytest.skip(f"this compiler cannot build the kernel: {error}")
-    built = first.stat().st_mtime_ns
-    assert amx_attention.build(compiler, tmp_path) == first
-    assert first.stat().st_mtime_ns == built
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no build leftovers
+    assert "is off by" in caplog.text
 
 
 @needs_kernel
@@ -199,15 +186,9 @@ def test_minilm_embeds_the_same_with_the_kernel_as_with_pytorchs(minilm_dir):
     texts += [f"question {i}: " + "how do I repay my card " * (i % 5) for i in range(12)]
     assert amx_attention.kernel() is not None
     with_kernel = embedder.embed(texts)
-    amx_attention._loaded[0] = None
+    amx_attention.KERNEL.set(None)
     with_pytorch = embedder.embed(texts)
     assert np.min(np.sum(with_kernel * with_pytorch, axis=1)) > 0.9999
-
-
-def test_a_library_on_another_openmp_runtime_is_refused():
-    """Its thread count would not follow torch.set_num_threads: a second pool of threads."""
-    assert amx_attention._shares_torchs_threads(torch.get_num_threads)
-    assert not amx_attention._shares_torchs_threads(lambda: 64)
 
 
 @needs_kernel

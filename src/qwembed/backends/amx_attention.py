@@ -9,29 +9,22 @@ discontinued), so this is ours: one small C file with AMX tile and AVX-512 intri
 the packed projections and each sequence's bounds — no padding, no masks, no groups or tiles —
 and runs one (sequence, head) at a time, cache-resident.
 
-It is built at first use with the system's C compiler (as Inductor builds its CPU kernels) into
-``$XDG_CACHE_HOME/qwembed/kernels``, keyed by a hash of the source, flags and compiler, loaded
-with ctypes (which releases the GIL during the call), and checked once against PyTorch's
-attention before it serves. Where the CPU has no AMX, no compiler is found, the build or the check
-fails, or ``QWEMBED_AMX_ATTENTION=0``, :func:`applies` answers False and PyTorch's kernel stays;
-the log says why once.
+It is built, loaded and checked by ``native.py`` (at first use, with the system's C compiler,
+cached) and checked once against PyTorch's attention before it serves. Where the CPU has no AMX,
+no compiler is found, the build or the check fails, or ``QWEMBED_AMX_ATTENTION=0``,
+:func:`applies` answers False and PyTorch's kernel stays; the log says why once.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-import threading
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from . import native
 
 log = logging.getLogger("qwembed.amx_attention")
 
@@ -39,10 +32,7 @@ log = logging.getLogger("qwembed.amx_attention")
 ENV_SWITCH = "QWEMBED_AMX_ATTENTION"
 
 SOURCE = Path(__file__).with_name("amx_attention.c")
-FLAGS = (
-    "-O3", "-fPIC", "-shared", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
-    "-mavx512bf16", "-mamx-tile", "-mamx-bf16", "-fopenmp",
-)  # fmt: skip
+FLAGS = (*native.BASE_FLAGS, "-mamx-tile", "-mamx-bf16")
 
 #: head widths the kernel handles (BERT-small shapes: 32; base and large: 64)
 HEAD_WIDTHS = (32, 64)
@@ -52,49 +42,6 @@ HEAD_WIDTHS = (32, 64)
 CHECK_TOLERANCE = 0.05
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "qwembed" / "kernels"
-
-
-def _compiler() -> str | None:
-    return shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
-
-
-def build(compiler: str, directory: Path) -> Path:
-    """The shared library for this source, flags and compiler, compiled once per cache key; a
-    concurrent build by another process lands by atomic rename."""
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode()).hexdigest()[:16]
-    target = directory / f"amx_attention-{key}.so"
-    if target.exists():
-        return target
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory) as scratch:
-        partial = Path(scratch) / target.name
-        result = subprocess.run(
-            [compiler, *FLAGS, "-o", str(partial), str(SOURCE)], capture_output=True, text=True, check=False
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
-        os.replace(partial, target)
-    return target
-
-
-def _shares_torchs_threads(threads_of_library) -> bool:
-    """Whether the library's OpenMP thread count follows ``torch.set_num_threads`` in this thread,
-    i.e. it runs on torch's own OpenMP runtime and thread pool."""
-    before = torch.get_num_threads()
-    try:
-        agree = []
-        for count in {1, max(2, before)}:
-            torch.set_num_threads(count)
-            agree.append(threads_of_library() == count)
-        return all(agree)
-    finally:
-        torch.set_num_threads(before)
-
-
 class Kernel:
     """The loaded library: :meth:`attend` is attention over packed sequences."""
 
@@ -102,7 +49,7 @@ class Kernel:
         library = ctypes.CDLL(str(path))
         if library.qw_amx_request() != 0:
             raise RuntimeError("the operating system refused AMX tile state (Linux ≥ 5.16 grants it)")
-        if not _shares_torchs_threads(library.qw_amx_threads):
+        if not native.shares_torchs_threads(library.qw_amx_threads):
             raise RuntimeError("its OpenMP runtime is not torch's: its threads would compete with torch's")
         self._attention = library.qw_amx_attention
         self._attention.restype = ctypes.c_int
@@ -157,54 +104,23 @@ def check(kernel: Kernel) -> float:
     return worst
 
 
-def _unavailable_reason() -> str | None:
-    if os.environ.get(ENV_SWITCH, "1") == "0":
-        return f"{ENV_SWITCH}=0"
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return f"not an x86-64 Linux machine ({platform.system()} {platform.machine()})"
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    missing = [flag for flag in ("amx_bf16", "amx_tile", "avx512_bf16") if f" {flag}" not in flags]
-    if missing:
-        return f"this CPU lacks {', '.join(missing)}"
-    return None
-
-
-_lock = threading.Lock()
-_loaded: list[Kernel | None] = []  # empty until the first call of kernel()
+KERNEL = native.Loader(
+    name="AMX attention kernel",
+    fallback="attention: PyTorch's kernel",
+    switch=ENV_SWITCH,
+    source=SOURCE,
+    flags=FLAGS,
+    cpu_flags=("amx_bf16", "amx_tile", "avx512_bf16"),
+    open_library=Kernel,
+    check=check,
+    tolerance=CHECK_TOLERANCE,
+    log=log,
+)
 
 
 def kernel() -> Kernel | None:
     """The checked kernel, or None (and why, in the log, once) where it cannot serve."""
-    with _lock:
-        if not _loaded:
-            _loaded.append(_load())
-        return _loaded[0]
-
-
-def _load() -> Kernel | None:
-    reason = _unavailable_reason()
-    if reason is not None:
-        log.info("attention: PyTorch's kernel (AMX kernel not used: %s)", reason)
-        return None
-    compiler = _compiler()
-    if compiler is None:
-        log.warning("attention: PyTorch's kernel (no C compiler found to build the AMX kernel; set CC)")
-        return None
-    try:
-        try:
-            path = build(compiler, cache_dir())
-        except OSError:  # an unwritable cache: build where the process may write
-            path = build(compiler, Path(tempfile.gettempdir()) / "qwembed-kernels")
-        loaded = Kernel(path)
-        worst = check(loaded)
-    except Exception as error:  # any failure leaves PyTorch's kernel in place
-        log.warning("attention: PyTorch's kernel (the AMX kernel failed to build or load: %s)", error)
-        return None
-    if not worst <= CHECK_TOLERANCE:
-        log.warning("attention: PyTorch's kernel (AMX kernel off by %.3g > %.3g)", worst, CHECK_TOLERANCE)
-        return None
-    log.info("attention: AMX kernel %s (off PyTorch's by at most %.3g in the check)", path.name, worst)
-    return loaded
+    return KERNEL.get()
 
 
 def applies(qkv: torch.Tensor, *, causal: bool) -> bool:
@@ -218,10 +134,3 @@ def applies(qkv: torch.Tensor, *, causal: bool) -> bool:
         and not (qkv.requires_grad and torch.is_grad_enabled())
         and kernel() is not None
     )
-
-
-def reset() -> None:
-    """Forget the loaded kernel, so the next call of :func:`kernel` loads again (tests, or after
-    changing the environment switch)."""
-    with _lock:
-        _loaded.clear()
