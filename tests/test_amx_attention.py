@@ -184,8 +184,16 @@ def test_minilm_embeds_the_same_with_the_kernel_as_with_pytorchs(minilm_dir):
     embedder = Embedder.load("minilm", device="cpu", dtype="bfloat16")
     texts = ["x", "如何申请信用卡的分期付款？", "a much longer text about loans and repayments " * 20]
     texts += [f"question {i}: " + "how do I repay my card " * (i % 5) for i in range(12)]
-    assert amx_attention.kernel() is not None
+    kernel, calls = amx_attention.kernel(), []
+
+    class Counting:
+        def attend(self, *args, **kwargs):
+            calls.append(1)
+            return kernel.attend(*args, **kwargs)
+
+    amx_attention.KERNEL.set(Counting())
     with_kernel = embedder.embed(texts)
+    assert calls  # every layer's attention went through it
     amx_attention.KERNEL.set(None)
     with_pytorch = embedder.embed(texts)
     assert np.min(np.sum(with_kernel * with_pytorch, axis=1)) > 0.9999

@@ -5,8 +5,10 @@ A padded batch of short texts of mixed length spends much of its compute on padd
 batch is packed (``packing.py``): embeddings, Linear layers, GELU and norms run on the real tokens
 only, attention per group of similar-length rows (short ones side by side in tiles). Query, key
 and value are one projection (``fused_projections.py``); on CPUs the Linear layers run through
-oneDNN, the intermediate one with its GELU in the same call (``fused_linear.py``). The
-result is the same model function (equal to the padded pass within float rounding, tested).
+oneDNN, the intermediate one with its GELU in the same call (``fused_linear.py``); in mixed bf16
+each residual add and LayerNorm is one pass that also rounds for the next layer
+(``residual_norm.py``). The result is the same model function (equal to the padded pass within
+float rounding, tested).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from .fused_linear import linear, linear_activation
 from .fused_projections import fused_projection
 from .packing import PackedBatch, grouped_attention
+from .residual_norm import add_and_norm
 
 
 def supports_packing(model: torch.nn.Module) -> bool:
@@ -47,16 +50,20 @@ def packed_bert_forward(bert: torch.nn.Module, batch: PackedBatch) -> torch.Tens
         + emb.token_type_embeddings.weight[0]  # single-segment inputs
     )
     hidden = emb.LayerNorm(hidden)
+    rounded = None  # ``hidden`` in bf16, where the fused add & norm made it: the next Linear layer's input
     heads = config.num_attention_heads
     for layer in bert.encoder.layer:
         attention = layer.attention.self
         qkv_weights = fused_projection(attention, (attention.query, attention.key, attention.value))
-        qkv = linear(hidden, *qkv_weights).view(len(hidden), 3 * heads, -1)
+        qkv = linear(hidden if rounded is None else rounded, *qkv_weights).view(len(hidden), 3 * heads, -1)
         context = grouped_attention(packed, qkv, heads, heads, causal=False)
         output = layer.attention.output
         # residual adds in place: ``hidden`` is this function's own (each LayerNorm's fresh output)
-        hidden = output.LayerNorm(hidden.add_(linear(context, output.dense.weight, output.dense.bias)))
-        intermediate = linear_activation(hidden, layer.intermediate.dense, activation)
-        dense = layer.output.dense
-        hidden = layer.output.LayerNorm(hidden.add_(linear(intermediate, dense.weight, dense.bias)))
+        delta = linear(context, output.dense.weight, output.dense.bias)
+        hidden, rounded = add_and_norm(hidden, delta, output.LayerNorm)
+        intermediate = linear_activation(
+            hidden if rounded is None else rounded, layer.intermediate.dense, activation
+        )
+        delta = linear(intermediate, layer.output.dense.weight, layer.output.dense.bias)
+        hidden, rounded = add_and_norm(hidden, delta, layer.output.LayerNorm)
     return hidden
