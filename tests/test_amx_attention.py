@@ -11,27 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from native_fixtures import fresh_state, loaded_or_reason
 from qwembed.backends import amx_attention, native
 from qwembed.backends.packing import PackedBatch, grouped_attention
 from qwembed.engine import Embedder
 
-
-def _kernel_or_reason() -> tuple[amx_attention.Kernel | None, str]:
-    amx_attention.KERNEL.reset()
-    kernel = amx_attention.kernel()
-    reason = amx_attention.KERNEL.unavailable_reason() or "the kernel failed to build or check (see the log)"
-    return kernel, reason
-
-
-_KERNEL, _REASON = _kernel_or_reason()
+_KERNEL, _REASON = loaded_or_reason(amx_attention.KERNEL)
 needs_kernel = pytest.mark.skipif(_KERNEL is None, reason=f"AMX attention unavailable: {_REASON}")
-
-
-@pytest.fixture(autouse=True)
-def fresh_kernel_state():
-    amx_attention.KERNEL.reset()
-    yield
-    amx_attention.KERNEL.reset()
+fresh_kernel_state = fresh_state(amx_attention.KERNEL)
 
 
 def _ragged(lengths: list[int], q_heads: int, kv_heads: int, width: int, seed: int = 0):

@@ -9,27 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from native_fixtures import fresh_state, loaded_or_reason
 from qwembed.backends import residual_norm
 from qwembed.backends.residual_norm import add_and_norm
 from qwembed.engine import Embedder
 
-
-def _library_or_reason():
-    residual_norm.LIBRARY.reset()
-    library = residual_norm.LIBRARY.get()
-    reason = residual_norm.LIBRARY.unavailable_reason() or "it failed to build or check (see the log)"
-    return library, reason
-
-
-_LIBRARY, _REASON = _library_or_reason()
+_LIBRARY, _REASON = loaded_or_reason(residual_norm.LIBRARY)
 needs_library = pytest.mark.skipif(_LIBRARY is None, reason=f"fused add & norm unavailable: {_REASON}")
-
-
-@pytest.fixture(autouse=True)
-def fresh_state():
-    residual_norm.LIBRARY.reset()
-    yield
-    residual_norm.LIBRARY.reset()
+fresh_library_state = fresh_state(residual_norm.LIBRARY)
 
 
 def _inputs(rows: int, width: int, seed: int = 0):

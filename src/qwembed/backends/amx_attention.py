@@ -9,8 +9,8 @@ discontinued), so this is ours: one small C file with AMX tile and AVX-512 intri
 the packed projections and each sequence's bounds — no padding, no masks, no groups or tiles —
 and runs one (sequence, head) at a time, cache-resident.
 
-It is built, loaded and checked by ``native.py`` (at first use, with the system's C compiler,
-cached) and checked once against PyTorch's attention before it serves. Where the CPU has no AMX,
+It is built at first use with the system's C compiler and cached (``native.py``), and checked
+once against PyTorch's float32 attention before it serves. Where the CPU has no AMX,
 no compiler is found, the build or the check fails, or ``QWEMBED_AMX_ATTENTION=0``,
 :func:`applies` answers False and PyTorch's kernel stays; the log says why once.
 """
@@ -37,7 +37,7 @@ FLAGS = (*native.BASE_FLAGS, "-mamx-tile", "-mamx-bf16")
 #: head widths the kernel handles (BERT-small shapes: 32; base and large: 64)
 HEAD_WIDTHS = (32, 64)
 
-#: largest agreement allowed with PyTorch's float32 attention in the load-time check, on values
+#: largest difference allowed from PyTorch's float32 attention in the load-time check, on values
 #: of unit scale; bf16 inputs and probabilities put PyTorch's own bf16 kernel at about 0.02
 CHECK_TOLERANCE = 0.05
 
@@ -46,17 +46,14 @@ class Kernel:
     """The loaded library: :meth:`attend` is attention over packed sequences."""
 
     def __init__(self, path: Path):
-        library = ctypes.CDLL(str(path))
+        library = native.open_on_torchs_threads(path, "qw_amx_threads")
         if library.qw_amx_request() != 0:
             raise RuntimeError("the operating system refused AMX tile state (Linux ≥ 5.16 grants it)")
-        if not native.shares_torchs_threads(library.qw_amx_threads):
-            raise RuntimeError("its OpenMP runtime is not torch's: its threads would compete with torch's")
-        self._attention = library.qw_amx_attention
-        self._attention.restype = ctypes.c_int
-        self._attention.argtypes = [
-            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int,
-            ctypes.c_int, ctypes.c_float,
-        ]  # fmt: skip
+        pointer, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        # qkv, out, bounds, sequences, q_heads, kv_heads, head width, scale
+        self._attention = native.function(
+            library, "qw_amx_attention", pointer, pointer, pointer, i64, i32, i32, i32, ctypes.c_float
+        )
 
     def attend(
         self, qkv: torch.Tensor, bounds: torch.Tensor, q_heads: int, kv_heads: int, scale: float | None = None
@@ -74,7 +71,7 @@ class Kernel:
         sequences = len(bounds) - 1
         scale = width**-0.5 if scale is None else float(scale)
         args = (qkv.data_ptr(), out.data_ptr(), bounds.data_ptr(), sequences, q_heads, kv_heads, width, scale)
-        with torch.profiler.record_function("qwembed::amx_attention"):  # named in profiles, not a torch op
+        with native.named_in_profiles("qwembed::amx_attention"):
             code = self._attention(*args)
         if code:
             raise MemoryError("the AMX attention kernel could not allocate its scratch memory")

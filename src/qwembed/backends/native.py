@@ -14,6 +14,7 @@ path, saying why, whenever anything here fails.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
@@ -23,6 +24,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -99,6 +101,30 @@ def shares_torchs_threads(threads_of_library: Callable[[], int]) -> bool:
         return all(agree)
     finally:
         torch.set_num_threads(before)
+
+
+def open_on_torchs_threads(path: Path, threads_symbol: str) -> ctypes.CDLL:
+    """The library at ``path``, refused (RuntimeError) unless its OpenMP runtime is torch's: its
+    ``threads_symbol`` returns ``omp_get_max_threads()``."""
+    library = ctypes.CDLL(str(path))
+    if not shares_torchs_threads(getattr(library, threads_symbol)):
+        raise RuntimeError("its OpenMP runtime is not torch's: its threads would compete with torch's")
+    return library
+
+
+def function(library: ctypes.CDLL, name: str, *argtypes: type) -> Callable[..., int]:
+    """``library``'s C function ``name`` returning int, with its argument types declared."""
+    found = getattr(library, name)
+    found.restype = ctypes.c_int
+    found.argtypes = list(argtypes)
+    return found
+
+
+def named_in_profiles(name: str) -> AbstractContextManager:
+    """A torch profiler range named ``name`` around a kernel call (ctypes calls are not torch
+    operators, so profiles would not show them), only while a profiler runs: entering one costs
+    the GIL-holding Python work that a busy server's event loop competes for."""
+    return torch.profiler.record_function(name) if torch.autograd._profiler_enabled() else nullcontext()
 
 
 class Loader(Generic[K]):

@@ -37,22 +37,19 @@ class Library:
     """The loaded library: :meth:`add_and_norm` on float32 rows and their bf16 update."""
 
     def __init__(self, path: Path):
-        library = ctypes.CDLL(str(path))
-        if not native.shares_torchs_threads(library.qw_norm_threads):
-            raise RuntimeError("its OpenMP runtime is not torch's: its threads would compete with torch's")
-        self._fused = library.qw_residual_layernorm
-        self._fused.restype = ctypes.c_int
-        self._fused.argtypes = [
-            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int,
-            ctypes.c_float, ctypes.c_void_p,
-        ]  # fmt: skip
+        library = native.open_on_torchs_threads(path, "qw_norm_threads")
+        pointer, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+        # hidden, delta, gamma, beta, rows, width, eps, rounded
+        self._fused = native.function(
+            library, "qw_residual_layernorm", pointer, pointer, pointer, pointer, i64, i32, f32, pointer
+        )
 
     def add_and_norm(self, hidden: torch.Tensor, delta: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
         """``hidden ← norm(hidden + delta)`` in place; returns ``hidden`` rounded to bf16."""
         rows, width = hidden.shape
         rounded = torch.empty(rows, width, dtype=torch.bfloat16)
         tensors = (hidden.data_ptr(), delta.data_ptr(), norm.weight.data_ptr(), norm.bias.data_ptr())
-        with torch.profiler.record_function("qwembed::residual_layernorm"):  # named in profiles
+        with native.named_in_profiles("qwembed::residual_layernorm"):
             code = self._fused(*tensors, rows, width, norm.eps, rounded.data_ptr())
         if code:
             raise ValueError(f"the fused add & norm takes widths that are multiples of 32, not {width}")
