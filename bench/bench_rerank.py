@@ -155,6 +155,12 @@ def bench_cross_encoder(work: Path, docs: list[str], rounds: int) -> None:
     mixed = (
         CrossEncoderReranker.load(str(path), device="cpu", dtype="bfloat16") if cpu_has_bf16_units() else None
     )
+    padded = CrossEncoderReranker.load(str(path), device="cpu", dtype="float32")
+    padded.packed = False  # the padded forward through sentence-transformers' modules
+    mixed_padded = None
+    if mixed is not None:
+        mixed_padded = CrossEncoderReranker.load(str(path), device="cpu", dtype="bfloat16")
+        mixed_padded.packed = False
     cross = CrossEncoder(str(path), device="cpu")
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path).eval()
@@ -169,7 +175,13 @@ def bench_cross_encoder(work: Path, docs: list[str], rounds: int) -> None:
 
     methods: dict[str, Method] = {
         "qwembed rerank (token-budget batches)": lambda b: score_pairs(reranker, QUERY, b),
+        "qwembed rerank, padded forward": lambda b: score_pairs(padded, QUERY, b),
         **({"qwembed rerank, mixed bf16": lambda b: score_pairs(mixed, QUERY, b)} if mixed else {}),
+        **(
+            {"qwembed rerank, mixed bf16, padded": lambda b: score_pairs(mixed_padded, QUERY, b)}
+            if mixed_padded
+            else {}
+        ),
         "qwembed rerank, max_batch_tokens=4096": lambda b: score_pairs(
             reranker, QUERY, b, max_batch_tokens=4096
         ),
@@ -190,13 +202,16 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=100, help="documents per query")
     parser.add_argument("--rounds", type=int, default=2, help="timed runs per method (the best is kept)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--only", choices=["qwen3", "cross-encoder"], help="run one of the two parts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} CPU threads, load average {os.getloadavg()[0]:.1f}")
     docs = make_documents(args.docs)
     with tempfile.TemporaryDirectory() as tmp:
-        bench_qwen3(Path(tmp), docs, args.rounds)
-        bench_cross_encoder(Path(tmp), docs, args.rounds)
+        if args.only != "cross-encoder":
+            bench_qwen3(Path(tmp), docs, args.rounds)
+        if args.only != "qwen3":
+            bench_cross_encoder(Path(tmp), docs, args.rounds)
     print(f"\n×: time divided by qwembed's default; load average at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -194,6 +194,28 @@ def test_cross_encoder_matches_predict(cross, cross_dir):
     assert [r.index for r in results] == list(np.argsort(-expected, kind="stable")[:2])
 
 
+def test_a_bert_cross_encoder_runs_packed_and_equals_its_padded_forward(cross):
+    assert cross.packed  # a plain BertForSequenceClassification
+    batch = cross.tokenize_pairs(CE_QUERY, CE_DOCS, None)  # lengths 8 to 100+, one empty document
+    packed = cross.score_token_ids(batch)
+    cross.packed = False
+    try:
+        padded = cross.score_token_ids(batch)
+    finally:
+        cross.packed = True
+    np.testing.assert_allclose(packed, padded, atol=1e-6, rtol=0)
+
+
+def test_a_cross_encoder_with_another_head_stays_padded(cross):
+    classifier = cross.model.model.classifier
+    try:
+        cross.model.model.classifier = torch.nn.Sequential(classifier)  # not the head packing re-implements
+        assert not cross_encoder._packable(cross.model)
+    finally:
+        cross.model.model.classifier = classifier
+    assert cross_encoder._packable(cross.model)
+
+
 def test_cross_encoder_token_types_and_truncation(cross):
     tokenizer = cross.tokenizer
     reference = tokenizer(CE_QUERY, CE_DOCS[0])

@@ -37,18 +37,22 @@ def supports_packing(model: torch.nn.Module) -> bool:
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
 
-def packed_bert_forward(bert: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
+def packed_bert_forward(
+    bert: torch.nn.Module, batch: PackedBatch, token_types: torch.Tensor | None = None
+) -> torch.Tensor:
     """Last hidden states of ``bert``'s packed tokens, ``(tokens, hidden)``; ``batch.pad`` gives the
-    padded view."""
+    padded view. ``token_types``: each packed token's segment (a cross-encoder's query 0, document
+    1); None: one segment."""
     config = bert.config
     activation = _ACTIVATIONS[config.hidden_act]
     emb = bert.embeddings
     packed = batch.to(emb.word_embeddings.weight.device)
-    hidden = (
-        emb.word_embeddings(packed.ids)
-        + emb.position_embeddings(packed.positions)
-        + emb.token_type_embeddings.weight[0]  # single-segment inputs
+    segments = (
+        emb.token_type_embeddings.weight[0]
+        if token_types is None
+        else emb.token_type_embeddings(token_types.to(packed.ids.device))
     )
+    hidden = emb.word_embeddings(packed.ids) + emb.position_embeddings(packed.positions) + segments
     hidden = emb.LayerNorm(hidden)
     rounded = None  # ``hidden`` in bf16, where the fused add & norm made it: the next Linear layer's input
     heads = config.num_attention_heads
