@@ -15,24 +15,14 @@ each engine's largest difference from float32 attention, with the machine's desc
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from common import DEFAULT_DATA, emit, load_sentences, machine, timed_in_turn
 from qwembed.backends import amx_attention
 from qwembed.backends.packing import PackedBatch, grouped_attention
-
-
-def float32_attention(qkv: torch.Tensor, bounds: list[int], heads: int) -> torch.Tensor:
-    parts = []
-    for start, stop in itertools.pairwise(bounds):
-        q, k, v = qkv[start:stop].float().transpose(0, 1)[None].split([heads] * 3, dim=1)
-        parts.append(F.scaled_dot_product_attention(q, k, v)[0].transpose(0, 1).reshape(stop - start, -1))
-    return torch.cat(parts)
 
 
 def case(lengths: list[int], heads: int, width: int, kernel, repeats: int) -> dict:
@@ -48,7 +38,7 @@ def case(lengths: list[int], heads: int, width: int, kernel, repeats: int) -> di
         return attend
 
     rounds, outputs = timed_in_turn({"pytorch": run(False), "amx kernel": run(True)}, repeats)
-    exact = float32_attention(qkv, batch.bounds.tolist(), heads)
+    exact = amx_attention.reference_attention(qkv, batch.bounds, heads, heads)
     flops = sum(4 * n * n * width * heads for n in lengths)
     rows = {}
     for name, seconds in rounds.items():

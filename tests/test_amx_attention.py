@@ -146,7 +146,7 @@ def test_the_switch_keeps_pytorchs_kernel_and_says_so(monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="qwembed.amx_attention"):
         assert amx_attention.kernel() is None
     assert f"{amx_attention.ENV_SWITCH}=0" in caplog.text
-    assert not amx_attention.applies(torch.zeros(4, 3, 32, dtype=torch.bfloat16), causal=False)
+    assert amx_attention.kernel_for(torch.zeros(4, 3, 32, dtype=torch.bfloat16), causal=False) is None
 
 
 def test_a_failed_build_keeps_pytorchs_kernel_and_says_so(monkeypatch, caplog, tmp_path):

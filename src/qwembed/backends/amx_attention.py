@@ -12,7 +12,7 @@ and runs one (sequence, head) at a time, cache-resident.
 It is built at first use with the system's C compiler and cached (``native.py``), and checked
 once against PyTorch's float32 attention before it serves. Where the CPU has no AMX,
 no compiler is found, the build or the check fails, or ``QWEMBED_AMX_ATTENTION=0``,
-:func:`applies` answers False and PyTorch's kernel stays; the log says why once.
+:func:`kernel_for` answers None and PyTorch's kernel stays; the log says why once.
 """
 
 from __future__ import annotations
@@ -78,8 +78,9 @@ class Kernel:
         return out
 
 
-def _reference(qkv: torch.Tensor, bounds: torch.Tensor, q_heads: int, kv_heads: int) -> torch.Tensor:
-    """PyTorch's attention in float32, one sequence at a time."""
+def reference_attention(qkv: torch.Tensor, bounds: torch.Tensor, q_heads: int, kv_heads: int) -> torch.Tensor:
+    """PyTorch's attention in float32, one sequence at a time (the check's reference, and the
+    benchmark's)."""
     parts = []
     for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
         q, k, v = qkv[start:stop].float().transpose(0, 1)[None].split([q_heads, kv_heads, kv_heads], dim=1)
@@ -97,9 +98,7 @@ def check(kernel: Kernel) -> float:
         bounds = torch.tensor([0, 1, 16, 17, 48, 81, 200]).cumsum(0)
         qkv = torch.randn(int(bounds[-1]), q_heads + 2 * kv_heads, width, generator=generator).bfloat16()
         got = kernel.attend(qkv, bounds, q_heads, kv_heads).float()
-        with torch.autocast("cpu", enabled=False):  # a float32 reference, whatever the caller's mode
-            expected = _reference(qkv, bounds, q_heads, kv_heads)
-        worst = max(worst, (got - expected).abs().max().item())
+        worst = max(worst, (got - reference_attention(qkv, bounds, q_heads, kv_heads)).abs().max().item())
     return worst
 
 
@@ -122,14 +121,14 @@ def kernel() -> Kernel | None:
     return KERNEL.get()
 
 
-def applies(qkv: torch.Tensor, *, causal: bool) -> bool:
-    """Whether ``qkv`` goes to the AMX kernel: bidirectional bf16 attention on a CPU, in a head
-    width it handles, on a machine where it built and passed its check."""
-    return (
+def kernel_for(qkv: torch.Tensor, *, causal: bool) -> Kernel | None:
+    """The kernel where ``qkv`` goes to it — bidirectional bf16 attention on a CPU, in a head width
+    it handles, on a machine where it built and passed its check — else None."""
+    handled = (
         not causal
         and qkv.device.type == "cpu"
         and qkv.dtype == torch.bfloat16
         and qkv.shape[-1] in HEAD_WIDTHS
         and not (qkv.requires_grad and torch.is_grad_enabled())
-        and kernel() is not None
     )
+    return kernel() if handled else None

@@ -26,7 +26,7 @@ import torch
 from sentence_transformers import CrossEncoder
 
 from .base import Reranker, TokenIds
-from .device import resolve_device, sentence_transformers_options
+from .device import resolve_device, sentence_transformers_options, transformers_model
 from .packed_bert import packed_bert_forward, supports_packing
 from .packing import PackedBatch
 from .padding import pad_token_ids
@@ -43,15 +43,13 @@ from .precision import (
 _NO_LIMIT = 1_000_000
 
 
-def _hf_model(model: CrossEncoder) -> torch.nn.Module | None:
-    first = model[0]
-    return getattr(first, "model", None) or getattr(first, "auto_model", None)
-
-
 def _packable(model: CrossEncoder) -> bool:
     """A plain BERT sequence classifier — [CLS] pooler, one Linear layer — as the CrossEncoder's
     only module: what ``_packed_logits`` re-implements around the packed forward."""
-    classifier = _hf_model(model)
+    try:
+        classifier = transformers_model(model)
+    except AttributeError:  # a first module that holds no transformer
+        return False
     return (
         len(model) == 1
         and type(classifier).__name__ == "BertForSequenceClassification"
@@ -169,7 +167,7 @@ class CrossEncoderReranker(Reranker):
     def _packed_logits(self, batch: Sequence[TokenIds]) -> torch.Tensor:
         """BertForSequenceClassification's logits from the packed forward: the transformer on real
         tokens only, then the pooler and classifier on each pair's [CLS] token."""
-        classifier = _hf_model(self.model)
+        classifier = transformers_model(self.model)
         packed = PackedBatch.of(list(batch), len(batch), max(len(ids) for ids in batch))
         types = None
         if self._needs_token_types:  # in packed order, like the tokens
@@ -177,7 +175,7 @@ class CrossEncoderReranker(Reranker):
             types = torch.tensor([t for row in rows for t in self._token_types(list(batch[row]))])
         with self.precision.autocast():
             hidden = packed_bert_forward(classifier.bert, packed, types)
-            first = packed.in_caller_order(hidden.index_select(0, packed.bounds[:-1].to(hidden.device)))
+            first = hidden.index_select(0, packed.first_token.to(hidden.device))
             pooler = classifier.bert.pooler
             return classifier.classifier(pooler.activation(pooler.dense(first))).float()
 

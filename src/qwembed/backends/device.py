@@ -25,6 +25,13 @@ def load_transformers_model(
     return model.eval().to(device), tokenizer
 
 
+def transformers_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face model inside a SentenceTransformer's or CrossEncoder's first module
+    (``model`` in sentence-transformers 6, ``auto_model`` before)."""
+    first = model[0]
+    return getattr(first, "model", None) or first.auto_model
+
+
 def sentence_transformers_options(
     *, device: torch.device, dtype: torch.dtype, trust_remote_code: bool
 ) -> dict:

@@ -186,7 +186,10 @@ class Loader(Generic[K]):
         try:
             path = build_cached(self.source, self.flags, cc)
             kernel = self.open_library(path)
-            worst = self.check(kernel)
+            # the first get() may come from inside a forward under bf16 autocast: the check's
+            # PyTorch reference must be float32 all the same
+            with torch.autocast("cpu", enabled=False):
+                worst = self.check(kernel)
         except Exception as error:  # any failure leaves PyTorch's path in place
             self.log.warning("%s (the %s failed to build or load: %s)", self.fallback, self.name, error)
             return None

@@ -193,6 +193,11 @@ class PackedBatch:
         )
 
     @property
+    def first_token(self) -> torch.Tensor:
+        """Where each of the caller's rows starts in the packed tokens."""
+        return self.in_caller_order(self.bounds[:-1])
+
+    @property
     def last_token(self) -> torch.Tensor:
         """Where each of the caller's rows ends in the packed tokens."""
         return self.in_caller_order(self.bounds[1:] - 1)
@@ -233,8 +238,9 @@ def grouped_attention(
     then keys, then values), group by group → ``(tokens, q_heads × head width)``. ``causal`` must
     match the ``PackedBatch.of`` call: a group without a mask is then plainly causal (its rows
     are padded on the right, after every real token), a tile's mask is causal already."""
-    if amx_attention.applies(qkv, causal=causal):  # every sequence by its bounds: no groups, no padding
-        return amx_attention.kernel().attend(qkv, batch.bounds, q_heads, kv_heads, scale)
+    kernel = amx_attention.kernel_for(qkv, causal=causal)
+    if kernel is not None:  # every sequence by its bounds: no groups, no padding
+        return kernel.attend(qkv, batch.bounds, q_heads, kv_heads, scale)
     width = qkv.shape[-1]
     parts = []
     for group in batch.groups:

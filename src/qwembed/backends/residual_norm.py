@@ -61,7 +61,7 @@ def check(library: Library) -> float:
     infinite if the bf16 copy is not the result rounded to bf16."""
     generator = torch.Generator().manual_seed(0)
     worst = 0.0
-    with torch.autocast("cpu", enabled=False), torch.no_grad():  # whatever the caller's mode
+    with torch.no_grad():  # the norm's parameters are filled in place
         for width in (384, 64):
             worst = max(worst, _check_width(library, width, generator))
     return worst

@@ -10,7 +10,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling
 
 from .base import InputType, TokenIds
-from .device import resolve_device, sentence_transformers_options
+from .device import resolve_device, sentence_transformers_options, transformers_model
 from .framing import framing_of
 from .packed_bert import packed_bert_forward, supports_packing
 from .packing import PackedBatch
@@ -70,8 +70,7 @@ class SentenceTransformerEncoder(TorchEncoder):
 
     def compile_target(self) -> torch.nn.Module:
         # The transformer inside sentence-transformers' first module; pooling stays eager (it is cheap).
-        first = self.model[0]
-        return getattr(first, "model", None) or first.auto_model
+        return transformers_model(self.model)
 
     def _prompt(self, input_type: InputType | None, instruction: str | None) -> str:
         prompts = self.model.prompts or {}
