@@ -12,9 +12,10 @@ The server is a separate process (``qwembed serve``) loaded by concurrent client
 of 32 pre-encoded JSON bodies (base64 answers), so client and server do not share one GIL: a lean
 keep-alive socket client (the ``server`` row: what the server can do when its clients run
 elsewhere) and httpx (``server_httpx_client``: what it does while a Python HTTP client shares its
-cores), each in turn with sentence-transformers. The same request pattern is also run against the
-server's engine (ModelPool) in this process, without HTTP, which separates what HTTP costs from
-what serving many small requests costs.
+cores). The same request pattern is also run against the server's engine (ModelPool) in this
+process, without HTTP, which separates what HTTP costs from what serving many small requests costs;
+all of them, and any ``--compare-server`` variants, in turn with sentence-transformers in every
+round, so each HTTP cost is measured against the engine seconds apart.
 Prints JSON with the machine, its CPU flags and GEMM peaks; --out writes it.
 """
 
@@ -22,7 +23,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -114,10 +118,10 @@ async def _load_server(
 
 def in_turn_with_reference(
     loads: dict[str, Callable[[], object]], reference: Callable[[], object], repeats: int, texts: int
-) -> dict[str, dict]:
+) -> tuple[dict[str, dict], dict[str, list[float]]]:
     """Time each load and the reference (sentence-transformers ``encode`` on the same texts) in
-    turn, after one warm-up of each load: the server and the pool idle while the reference runs,
-    so each round's ratios are measured seconds apart, not minutes."""
+    turn, after one warm-up of each load: what is not being timed idles, so each round's ratios are
+    measured seconds apart, not minutes. The rows, and each load's seconds per round."""
     for load in loads.values():
         load()
     rounds: dict[str, list[float]] = {"reference": [], **{name: [] for name in loads}}
@@ -135,72 +139,122 @@ def in_turn_with_reference(
             "x_st": statistics.median(rounds["reference"]) / seconds,
             **per_round_ratios(rounds["reference"], rounds[name]),
         }
-    return rows
+    return rows, rounds
 
 
-def bench_server(
+class InProcessPool:
+    """The server's engine without HTTP: the same worker and request pattern, in this process."""
+
+    def __init__(self, model: str):
+        from qwembed.backends import load_encoder
+        from qwembed.engine.pool import BatchSettings, ModelPool
+
+        self.pool = ModelPool(BatchSettings())
+        self.pool.add_encoder(load_encoder(model))
+        self.pool.start()
+        self.name = self.pool.resolve(None, "embedding")
+
+    def load(self, texts: list[str], clients: int, batch: int) -> Callable[[], object]:
+        from qwembed.engine.inputs import EmbedOptions
+
+        async def run() -> None:
+            queue: asyncio.Queue = asyncio.Queue()
+            for i in range(0, len(texts), batch):
+                queue.put_nowait(texts[i : i + batch])
+
+            async def client() -> None:
+                while not queue.empty():
+                    await self.pool.embed(self.name, queue.get_nowait(), EmbedOptions())
+
+            await asyncio.gather(*(client() for _ in range(clients)))
+
+        return lambda: asyncio.run(run())
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time of a process, all its threads (this process when ``pid`` is None)."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def metered(run: Callable[[], object], pid: int | None, spent: list[float]) -> Callable[[], object]:
+    """``run``, appending the CPU seconds a process spent during each call to ``spent``."""
+
+    def call() -> None:
+        before = cpu_seconds(pid)
+        run()
+        spent.append(cpu_seconds(pid) - before)
+
+    return call
+
+
+def bench_serving(
     model: str,
     texts: list[str],
     repeats: int,
     clients: int,
     batch: int,
-    server_args: list[str],
+    servers: dict[str, list[str]],
     reference: Callable[[], object],
 ) -> dict[str, dict]:
-    """The server loaded by the lean socket client and by httpx, each in turn with the reference."""
-    port = free_port()
-    server = start_server(model, port, server_args, timeout=600)
-    url = f"http://127.0.0.1:{port}"
-    latencies: dict[str, list[float]] = {"socket": [], "httpx": []}
+    """The engine in process ("pool") and each server (a ``qwembed serve`` process per entry of
+    ``servers``: name -> extra arguments) under the same request pattern, all in turn with the
+    reference in every round. The first server is also loaded by httpx ("<name> httpx"). Each
+    server's HTTP cost is measured per round against the pool's time in the same round, and as CPU
+    time per request: the server process's (all threads, from /proc) against this process's
+    while it runs the pool — what HTTP adds to each request, whatever the machine's other load."""
+    pool = InProcessPool(model)
+    started: dict[str, subprocess.Popen] = {}
+    latencies: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {"pool": []}
+    pool_load = metered(pool.load(texts, clients, batch), None, cpu["pool"])
+    loads: dict[str, Callable[[], object]] = {"pool": pool_load}
 
-    def load(client: str) -> Callable[[], object]:
-        return lambda: latencies[client].extend(
+    def server_load(url: str, key: str, client: str, pid: int) -> Callable[[], object]:
+        latencies[key], cpu[key] = [], []
+        run = lambda: latencies[key].extend(  # noqa: E731
             asyncio.run(_load_server(url, model, texts, clients, batch, client))
         )
+        return metered(run, pid, cpu[key])
 
     try:
-        rows = in_turn_with_reference(
-            {client: load(client) for client in latencies}, reference, repeats, len(texts)
-        )
+        for position, (name, server_args) in enumerate(servers.items()):
+            port = free_port()
+            started[name] = start_server(model, port, server_args, timeout=600)
+            url = f"http://127.0.0.1:{port}"
+            pid = started[name].pid
+            loads[name] = server_load(url, name, "socket", pid)
+            if position == 0:
+                loads[f"{name} httpx"] = server_load(url, f"{name} httpx", "httpx", pid)
+        rows, rounds = in_turn_with_reference(loads, reference, repeats, len(texts))
     finally:
-        server.terminate()
-        server.wait(30)
-    for client, row in rows.items():
-        row["p50_ms"] = 1000 * float(np.percentile(latencies[client], 50))
-        row["p99_ms"] = 1000 * float(np.percentile(latencies[client], 99))
-    return rows
-
-
-def bench_pool(
-    model: str, texts: list[str], repeats: int, clients: int, batch: int, reference: Callable[[], object]
-) -> dict:
-    """The server's engine without HTTP: the same worker and request pattern, in this process."""
-    from qwembed.backends import load_encoder
-    from qwembed.engine.inputs import EmbedOptions
-    from qwembed.engine.pool import BatchSettings, ModelPool
-
-    pool = ModelPool(BatchSettings())
-    pool.add_encoder(load_encoder(model))
-    pool.start()
-    name = pool.resolve(None, "embedding")
-
-    async def load() -> None:
-        queue: asyncio.Queue = asyncio.Queue()
-        for i in range(0, len(texts), batch):
-            queue.put_nowait(texts[i : i + batch])
-
-        async def client() -> None:
-            while not queue.empty():
-                await pool.embed(name, queue.get_nowait(), EmbedOptions())
-
-        await asyncio.gather(*(client() for _ in range(clients)))
-
-    try:
-        return in_turn_with_reference({"pool": lambda: asyncio.run(load())}, reference, repeats, len(texts))[
-            "pool"
-        ]
-    finally:
+        for server in started.values():
+            server.terminate()
+            server.wait(30)
         pool.close()
+    requests = -(-len(texts) // batch)
+    for key, row in rows.items():
+        row["cpu_ms_per_request"] = 1000 * statistics.median(cpu[key][1:]) / requests  # [0]: warm-up
+        if key == "pool":
+            continue
+        name = key.removesuffix(" httpx")
+        row["args"] = servers[name]
+        row["client"] = "httpx" if key.endswith(" httpx") else "socket"
+        row["p50_ms"] = 1000 * float(np.percentile(latencies[key], 50))
+        row["p99_ms"] = 1000 * float(np.percentile(latencies[key], 99))
+        # the HTTP path's own cost: the same request pattern with and without the HTTP server,
+        # seconds apart in each round
+        costs = [1 - p / s for p, s in zip(rounds["pool"], rounds[key], strict=True)]
+        row["http_cost_per_round"] = [round(c, 3) for c in costs]
+        row["http_cost_median_of_rounds"] = statistics.median(costs)
+        row["http_cost_vs_pool"] = 1 - row["texts_per_s"] / rows["pool"]["texts_per_s"]
+        row["http_cpu_ms_per_request"] = row["cpu_ms_per_request"] - rows["pool"]["cpu_ms_per_request"]
+    return rows
 
 
 def long_documents(sentences: list[str], embedder, count: int) -> list[str]:
@@ -235,6 +289,14 @@ def main() -> int:
         action="append",
         default=None,
         help="extra `qwembed serve` argument (repeatable; default: none)",
+    )
+    parser.add_argument(
+        "--compare-server",
+        action="append",
+        default=[],
+        metavar="ARGS",
+        help="another server, loaded in the same rounds with these `qwembed serve` arguments, e.g. "
+        '"--http h11 --loop asyncio" (repeatable)',
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -297,20 +359,20 @@ def main() -> int:
         }
         result["long"] = long
     if not args.no_server:
-        server_args = args.server_arg if args.server_arg is not None else []
+        servers = {"server": args.server_arg or []}
+        for extra in args.compare_server:
+            servers[f"server {extra}"] = shlex.split(extra)
         st_encode = runs(texts, False)["sentence-transformers"]
-        load = (texts, args.repeats, args.clients, args.client_batch)
-        pooled = bench_pool(args.model, *load, reference=st_encode)
-        result["engine_pool_in_process"] = pooled
-        by_client = bench_server(args.model, *load, server_args, reference=st_encode)
-        for served in by_client.values():
-            served["tokens_per_s"] = tokens / served["seconds"]
-            served["args"] = server_args
-            # the HTTP path's own cost: the same request pattern with and without the HTTP server
-            served["http_cost_vs_pool"] = 1 - served["texts_per_s"] / pooled["texts_per_s"]
-            served["vs_engine_whole_corpus"] = served["texts_per_s"] / short["qwembed auto"]["texts_per_s"]
-        result["server"] = by_client["socket"]
-        result["server_httpx_client"] = by_client["httpx"]
+        served = bench_serving(
+            args.model, texts, args.repeats, args.clients, args.client_batch, servers, st_encode
+        )
+        for row in served.values():
+            row["tokens_per_s"] = tokens / row["seconds"]
+            row["vs_engine_whole_corpus"] = row["texts_per_s"] / short["qwembed auto"]["texts_per_s"]
+        result["engine_pool_in_process"] = served.pop("pool")
+        result["server"] = served.pop("server")
+        result["server_httpx_client"] = served.pop("server httpx")
+        result["server_variants"] = served
     emit(result, args.out)
     return 0
 

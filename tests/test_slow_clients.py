@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 
 import httpx
@@ -11,15 +13,16 @@ import pytest
 from fake_encoders import SlowEncoder
 from qwembed.api import ServerSettings, create_app
 from qwembed.engine.pool import ModelPool
-from server_fixtures import running_server
+from server_fixtures import free_port, running_server
 
 
-@pytest.fixture(scope="module")
-def server():
+# both HTTP parsers uvicorn can run ours on: httptools (the default where installed) and h11
+@pytest.fixture(scope="module", params=["httptools", "h11"])
+def server(request):
     pool = ModelPool()
     pool.add_encoder(SlowEncoder(delay=0.0))
     app = create_app(pool, ServerSettings(body_timeout=1.0))
-    with running_server(app, header_timeout=1.0) as url:
+    with running_server(app, header_timeout=1.0, http=request.param) as url:
         host, port = url.removeprefix("http://").split(":")
         yield url, (host, int(port))
 
@@ -40,7 +43,8 @@ def test_trickled_headers_are_cut_off(server):
     with socket.create_connection(address) as sock:
         started = time.monotonic()
         try:
-            for byte in b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n" * 10:
+            # a valid request line and headers, never finished: a parser must wait for more
+            for byte in b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n" + b"X-Padding: y\r\n" * 30:
                 sock.sendall(bytes([byte]))
                 time.sleep(0.05)
             closed = _read_all(sock, 5) == b""
@@ -74,3 +78,32 @@ def test_idle_connections_do_not_starve_active_ones(server):
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_serve_command_passes_its_header_timeout_and_parser():
+    """`qwembed serve --header-timeout` reaches the server (it once did not), on the chosen parser."""
+    port = free_port()
+    command = [sys.executable, "-m", "qwembed.cli", "serve", "--model", "minilm", "--port", str(port)]
+    server = subprocess.Popen(
+        [*command, "--header-timeout", "1", "--http", "h11", "--loop", "asyncio", "--no-kb"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "server did not become ready"
+            time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n")
+            started = time.monotonic()
+            assert _read_all(sock, 8) == b""  # closed by the server, not by our 8 s limit
+            assert time.monotonic() - started < 5  # the default deadline is 10 s
+    finally:
+        server.terminate()
+        server.wait(60)

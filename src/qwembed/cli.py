@@ -144,6 +144,18 @@ def _build_parser() -> argparse.ArgumentParser:
         "--body-timeout", type=float, default=30.0, help="seconds for a request's body to arrive"
     )
     serve.add_argument(
+        "--http",
+        choices=["auto", "httptools", "h11"],
+        default="auto",
+        help="HTTP parser (auto: httptools, in C, where installed; h11 otherwise)",
+    )
+    serve.add_argument(
+        "--loop",
+        choices=["auto", "uvloop", "asyncio"],
+        default="auto",
+        help="event loop (auto: uvloop where installed; asyncio's otherwise)",
+    )
+    serve.add_argument(
         "--kb-dir",
         type=Path,
         default=None,
@@ -279,7 +291,14 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(pool, settings, shutdown_grace=args.shutdown_grace, kb=_knowledge_base(args, pool))
     log.info("serving %s on http://%s:%d", ", ".join(pool.names), args.host, args.port)
     run_server(
-        app, host=args.host, port=args.port, log_level=args.log_level, shutdown_grace=args.shutdown_grace
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        shutdown_grace=args.shutdown_grace,
+        header_timeout=args.header_timeout,
+        http=args.http,
+        loop=args.loop,
     )
     return 0
 
