@@ -1,4 +1,5 @@
-"""Attention alone on a CPU: the AMX kernel (``backends/amx_attention.py``) against PyTorch's.
+"""Attention alone on a CPU: our kernel (``backends/cpu_attention.py``; AMX or AVX512-BF16, as
+the machine serves) against PyTorch's.
 
     .venv/bin/python bench/bench_attention.py --out /tmp/attention.json
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from common import DEFAULT_DATA, emit, load_sentences, machine, timed_in_turn
-from qwembed.backends import amx_attention
+from qwembed.backends import cpu_attention
 from qwembed.backends.packing import PackedBatch, grouped_attention
 
 
@@ -32,13 +33,13 @@ def case(lengths: list[int], heads: int, width: int, kernel, repeats: int) -> di
 
     def run(on: bool):
         def attend() -> torch.Tensor:
-            amx_attention.KERNEL.set(kernel if on else None)
+            cpu_attention.KERNEL.set(kernel if on else None)
             return grouped_attention(batch, qkv, heads, heads, causal=False)
 
         return attend
 
-    rounds, outputs = timed_in_turn({"pytorch": run(False), "amx kernel": run(True)}, repeats)
-    exact = amx_attention.reference_attention(qkv, batch.bounds, heads, heads)
+    rounds, outputs = timed_in_turn({"pytorch": run(False), "our kernel": run(True)}, repeats)
+    exact = cpu_attention.reference_attention(qkv, batch.bounds, heads, heads)
     flops = sum(4 * n * n * width * heads for n in lengths)
     rows = {}
     for name, seconds in rounds.items():
@@ -64,9 +65,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    kernel = amx_attention.kernel()
+    kernel = cpu_attention.kernel()
     if kernel is None:
-        raise SystemExit("the AMX kernel is unavailable here (see the log): nothing to compare")
+        raise SystemExit("our attention kernel is unavailable here (see the log): nothing to compare")
 
     from transformers import AutoTokenizer
 
@@ -79,6 +80,7 @@ def main() -> int:
         result = {
             "machine": machine(),
             "torch_threads": torch.get_num_threads(),
+            "kernel": cpu_attention.KERNEL.name,
             "documents, 12 heads of 32": case([256] * 8, 12, 32, kernel, args.repeats),
             f"{len(short)} BQ sentences, 12 heads of 32": case(short, 12, 32, kernel, args.repeats),
             "documents, 12 heads of 64": case([256] * 8, 12, 64, kernel, args.repeats),

@@ -1,6 +1,6 @@
 """Our few C kernels: built at first use, cached, loaded with ctypes, on torch's OpenMP threads.
 
-Where PyTorch has no fast CPU path for a step that dominates a profile (``amx_attention.c``,
+Where PyTorch has no fast CPU path for a step that dominates a profile (``cpu_attention.c``,
 ``residual_norm.c``), the step is a small C file next to its Python module. It is compiled at
 first use with the system's C compiler — as Inductor builds its CPU kernels — into
 ``$XDG_CACHE_HOME/qwembed/kernels`` (or the temp dir when that is not writable), under a name

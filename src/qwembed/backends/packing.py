@@ -16,8 +16,9 @@ keeps each sequence to its own tokens (:func:`tile_rows`). On 128 BQ sentences (
 that took attention from 6.2–8.7 ms to 3.6 ms per layer; the extra FLOPs are a rounding error
 beside the Linear layers'.
 
-On CPUs with AMX, bidirectional bf16 attention skips all of this: ``amx_attention.py`` takes each
-sequence by its bounds in the packed matrix, with no padding, groups or tiles.
+On CPUs with AMX or AVX512-BF16, bidirectional bf16 attention skips all of this:
+``cpu_attention.py`` takes each sequence by its bounds in the packed matrix, with no padding,
+groups or tiles.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-from . import amx_attention
+from . import cpu_attention
 
 #: a row joins the current attention group while it is at most this many tokens shorter than the
 #: group's longest row, or at most a quarter shorter; beyond both, the padding costs more than
@@ -238,7 +239,7 @@ def grouped_attention(
     then keys, then values), group by group → ``(tokens, q_heads × head width)``. ``causal`` must
     match the ``PackedBatch.of`` call: a group without a mask is then plainly causal (its rows
     are padded on the right, after every real token), a tile's mask is causal already."""
-    kernel = amx_attention.kernel_for(qkv, causal=causal)
+    kernel = cpu_attention.kernel_for(qkv, causal=causal)
     if kernel is not None:  # every sequence by its bounds: no groups, no padding
         return kernel.attend(qkv, batch.bounds, q_heads, kv_heads, scale)
     width = qkv.shape[-1]

@@ -1,17 +1,20 @@
-"""Bidirectional attention of packed bf16 sequences on Intel AMX (``amx_attention.c``).
+"""Bidirectional attention of packed bf16 sequences on CPUs with bf16 matrix instructions
+(``cpu_attention.c``): Intel AMX, or AVX512-BF16 where there is no AMX (AMD Zen 4 and later).
 
 PyTorch's CPU attention runs bf16 heads of 32 (all-MiniLM-L6-v2, BGE-small) at about a sixth of
 the matrix units' rate: its flash kernel computes an exact exponential per score and multiplies
 through a general GEMM per block of 64 queries, so on 256-token documents attention took 30 % of
 the mixed-bf16 forward for 10 % of its FLOPs (docs/benchmarks.md). No maintained library fills
 the gap (oneDNN's graph API does not take varlen batches; Intel's extension for PyTorch is
-discontinued), so this is ours: one small C file with AMX tile and AVX-512 intrinsics that takes
-the packed projections and each sequence's bounds — no padding, no masks, no groups or tiles —
-and runs one (sequence, head) at a time, cache-resident.
+discontinued), so this is ours: one small C file that takes the packed projections and each
+sequence's bounds — no padding, no masks, no groups or tiles — and runs one (sequence, head) at a
+time, cache-resident. It builds in two variants from the same source: the matrix products on
+AMX's tile unit (``-DQW_AMX``), or on AVX512-BF16's ``vdpbf16ps``; the softmax, the layouts and
+the schedule are shared. :data:`KERNEL` is the AMX variant on CPUs with AMX, else the other.
 
 It is built at first use with the system's C compiler and cached (``native.py``), and checked
-once against PyTorch's float32 attention before it serves. Where the CPU has no AMX,
-no compiler is found, the build or the check fails, or ``QWEMBED_AMX_ATTENTION=0``,
+once against PyTorch's float32 attention before it serves. Where the CPU has neither, no
+compiler is found, the build or the check fails, or ``QWEMBED_CPU_ATTENTION=0``,
 :func:`kernel_for` answers None and PyTorch's kernel stays; the log says why once.
 """
 
@@ -26,13 +29,14 @@ import torch.nn.functional as F
 
 from . import native
 
-log = logging.getLogger("qwembed.amx_attention")
+log = logging.getLogger("qwembed.cpu_attention")
 
-#: set to 0 to keep PyTorch's attention on AMX CPUs (for comparison, or if the kernel misbehaves)
-ENV_SWITCH = "QWEMBED_AMX_ATTENTION"
+#: set to 0 to keep PyTorch's attention (for comparison, or if the kernel misbehaves)
+ENV_SWITCH = "QWEMBED_CPU_ATTENTION"
 
-SOURCE = Path(__file__).with_name("amx_attention.c")
-FLAGS = (*native.BASE_FLAGS, "-mamx-tile", "-mamx-bf16")
+SOURCE = Path(__file__).with_name("cpu_attention.c")
+AMX_FLAGS = (*native.BASE_FLAGS, "-mamx-tile", "-mamx-bf16", "-DQW_AMX")
+AVX512_BF16_FLAGS = native.BASE_FLAGS
 
 #: head widths the kernel handles (BERT-small shapes: 32; base and large: 64)
 HEAD_WIDTHS = (32, 64)
@@ -46,13 +50,13 @@ class Kernel:
     """The loaded library: :meth:`attend` is attention over packed sequences."""
 
     def __init__(self, path: Path):
-        library = native.open_on_torchs_threads(path, "qw_amx_threads")
-        if library.qw_amx_request() != 0:
+        library = native.open_on_torchs_threads(path, "qw_attention_threads")
+        if hasattr(library, "qw_amx_request") and library.qw_amx_request() != 0:  # the AMX build
             raise RuntimeError("the operating system refused AMX tile state (Linux ≥ 5.16 grants it)")
         pointer, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
         # qkv, out, bounds, sequences, q_heads, kv_heads, head width, scale
         self._attention = native.function(
-            library, "qw_amx_attention", pointer, pointer, pointer, i64, i32, i32, i32, ctypes.c_float
+            library, "qw_attention", pointer, pointer, pointer, i64, i32, i32, i32, ctypes.c_float
         )
 
     def attend(
@@ -71,10 +75,10 @@ class Kernel:
         sequences = len(bounds) - 1
         scale = width**-0.5 if scale is None else float(scale)
         args = (qkv.data_ptr(), out.data_ptr(), bounds.data_ptr(), sequences, q_heads, kv_heads, width, scale)
-        with native.named_in_profiles("qwembed::amx_attention"):
+        with native.named_in_profiles("qwembed::cpu_attention"):
             code = self._attention(*args)
         if code:
-            raise MemoryError("the AMX attention kernel could not allocate its scratch memory")
+            raise MemoryError("the attention kernel could not allocate its scratch memory")
         return out
 
 
@@ -102,17 +106,32 @@ def check(kernel: Kernel) -> float:
     return worst
 
 
-KERNEL = native.Loader(
-    name="AMX attention kernel",
-    fallback="attention: PyTorch's kernel",
-    switch=ENV_SWITCH,
-    source=SOURCE,
-    flags=FLAGS,
-    cpu_flags=("amx_bf16", "amx_tile", "avx512_bf16"),
-    open_library=Kernel,
-    check=check,
-    tolerance=CHECK_TOLERANCE,
-    log=log,
+def _variant(name: str, flags: tuple[str, ...], cpu_flags: tuple[str, ...]) -> native.Loader[Kernel]:
+    return native.Loader(
+        name=f"attention kernel ({name})",
+        fallback="attention: PyTorch's kernel",
+        switch=ENV_SWITCH,
+        source=SOURCE,
+        flags=flags,
+        cpu_flags=cpu_flags,
+        open_library=Kernel,
+        check=check,
+        tolerance=CHECK_TOLERANCE,
+        log=log,
+    )
+
+
+#: each build of the kernel, by the CPU feature it multiplies with; tests check every one the
+#: machine runs (an AMX CPU runs both)
+VARIANTS = {
+    "AMX": _variant("AMX", AMX_FLAGS, ("amx_bf16", "amx_tile", "avx512_bf16")),
+    "AVX512-BF16": _variant("AVX512-BF16", AVX512_BF16_FLAGS, ("avx512_bf16",)),
+}
+
+#: the variant this machine serves with: AMX where the CPU has it (the tile unit is several times
+#: the vector units' bf16 rate), else AVX512-BF16, which says why it cannot serve on older CPUs
+KERNEL = next(
+    (v for v in VARIANTS.values() if native.unsupported_machine(v.cpu_flags) is None), VARIANTS["AVX512-BF16"]
 )
 
 

@@ -1,4 +1,6 @@
-/* Bidirectional attention of packed bf16 sequences on Intel AMX, one (sequence, head) at a time.
+/* Bidirectional attention of packed bf16 sequences on a CPU, one (sequence, head) at a time, with
+ * one of two matrix back ends chosen at build time: Intel AMX's tile unit (``-DQW_AMX``, Sapphire
+ * Rapids and later) or AVX512-BF16's ``vdpbf16ps`` dot products (AMD Zen 4 and later, Cooper Lake).
  *
  * Why this exists: PyTorch's CPU flash kernel runs bf16 heads narrower than 64 through a
  * general GEMM per block of 64 query rows and an exact exponential per score; with BERT-small's
@@ -6,16 +8,18 @@
  * (sequence, head) pair is small enough to keep in cache whole (a 256-token sequence's scores are
  * 16 × 256 floats per block of 16 queries), so the kernel:
  *
- *   1. lays the head's keys and values out in AMX's pair-interleaved ("VNNI") order, once;
- *   2. per block of 16 queries: scores S = Q Kᵀ on the tile unit (bf16 in, fp32 out);
+ *   1. lays the head's keys and values out in pair-interleaved ("VNNI") order, once: both AMX's
+ *      tiles and ``vdpbf16ps`` multiply bf16 pairs into float32;
+ *   2. per block of 16 queries: scores S = Q Kᵀ (bf16 in, fp32 out);
  *   3. a row softmax in AVX-512 with a polynomial 2^x (relative error 1e-4, well below the bf16
  *      rounding the probabilities get next);
- *   4. O = P V on the tile unit, divided by the row sums, rounded to bf16.
+ *   4. O = P V, divided by the row sums, rounded to bf16.
  *
  * The steps are software-pipelined: the softmax of one block runs on the vector units while the
  * tile unit computes the next block's scores and the previous block's context (on 8 × 256 tokens
  * and 12 heads, 1.25× the plain sequence of steps for 32-wide heads and 1.18× for 64-wide ones;
- * 2.0× and 1.6–1.9× PyTorch's kernel).
+ * 2.0× and 1.6–1.9× PyTorch's kernel). Without AMX the same schedule runs on the vector units
+ * alone; interleaving then only gives the out-of-order core independent work to overlap.
  *
  * Inputs are the packed projections of a batch, (tokens, q_heads + 2 × kv_heads, head_dim):
  * queries, then keys, then values, as ``packing.grouped_attention`` takes them; sequence ``s`` is
@@ -23,7 +27,7 @@
  * (MiniLM, BGE-small) or 64 (BERT-base and -large shapes). The (sequence, head) items are shared
  * out over torch's OpenMP threads.
  *
- * Built at first use by ``amx_attention.py`` with gcc or clang and loaded with ctypes; a build or
+ * Built at first use by ``cpu_attention.py`` with gcc or clang and loaded with ctypes; a build or
  * self-check failure leaves PyTorch's kernel in place.
  */
 #include <immintrin.h>
@@ -34,11 +38,12 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#define TILE_ROWS 16  /* queries per block; keys per score block */
+#define TILE_BYTES 64 /* 16 fp32, 32 bf16 or 16 bf16 pairs per (tile) row */
+
+#ifdef QW_AMX
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
-
-#define TILE_ROWS 16
-#define TILE_BYTES 64 /* 16 fp32, 32 bf16 or 16 bf16 pairs per tile row */
 
 typedef struct {
     uint8_t palette_id;
@@ -52,6 +57,7 @@ typedef struct {
 int qw_amx_request(void) {
     return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 ? 0 : -1;
 }
+#endif
 
 static inline int round_up(int n, int to) { return (n + to - 1) / to * to; }
 
@@ -127,6 +133,7 @@ typedef struct {
     float *scores;     /* 16 × key_span */
     uint16_t *probs;   /* 16 × key_chunks·32, bf16 */
     float *context;    /* 16 × head_dim */
+    int query_rows;    /* live rows of ``queries`` (vector back end) */
 } scratch;
 
 /* Softmax numerators of one row of scores in bf16 (zero past the sequence); returns their sum.
@@ -160,6 +167,7 @@ static inline float softmax_row(const float *s, int length, int prob_span, float
     return _mm512_reduce_add_ps(_mm512_add_ps(total0, total1));
 }
 
+#ifdef QW_AMX
 /* The tile unit and the vector units work at once: the softmax of query block b runs on the
  * vector units while, between its rows, the tile unit gets the scores of block b + 1 and the
  * context of block b - 1, so neither waits for the other (1.25× the same steps one after another
@@ -215,7 +223,16 @@ static inline void score_unit(const scratch *w, int width, int blocks, int block
 
 /* Context unit ``unit``: one chunk of 32 keys times one 16-column block of values. Units run
  * pass by pass (64 wide: columns 0-31, then 32-63), chunk by chunk, column block by block. */
-static inline void context_unit(scratch *w, int width, int chunks, int unit, const uint16_t *probs, int prob_span) {
+static inline void context_begin(scratch *w, int width) {
+    (void)w, (void)width;
+    _tile_zero(4);
+    _tile_zero(5);
+}
+
+/* (``rows``: the block's live rows; the tile unit computes all 16, dead ones on zero probabilities) */
+static inline void context_unit(scratch *w, int width, int chunks, int unit, const uint16_t *probs, int prob_span,
+                                int rows) {
+    (void)rows;
     int per_pass = 2 * chunks, pass = unit / per_pass, chunk = unit % per_pass / 2, half = unit & 1;
     if (!half) _tile_loadd(6, probs + chunk * 32, prob_span * 2);
     int block = chunk * (width / 16) + pass * 2 + half; /* pack_values' [chunk][column block] */
@@ -244,8 +261,92 @@ static inline void write_context(scratch *w, int width, const float *sums, int r
     }
 }
 
-static void attend(const uint16_t *q, const uint16_t *k, const uint16_t *v, int64_t stride, int length, int width,
-                   float log2_scale, uint16_t *out, int64_t out_stride, scratch *w) {
+#else /* AVX512-BF16: the same steps on the vector units, 16 keys or 16 head columns per register */
+
+/* One register row per query of a group of 8, so that 8 independent chains of vdpbf16ps hide its
+ * latency; the B operand (16 keys' or 16 columns' pairs) is loaded once per pair for all 8. */
+#define GROUP 8
+
+/* The next block's queries, copied into 16 contiguous rows (zero past the sequence): the score
+ * loop then addresses every row at a fixed offset from one pointer. */
+static inline void load_queries(const uint16_t *q, int first, int length, int64_t stride, int width, scratch *w) {
+    int rows = length - first < TILE_ROWS ? length - first : TILE_ROWS;
+    for (int r = 0; r < TILE_ROWS; r++)
+        for (int c = 0; c < width; c += 32)
+            _mm512_storeu_si512(w->queries + r * width + c,
+                                r < rows ? _mm512_loadu_si512(q + (int64_t)(first + r) * stride + c)
+                                         : _mm512_setzero_si512());
+    w->query_rows = rows;
+}
+
+/* Scores of key block ``block`` into its 16 columns of ``scores``, for the live query rows. */
+static inline void score_unit(const scratch *w, int width, int blocks, int block, float *scores, int key_span) {
+    for (int r0 = 0; r0 < w->query_rows; r0 += GROUP) {
+        const uint16_t *rows = w->queries + r0 * width; /* rows past the sequence are zero, not stored */
+        __m512 acc[GROUP];
+        for (int i = 0; i < GROUP; i++) acc[i] = _mm512_setzero_ps();
+        for (int slice = 0; slice < width / 32; slice++) {
+            const uint32_t *keys = w->keys + ((size_t)slice * blocks + block) * TILE_ROWS * 16;
+#pragma GCC unroll 16
+            for (int pair = 0; pair < 16; pair++) {
+                __m512bh k = (__m512bh)_mm512_loadu_si512(keys + pair * 16);
+                for (int i = 0; i < GROUP; i++) {
+                    uint32_t qp;
+                    memcpy(&qp, rows + i * width + slice * 32 + 2 * pair, 4);
+                    acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_set1_epi32((int)qp), k);
+                }
+            }
+        }
+        for (int i = 0; i < GROUP && r0 + i < w->query_rows; i++)
+            _mm512_storeu_ps(scores + (size_t)(r0 + i) * key_span + block * 16, acc[i]);
+    }
+}
+
+static inline void context_begin(scratch *w, int width) { memset(w->context, 0, (size_t)TILE_ROWS * width * 4); }
+
+/* Context unit ``unit``: one chunk of 32 keys times one 16-column block of values, added into the
+ * float32 context of the block's live rows. */
+static inline void context_unit(scratch *w, int width, int chunks, int unit, const uint16_t *probs, int prob_span,
+                                int rows) {
+    (void)chunks;
+    int column_blocks = width / 16, chunk = unit / column_blocks, column_block = unit % column_blocks;
+    const uint16_t *values = w->values + ((size_t)chunk * column_blocks + column_block) * TILE_ROWS * 32;
+    for (int r0 = 0; r0 < rows; r0 += GROUP) {
+        float *out[GROUP];
+        __m512 acc[GROUP];
+        for (int i = 0; i < GROUP; i++) {
+            out[i] = w->context + (size_t)(r0 + i) * width + column_block * 16; /* 16 rows allocated */
+            acc[i] = _mm512_loadu_ps(out[i]);
+        }
+#pragma GCC unroll 16
+        for (int pair = 0; pair < 16; pair++) {
+            __m512bh v = (__m512bh)_mm512_loadu_si512(values + pair * 32);
+            for (int i = 0; i < GROUP; i++) {
+                uint32_t pp;
+                memcpy(&pp, probs + (size_t)(r0 + i) * prob_span + chunk * 32 + 2 * pair, 4);
+                acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_set1_epi32((int)pp), v);
+            }
+        }
+        for (int i = 0; i < GROUP; i++) _mm512_storeu_ps(out[i], acc[i]);
+    }
+}
+
+static inline void write_context(scratch *w, int width, const float *sums, int rows, uint16_t *out,
+                                 int64_t out_stride) {
+    for (int r = 0; r < rows; r++) {
+        __m512 inverse = _mm512_set1_ps(1.0f / sums[r]);
+        for (int c = 0; c < width; c += 32) {
+            __m512 low = _mm512_mul_ps(_mm512_loadu_ps(w->context + r * width + c), inverse);
+            __m512 high = _mm512_mul_ps(_mm512_loadu_ps(w->context + r * width + c + 16), inverse);
+            _mm512_storeu_si512(out + (int64_t)r * out_stride + c, (__m512i)_mm512_cvtne2ps_pbh(high, low));
+        }
+    }
+}
+#endif
+
+static inline __attribute__((always_inline)) void attend(const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                                                         int64_t stride, int length, int width, float log2_scale,
+                                                         uint16_t *out, int64_t out_stride, scratch *w) {
     int key_span = round_up(length, 16), blocks = key_span / 16;
     int prob_span = round_up(length, 32), chunks = prob_span / 32, context_units = chunks * (width / 16);
     pack_keys(k, stride, length, blocks, width / 32, w->keys);
@@ -260,10 +361,7 @@ static void attend(const uint16_t *q, const uint16_t *k, const uint16_t *v, int6
         int now = b & 1, next = b + 1 < blocks, previous = b > 0;
         int first = b * TILE_ROWS, rows = length - first < TILE_ROWS ? length - first : TILE_ROWS;
         if (next) load_queries(q, first + TILE_ROWS, length, stride, width, w);
-        if (previous) {
-            _tile_zero(4);
-            _tile_zero(5);
-        }
+        if (previous) context_begin(w, width);
         for (int r = 0; r < TILE_ROWS; r++) {
             uint16_t *p = probs[now] + (size_t)r * prob_span;
             if (r < rows) sums[now][r] = softmax_row(scores[now] + (size_t)r * key_span, length, prob_span, log2_scale, p);
@@ -273,17 +371,15 @@ static void attend(const uint16_t *q, const uint16_t *k, const uint16_t *v, int6
                     score_unit(w, width, blocks, j, scores[!now], key_span);
             if (previous)
                 for (int u = r * context_units / TILE_ROWS; u < (r + 1) * context_units / TILE_ROWS; u++)
-                    context_unit(w, width, chunks, u, probs[!now], prob_span);
+                    context_unit(w, width, chunks, u, probs[!now], prob_span, TILE_ROWS);
         }
         if (previous)
             write_context(w, width, sums[!now], TILE_ROWS, out + (int64_t)(first - TILE_ROWS) * out_stride, out_stride);
     }
-    int last = blocks - 1;
-    _tile_zero(4);
-    _tile_zero(5);
-    for (int u = 0; u < context_units; u++) context_unit(w, width, chunks, u, probs[last & 1], prob_span);
-    write_context(w, width, sums[last & 1], length - last * TILE_ROWS, out + (int64_t)last * TILE_ROWS * out_stride,
-                  out_stride);
+    int last = blocks - 1, last_rows = length - last * TILE_ROWS;
+    context_begin(w, width);
+    for (int u = 0; u < context_units; u++) context_unit(w, width, chunks, u, probs[last & 1], prob_span, last_rows);
+    write_context(w, width, sums[last & 1], last_rows, out + (int64_t)last * TILE_ROWS * out_stride, out_stride);
 }
 
 /* Items first .. last of the (sequence, query head) grid, sequence-major, on this thread.
@@ -315,7 +411,7 @@ static int run_items(const uint16_t *qkv, uint16_t *out, const int64_t *bounds, 
         for (int i = 0; i < 6; i++) free(parts[i]);
         return -1;
     }
-    scratch w = {parts[0], parts[1], parts[2], parts[3], parts[4], parts[5]};
+    scratch w = {parts[0], parts[1], parts[2], parts[3], parts[4], parts[5], 0};
 
     /* Subnormal numbers flush to zero while it runs: probabilities below 2^-126 of a row's largest
      * are zero for this purpose, and without flushing each one costs a microcode assist (a row
@@ -323,6 +419,7 @@ static int run_items(const uint16_t *qkv, uint16_t *out, const int64_t *bounds, 
     unsigned int caller_csr = _mm_getcsr();
     _mm_setcsr(caller_csr | 0x8040); /* flush to zero, denormals are zero */
 
+#ifdef QW_AMX
     /* Whatever tile configuration this thread had (oneDNN's, say) comes back afterwards. */
     tile_config saved, ours;
     _tile_storeconfig(&saved);
@@ -333,6 +430,7 @@ static int run_items(const uint16_t *qkv, uint16_t *out, const int64_t *bounds, 
         ours.colsb[t] = TILE_BYTES;
     }
     _tile_loadconfig(&ours);
+#endif
 
     int64_t width = (int64_t)(q_heads + 2 * kv_heads) * head_dim, out_width = (int64_t)q_heads * head_dim;
     int group = q_heads / kv_heads;
@@ -347,11 +445,15 @@ static int run_items(const uint16_t *qkv, uint16_t *out, const int64_t *bounds, 
         const uint16_t *q = base + (int64_t)h * head_dim, *k = base + (int64_t)(q_heads + g) * head_dim;
         const uint16_t *v = base + (int64_t)(q_heads + kv_heads + g) * head_dim;
         uint16_t *o = out + start * out_width + (int64_t)h * head_dim;
-        attend(q, k, v, width, length, head_dim, scale * log2e, o, out_width, &w);
+        /* one copy of the whole schedule per head width, so that every loop bound is a constant */
+        if (head_dim == 32) attend(q, k, v, width, length, 32, scale * log2e, o, out_width, &w);
+        else attend(q, k, v, width, length, 64, scale * log2e, o, out_width, &w);
     }
 
+#ifdef QW_AMX
     if (saved.palette_id) _tile_loadconfig(&saved);
     else _tile_release();
+#endif
     _mm_setcsr(caller_csr);
     for (int i = 0; i < 6; i++) free(parts[i]);
     return 0;
@@ -359,7 +461,7 @@ static int run_items(const uint16_t *qkv, uint16_t *out, const int64_t *bounds, 
 
 /* The calling thread's OpenMP thread count: equal to torch.get_num_threads() when this library
  * shares torch's OpenMP runtime, as it must (checked at load). */
-int qw_amx_threads(void) { return omp_get_max_threads(); }
+int qw_attention_threads(void) { return omp_get_max_threads(); }
 
 /* Attention of every (sequence, query head) item, split in equal runs over the calling thread's
  * OpenMP team: the library links the libgomp that torch has loaded already, so this is torch's
@@ -367,7 +469,7 @@ int qw_amx_threads(void) { return omp_get_max_threads(); }
  * its workers, which spin for a while after each operator: 2.2× slower on 2 threads). Each item
  * is computed the same way whichever thread runs it. Returns 0, or -1 on bad arguments or when
  * memory runs out. */
-int qw_amx_attention(const uint16_t *qkv, uint16_t *out, const int64_t *bounds, int64_t sequences, int q_heads,
+int qw_attention(const uint16_t *qkv, uint16_t *out, const int64_t *bounds, int64_t sequences, int q_heads,
                      int kv_heads, int head_dim, float scale) {
     if ((head_dim != 32 && head_dim != 64) || kv_heads < 1 || q_heads % kv_heads != 0) return -1;
     int64_t items = sequences * q_heads;
