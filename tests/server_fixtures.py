@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import httpx
 
 from qwembed.api.server import build_server
 
@@ -33,3 +36,16 @@ def running_server(app, timeout: float = 60.0, **options) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Wait for a `qwembed serve` process to answer /ready with 200; fail if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline and process.poll() is None, "server did not become ready"
+        time.sleep(0.2)

@@ -13,7 +13,7 @@ import pytest
 from fake_encoders import SlowEncoder
 from qwembed.api import ServerSettings, create_app
 from qwembed.engine.pool import ModelPool
-from server_fixtures import free_port, running_server
+from server_fixtures import free_port, running_server, wait_until_ready
 
 
 # both HTTP parsers uvicorn can run ours on: httptools (the default where installed) and h11
@@ -90,15 +90,7 @@ def test_serve_command_passes_its_header_timeout_and_parser():
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "server did not become ready"
-            time.sleep(0.2)
+        wait_until_ready(f"http://127.0.0.1:{port}", server)
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n")
             started = time.monotonic()

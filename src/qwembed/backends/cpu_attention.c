@@ -167,6 +167,19 @@ static inline float softmax_row(const float *s, int length, int prob_span, float
     return _mm512_reduce_add_ps(_mm512_add_ps(total0, total1));
 }
 
+/* The block's float32 context rows divided by their softmax sums, rounded to bf16 into the output. */
+static inline void normalise_context(const scratch *w, int width, const float *sums, int rows, uint16_t *out,
+                                     int64_t out_stride) {
+    for (int r = 0; r < rows; r++) {
+        __m512 inverse = _mm512_set1_ps(1.0f / sums[r]);
+        for (int c = 0; c < width; c += 32) {
+            __m512 low = _mm512_mul_ps(_mm512_loadu_ps(w->context + r * width + c), inverse);
+            __m512 high = _mm512_mul_ps(_mm512_loadu_ps(w->context + r * width + c + 16), inverse);
+            _mm512_storeu_si512(out + (int64_t)r * out_stride + c, (__m512i)_mm512_cvtne2ps_pbh(high, low));
+        }
+    }
+}
+
 #ifdef QW_AMX
 /* The tile unit and the vector units work at once: the softmax of query block b runs on the
  * vector units while, between its rows, the tile unit gets the scores of block b + 1 and the
@@ -251,14 +264,7 @@ static inline void write_context(scratch *w, int width, const float *sums, int r
                                  int64_t out_stride) {
     _tile_stored(4, w->context + width - 32, width * 4); /* the last pass's 32 columns */
     _tile_stored(5, w->context + width - 16, width * 4);
-    for (int r = 0; r < rows; r++) {
-        __m512 inverse = _mm512_set1_ps(1.0f / sums[r]);
-        for (int c = 0; c < width; c += 32) {
-            __m512 low = _mm512_mul_ps(_mm512_loadu_ps(w->context + r * width + c), inverse);
-            __m512 high = _mm512_mul_ps(_mm512_loadu_ps(w->context + r * width + c + 16), inverse);
-            _mm512_storeu_si512(out + (int64_t)r * out_stride + c, (__m512i)_mm512_cvtne2ps_pbh(high, low));
-        }
-    }
+    normalise_context(w, width, sums, rows, out, out_stride);
 }
 
 #else /* AVX512-BF16: the same steps on the vector units, 16 keys or 16 head columns per register */
@@ -333,14 +339,7 @@ static inline void context_unit(scratch *w, int width, int chunks, int unit, con
 
 static inline void write_context(scratch *w, int width, const float *sums, int rows, uint16_t *out,
                                  int64_t out_stride) {
-    for (int r = 0; r < rows; r++) {
-        __m512 inverse = _mm512_set1_ps(1.0f / sums[r]);
-        for (int c = 0; c < width; c += 32) {
-            __m512 low = _mm512_mul_ps(_mm512_loadu_ps(w->context + r * width + c), inverse);
-            __m512 high = _mm512_mul_ps(_mm512_loadu_ps(w->context + r * width + c + 16), inverse);
-            _mm512_storeu_si512(out + (int64_t)r * out_stride + c, (__m512i)_mm512_cvtne2ps_pbh(high, low));
-        }
-    }
+    normalise_context(w, width, sums, rows, out, out_stride);
 }
 #endif
 
