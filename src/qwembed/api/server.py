@@ -27,7 +27,7 @@ class _HeaderDeadline:
     Idle keep-alive connections are already closed by uvicorn's own keep-alive timeout.
 
     Mixed in before a uvicorn protocol class; each parser's subclass below calls
-    ``_headers_arrived`` from the hook where that parser has a request's headers in full."""
+    ``_cancel_header_deadline`` from the hook where that parser has a request's headers in full."""
 
     header_timeout: float = 10.0
     _header_deadline: asyncio.TimerHandle | None = None
@@ -41,14 +41,14 @@ class _HeaderDeadline:
         super().on_response_complete()  # type: ignore[misc]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._headers_arrived()
+        self._cancel_header_deadline()
         super().connection_lost(exc)  # type: ignore[misc]
 
     def _arm_header_deadline(self) -> None:
-        self._headers_arrived()
+        self._cancel_header_deadline()
         self._header_deadline = self.loop.call_later(self.header_timeout, self._headers_timed_out)  # type: ignore[attr-defined]
 
-    def _headers_arrived(self) -> None:
+    def _cancel_header_deadline(self) -> None:
         if self._header_deadline is not None:
             self._header_deadline.cancel()
             self._header_deadline = None
@@ -68,7 +68,7 @@ class _H11WithHeaderDeadline(_HeaderDeadline, H11Protocol):
         cycle = self.cycle
         super().handle_events()
         if self.cycle is not cycle:  # a new request cycle starts once its headers are in
-            self._headers_arrived()
+            self._cancel_header_deadline()
 
 
 def _httptools_protocol() -> type:
@@ -79,7 +79,7 @@ def _httptools_protocol() -> type:
         """httptools, llhttp's C parser: a fraction of h11's time per request on a loaded server."""
 
         def on_headers_complete(self) -> None:
-            self._headers_arrived()
+            self._cancel_header_deadline()
             super().on_headers_complete()
 
     return _HttpToolsWithHeaderDeadline
