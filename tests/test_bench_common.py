@@ -1,5 +1,6 @@
 """bench/common.py's round-by-round timing: the peak probe runs once before each round's engines,
-and each round's share of the peak is that round's FLOP/s over that round's peak."""
+and each round's share of the peak is that round's FLOP/s over that round's peak; model FLOPs
+count a causal model's attention as the query-key pairs it computes."""
 
 from __future__ import annotations
 
@@ -49,3 +50,13 @@ def test_peak_each_round_records_a_figure_per_call(common):
     peak = common.PeakEachRound()
     peak()
     assert len(peak.gflops) == 1 and peak.gflops[0] > 0
+
+
+def test_model_flops_count_a_decoders_query_key_pairs_when_causal(common):
+    from types import SimpleNamespace
+
+    # 2 layers, 4 heads of 8: attention width 32; 1,000 Linear weights
+    config = SimpleNamespace(num_attention_heads=4, head_dim=8, hidden_size=16, num_hidden_layers=2)
+    linear = 2 * 1000 * 3  # 2 FLOPs per weight per token, 3 tokens
+    assert common.model_flops(config, 1000, [3]) == linear + 4 * 9 * 32 * 2  # every pair of 3 × 3
+    assert common.model_flops(config, 1000, [3], causal=True) == linear + 4 * 6 * 32 * 2  # 3 + 2 + 1

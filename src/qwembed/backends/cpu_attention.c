@@ -1,18 +1,23 @@
-/* Bidirectional attention of packed bf16 sequences on a CPU, one (sequence, head) at a time, with
- * one of two matrix back ends chosen at build time: Intel AMX's tile unit (``-DQW_AMX``, Sapphire
- * Rapids and later) or AVX512-BF16's ``vdpbf16ps`` dot products (AMD Zen 4 and later, Cooper Lake).
+/* Attention of packed bf16 sequences on a CPU — bidirectional (BERT encoders) or causal (Qwen3) —
+ * one (sequence, key/value head) at a time, with one of two matrix back ends chosen at build time:
+ * Intel AMX's tile unit (``-DQW_AMX``, Sapphire Rapids and later) or AVX512-BF16's ``vdpbf16ps``
+ * dot products (AMD Zen 4 and later, Cooper Lake).
  *
  * Why this exists: PyTorch's CPU flash kernel runs bf16 heads narrower than 64 through a
  * general GEMM per block of 64 query rows and an exact exponential per score; with BERT-small's
- * 32-wide heads the softmax, not the matrix units, bounds it (docs/benchmarks.md). Here a
- * (sequence, head) pair is small enough to keep in cache whole (a 256-token sequence's scores are
- * 16 × 256 floats per block of 16 queries), so the kernel:
+ * 32-wide heads the softmax, not the matrix units, bounds it. Without AMX it multiplies bf16
+ * through a GEMM that reaches 10-20 % of the vector units' bf16 rate on Qwen3's causal 128-wide
+ * heads, where attention then takes 39 % of a 512-token forward and most of a longer one
+ * (docs/benchmarks.md). Here a (sequence, head) pair is small enough to keep in cache (a
+ * 512-token sequence's scores are 16 × 512 floats per block of 16 queries), so the kernel:
  *
- *   1. lays the head's keys and values out in pair-interleaved ("VNNI") order, once: both AMX's
- *      tiles and ``vdpbf16ps`` multiply bf16 pairs into float32;
- *   2. per block of 16 queries: scores S = Q Kᵀ (bf16 in, fp32 out);
+ *   1. lays the head's keys and values out in pair-interleaved ("VNNI") order, once for all the
+ *      query heads that share them (grouped-query attention): both AMX's tiles and
+ *      ``vdpbf16ps`` multiply bf16 pairs into float32;
+ *   2. per block of 16 queries: scores S = Q Kᵀ (bf16 in, fp32 out), causal blocks only up to
+ *      the block's diagonal;
  *   3. a row softmax in AVX-512 with a polynomial 2^x (relative error 1e-4, well below the bf16
- *      rounding the probabilities get next);
+ *      rounding the probabilities get next), each row over the keys it may see;
  *   4. O = P V, divided by the row sums, rounded to bf16.
  *
  * The steps are software-pipelined: the softmax of one block runs on the vector units while the
@@ -23,9 +28,10 @@
  *
  * Inputs are the packed projections of a batch, (tokens, q_heads + 2 × kv_heads, head_dim):
  * queries, then keys, then values, as ``packing.grouped_attention`` takes them; sequence ``s`` is
- * tokens bounds[s] .. bounds[s + 1]. Output: (tokens, q_heads × head_dim) bf16. head_dim is 32
- * (MiniLM, BGE-small) or 64 (BERT-base and -large shapes). The (sequence, head) items are shared
- * out over torch's OpenMP threads.
+ * tokens bounds[s] .. bounds[s + 1]. Output: (tokens, q_heads × head_dim) bf16. What each build
+ * handles is ``qw_attention_handles``: the AMX build bidirectional heads of 32 (MiniLM, BGE-small)
+ * and 64 (BERT-base and -large shapes); the AVX512-BF16 build those and 128 (Qwen3), causal or
+ * not. The (sequence, key/value head) items are shared out over torch's OpenMP threads by cost.
  *
  * Built at first use by ``cpu_attention.py`` with gcc or clang and loaded with ctypes; a build or
  * self-check failure leaves PyTorch's kernel in place.
@@ -211,7 +217,7 @@ static inline void load_queries(const uint16_t *q, int first, int length, int64_
 }
 
 /* Scores of key block ``block`` into its 16 columns of ``scores``. */
-static inline void score_unit(const scratch *w, int width, int blocks, int block, float *scores, int key_span) {
+static inline void score_block(const scratch *w, int width, int blocks, int block, float *scores, int key_span) {
     const uint32_t *keys = w->keys + (size_t)block * TILE_ROWS * 16;
     if (width == 32) { /* alternate accumulators: one multiplies while the other is stored */
         _tile_loadd(2, keys, TILE_BYTES);
@@ -267,10 +273,30 @@ static inline void write_context(scratch *w, int width, const float *sums, int r
     normalise_context(w, width, sums, rows, out, out_stride);
 }
 
+/* A score unit is one block of 16 keys; a context unit one chunk of 32 keys times 16 columns. */
+static inline int score_units(int key_blocks, int width) {
+    (void)width;
+    return key_blocks;
+}
+
+static inline void score_unit(const scratch *w, int width, int blocks, int unit, int key_blocks, float *scores,
+                              int key_span) {
+    (void)key_blocks;
+    score_block(w, width, blocks, unit, scores, key_span);
+}
+
+static inline int context_units(int chunks, int width) { return chunks * (width / 16); }
+
+/* The tile registers' plan above covers heads of 32 and 64 without a causal mask. */
+static inline int handles(int head_dim, int causal) { return !causal && (head_dim == 32 || head_dim == 64); }
+
 #else /* AVX512-BF16: the same steps on the vector units, 16 keys or 16 head columns per register */
 
-/* One register row per query of a group of 8, so that 8 independent chains of vdpbf16ps hide its
- * latency; the B operand (16 keys' or 16 columns' pairs) is loaded once per pair for all 8. */
+/* Each step keeps 16 accumulators in registers: 8 query rows × 2 blocks of 16 keys (scores) or of
+ * 16 head columns (context). ``vdpbf16ps`` has a latency of several cycles and, on Zen 5, two
+ * issue ports, so fewer independent chains leave the ports idle (8 chains ran the 64-wide heads
+ * at 56 % of the core's bf16 rate); each loaded B operand (16 keys' or 16 columns' pairs) serves
+ * 8 rows, each broadcast query or probability pair 2 blocks. */
 #define GROUP 8
 
 /* The next block's queries, copied into 16 contiguous rows (zero past the sequence): the score
@@ -285,55 +311,89 @@ static inline void load_queries(const uint16_t *q, int first, int length, int64_
     w->query_rows = rows;
 }
 
-/* Scores of key block ``block`` into its 16 columns of ``scores``, for the live query rows. */
-static inline void score_unit(const scratch *w, int width, int blocks, int block, float *scores, int key_span) {
+static inline __m512bh broadcast_pair(const uint16_t *pair) {
+    uint32_t bits;
+    memcpy(&bits, pair, 4);
+    return (__m512bh)_mm512_set1_epi32((int)bits);
+}
+
+/* Scores of ``count`` (1 or 2, a constant once inlined) key blocks from ``block`` into their
+ * columns of ``scores``, for the live query rows. */
+static inline __attribute__((always_inline)) void score_blocks(const scratch *w, int width, int blocks, int block,
+                                                               int count, float *scores, int key_span) {
     for (int r0 = 0; r0 < w->query_rows; r0 += GROUP) {
         const uint16_t *rows = w->queries + r0 * width; /* rows past the sequence are zero, not stored */
-        __m512 acc[GROUP];
-        for (int i = 0; i < GROUP; i++) acc[i] = _mm512_setzero_ps();
+        __m512 acc[2][GROUP];
+        for (int i = 0; i < GROUP; i++) acc[0][i] = acc[1][i] = _mm512_setzero_ps();
         for (int slice = 0; slice < width / 32; slice++) {
             const uint32_t *keys = w->keys + ((size_t)slice * blocks + block) * TILE_ROWS * 16;
 #pragma GCC unroll 16
             for (int pair = 0; pair < 16; pair++) {
-                __m512bh k = (__m512bh)_mm512_loadu_si512(keys + pair * 16);
+                __m512bh k0 = (__m512bh)_mm512_loadu_si512(keys + pair * 16);
+                __m512bh k1 = count == 2 ? (__m512bh)_mm512_loadu_si512(keys + TILE_ROWS * 16 + pair * 16) : k0;
                 for (int i = 0; i < GROUP; i++) {
-                    uint32_t qp;
-                    memcpy(&qp, rows + i * width + slice * 32 + 2 * pair, 4);
-                    acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_set1_epi32((int)qp), k);
+                    __m512bh q = broadcast_pair(rows + i * width + slice * 32 + 2 * pair);
+                    acc[0][i] = _mm512_dpbf16_ps(acc[0][i], q, k0);
+                    if (count == 2) acc[1][i] = _mm512_dpbf16_ps(acc[1][i], q, k1);
                 }
             }
         }
-        for (int i = 0; i < GROUP && r0 + i < w->query_rows; i++)
-            _mm512_storeu_ps(scores + (size_t)(r0 + i) * key_span + block * 16, acc[i]);
+        for (int i = 0; i < GROUP && r0 + i < w->query_rows; i++) {
+            float *row = scores + (size_t)(r0 + i) * key_span + block * 16;
+            _mm512_storeu_ps(row, acc[0][i]);
+            if (count == 2) _mm512_storeu_ps(row + 16, acc[1][i]);
+        }
     }
 }
 
+/* A score unit is a pair of key blocks (the last one alone when their count is odd), except for
+ * heads of 32, whose units stay single blocks: their 16 pairs of dimensions make short chains,
+ * and finer units interleave better with the softmax (measured: pairs 1.14× faster for heads of
+ * 64 and 128, single blocks 1.10× for heads of 32). A context unit is one chunk of 32 keys times
+ * 32 columns, for every width. */
+static inline int paired(int width) { return width >= 64; }
+
+static inline int score_units(int key_blocks, int width) { return paired(width) ? (key_blocks + 1) / 2 : key_blocks; }
+
+static inline void score_unit(const scratch *w, int width, int blocks, int unit, int key_blocks, float *scores,
+                              int key_span) {
+    if (!paired(width)) score_blocks(w, width, blocks, unit, 1, scores, key_span);
+    else if (2 * unit + 1 < key_blocks) score_blocks(w, width, blocks, 2 * unit, 2, scores, key_span);
+    else score_blocks(w, width, blocks, 2 * unit, 1, scores, key_span);
+}
+
+static inline int context_units(int chunks, int width) { return chunks * (width / 32); }
+
 static inline void context_begin(scratch *w, int width) { memset(w->context, 0, (size_t)TILE_ROWS * width * 4); }
 
-/* Context unit ``unit``: one chunk of 32 keys times one 16-column block of values, added into the
- * float32 context of the block's live rows. */
+/* Context unit ``unit``: one chunk of 32 keys times two 16-column blocks of values, added into
+ * the float32 context of the block's live rows. */
 static inline void context_unit(scratch *w, int width, int chunks, int unit, const uint16_t *probs, int prob_span,
                                 int rows) {
     (void)chunks;
-    int column_blocks = width / 16, chunk = unit / column_blocks, column_block = unit % column_blocks;
+    int column_blocks = width / 16, chunk = unit / (width / 32), column_block = unit % (width / 32) * 2;
     const uint16_t *values = w->values + ((size_t)chunk * column_blocks + column_block) * TILE_ROWS * 32;
     for (int r0 = 0; r0 < rows; r0 += GROUP) {
-        float *out[GROUP];
-        __m512 acc[GROUP];
+        float *out = w->context + (size_t)r0 * width + column_block * 16; /* 16 rows allocated */
+        __m512 acc[2][GROUP];
         for (int i = 0; i < GROUP; i++) {
-            out[i] = w->context + (size_t)(r0 + i) * width + column_block * 16; /* 16 rows allocated */
-            acc[i] = _mm512_loadu_ps(out[i]);
+            acc[0][i] = _mm512_loadu_ps(out + i * width);
+            acc[1][i] = _mm512_loadu_ps(out + i * width + 16);
         }
 #pragma GCC unroll 16
         for (int pair = 0; pair < 16; pair++) {
-            __m512bh v = (__m512bh)_mm512_loadu_si512(values + pair * 32);
+            __m512bh v0 = (__m512bh)_mm512_loadu_si512(values + pair * 32);
+            __m512bh v1 = (__m512bh)_mm512_loadu_si512(values + TILE_ROWS * 32 + pair * 32);
             for (int i = 0; i < GROUP; i++) {
-                uint32_t pp;
-                memcpy(&pp, probs + (size_t)(r0 + i) * prob_span + chunk * 32 + 2 * pair, 4);
-                acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_set1_epi32((int)pp), v);
+                __m512bh p = broadcast_pair(probs + (size_t)(r0 + i) * prob_span + chunk * 32 + 2 * pair);
+                acc[0][i] = _mm512_dpbf16_ps(acc[0][i], p, v0);
+                acc[1][i] = _mm512_dpbf16_ps(acc[1][i], p, v1);
             }
         }
-        for (int i = 0; i < GROUP; i++) _mm512_storeu_ps(out[i], acc[i]);
+        for (int i = 0; i < GROUP; i++) {
+            _mm512_storeu_ps(out + i * width, acc[0][i]);
+            _mm512_storeu_ps(out + i * width + 16, acc[1][i]);
+        }
     }
 }
 
@@ -341,52 +401,98 @@ static inline void write_context(scratch *w, int width, const float *sums, int r
                                  int64_t out_stride) {
     normalise_context(w, width, sums, rows, out, out_stride);
 }
+
+static inline int handles(int head_dim, int causal) {
+    (void)causal;
+    return head_dim == 32 || head_dim == 64 || head_dim == 128;
+}
 #endif
 
-static inline __attribute__((always_inline)) void attend(const uint16_t *q, const uint16_t *k, const uint16_t *v,
-                                                         int64_t stride, int length, int width, float log2_scale,
-                                                         uint16_t *out, int64_t out_stride, scratch *w) {
-    int key_span = round_up(length, 16), blocks = key_span / 16;
-    int prob_span = round_up(length, 32), chunks = prob_span / 32, context_units = chunks * (width / 16);
-    pack_keys(k, stride, length, blocks, width / 32, w->keys);
-    pack_values(v, stride, length, chunks, width, w->values);
+/* Keys a block's last query sees: all of them, or (causal) those up to its own position. */
+static inline int keys_seen(int block, int length, int causal) {
+    int last = (block + 1) * TILE_ROWS;
+    return causal && last < length ? last : length;
+}
+
+/* One query head over keys and values already packed into ``w`` (``pack_keys``,
+ * ``pack_values``): queries ``q`` (row stride ``stride``), output ``out``. */
+static inline __attribute__((always_inline)) void attend(const uint16_t *q, int64_t stride, int length, int width,
+                                                         int causal, float log2_scale, uint16_t *out,
+                                                         int64_t out_stride, scratch *w) {
+    int key_span = round_up(length, 16), blocks = key_span / 16, prob_span = round_up(length, 32);
     float *scores[2] = {w->scores, w->scores + (size_t)TILE_ROWS * key_span};
     uint16_t *probs[2] = {w->probs, w->probs + (size_t)TILE_ROWS * prob_span};
     float sums[2][TILE_ROWS];
 
     load_queries(q, 0, length, stride, width, w);
-    for (int j = 0; j < blocks; j++) score_unit(w, width, blocks, j, scores[0], key_span);
+    int key_blocks = round_up(keys_seen(0, length, causal), 16) / 16;
+    for (int u = 0; u < score_units(key_blocks, width); u++) score_unit(w, width, blocks, u, key_blocks, scores[0], key_span);
     for (int b = 0; b < blocks; b++) {
         int now = b & 1, next = b + 1 < blocks, previous = b > 0;
         int first = b * TILE_ROWS, rows = length - first < TILE_ROWS ? length - first : TILE_ROWS;
+        int chunks = round_up(keys_seen(b, length, causal), 32) / 32;
+        /* the work slipped in between this block's softmax rows: the next block's scores and the
+         * previous block's context, each spread evenly over the 16 rows */
+        int next_blocks = next ? round_up(keys_seen(b + 1, length, causal), 16) / 16 : 0;
+        int next_units = next ? score_units(next_blocks, width) : 0;
+        int previous_chunks = previous ? round_up(keys_seen(b - 1, length, causal), 32) / 32 : 0;
+        int previous_units = previous ? context_units(previous_chunks, width) : 0;
         if (next) load_queries(q, first + TILE_ROWS, length, stride, width, w);
         if (previous) context_begin(w, width);
         for (int r = 0; r < TILE_ROWS; r++) {
             uint16_t *p = probs[now] + (size_t)r * prob_span;
-            if (r < rows) sums[now][r] = softmax_row(scores[now] + (size_t)r * key_span, length, prob_span, log2_scale, p);
-            else memset(p, 0, prob_span * 2);
-            if (next)
-                for (int j = r * blocks / TILE_ROWS; j < (r + 1) * blocks / TILE_ROWS; j++)
-                    score_unit(w, width, blocks, j, scores[!now], key_span);
-            if (previous)
-                for (int u = r * context_units / TILE_ROWS; u < (r + 1) * context_units / TILE_ROWS; u++)
-                    context_unit(w, width, chunks, u, probs[!now], prob_span, TILE_ROWS);
+            int seen = causal ? first + r + 1 : length;
+            if (r < rows) sums[now][r] = softmax_row(scores[now] + (size_t)r * key_span, seen, chunks * 32, log2_scale, p);
+            else memset(p, 0, (size_t)chunks * 32 * 2);
+            for (int u = r * next_units / TILE_ROWS; u < (r + 1) * next_units / TILE_ROWS; u++)
+                score_unit(w, width, blocks, u, next_blocks, scores[!now], key_span);
+            for (int u = r * previous_units / TILE_ROWS; u < (r + 1) * previous_units / TILE_ROWS; u++)
+                context_unit(w, width, previous_chunks, u, probs[!now], prob_span, TILE_ROWS);
         }
         if (previous)
             write_context(w, width, sums[!now], TILE_ROWS, out + (int64_t)(first - TILE_ROWS) * out_stride, out_stride);
     }
     int last = blocks - 1, last_rows = length - last * TILE_ROWS;
+    int chunks = round_up(keys_seen(last, length, causal), 32) / 32;
     context_begin(w, width);
-    for (int u = 0; u < context_units; u++) context_unit(w, width, chunks, u, probs[last & 1], prob_span, last_rows);
+    for (int u = 0; u < context_units(chunks, width); u++)
+        context_unit(w, width, chunks, u, probs[last & 1], prob_span, last_rows);
     write_context(w, width, sums[last & 1], last_rows, out + (int64_t)last * TILE_ROWS * out_stride, out_stride);
 }
 
-/* Items first .. last of the (sequence, query head) grid, sequence-major, on this thread.
+/* One (sequence, key/value head) item: its keys and values packed once, then each query head
+ * of its group. One copy of the whole schedule per head width and masking, so that every loop
+ * bound is a constant; the AMX build has copies only for what it handles. */
+static void attend_group(const uint16_t *q, const uint16_t *k, const uint16_t *v, int64_t stride, int length,
+                         int head_dim, int causal, int group, float log2_scale, uint16_t *out, int64_t out_stride,
+                         scratch *w) {
+#ifdef QW_AMX
+    (void)causal; /* always 0 here: handles() refuses it */
+#endif
+    pack_keys(k, stride, length, round_up(length, 16) / 16, head_dim / 32, w->keys);
+    pack_values(v, stride, length, round_up(length, 32) / 32, head_dim, w->values);
+    for (int i = 0; i < group; i++) {
+        const uint16_t *qi = q + (int64_t)i * head_dim;
+        uint16_t *oi = out + (int64_t)i * head_dim;
+#define ATTEND(WIDTH, CAUSAL) attend(qi, stride, length, WIDTH, CAUSAL, log2_scale, oi, out_stride, w)
+#ifdef QW_AMX
+        if (head_dim == 32) ATTEND(32, 0);
+        else ATTEND(64, 0);
+#else
+        if (head_dim == 32) causal ? ATTEND(32, 1) : ATTEND(32, 0);
+        else if (head_dim == 64) causal ? ATTEND(64, 1) : ATTEND(64, 0);
+        else causal ? ATTEND(128, 1) : ATTEND(128, 0);
+#endif
+#undef ATTEND
+    }
+}
+
+/* Items first .. last of the (sequence, key/value head) grid, sequence-major, on this thread.
  * Returns 0, or -1 when memory runs out. */
 static int run_items(const uint16_t *qkv, uint16_t *out, const int64_t *bounds, int q_heads, int kv_heads,
-                     int head_dim, float scale, int64_t first, int64_t last) {
+                     int head_dim, float scale, int causal, int64_t first, int64_t last) {
     int longest = 0;
-    for (int64_t s = first / q_heads; s <= (last - 1) / q_heads; s++) {
+    for (int64_t s = first / kv_heads; s <= (last - 1) / kv_heads; s++) {
         int64_t n = bounds[s + 1] - bounds[s];
         if (n > longest) longest = (int)n;
     }
@@ -435,18 +541,16 @@ static int run_items(const uint16_t *qkv, uint16_t *out, const int64_t *bounds, 
     int group = q_heads / kv_heads;
     const float log2e = 1.4426950408889634f;
     for (int64_t item = first; item < last; item++) {
-        int64_t s = item / q_heads;
-        int h = (int)(item % q_heads), g = h / group;
+        int64_t s = item / kv_heads;
+        int g = (int)(item % kv_heads);
         int64_t start = bounds[s];
         int length = (int)(bounds[s + 1] - start);
         if (length == 0) continue;
         const uint16_t *base = qkv + start * width;
-        const uint16_t *q = base + (int64_t)h * head_dim, *k = base + (int64_t)(q_heads + g) * head_dim;
+        const uint16_t *q = base + (int64_t)g * group * head_dim, *k = base + (int64_t)(q_heads + g) * head_dim;
         const uint16_t *v = base + (int64_t)(q_heads + kv_heads + g) * head_dim;
-        uint16_t *o = out + start * out_width + (int64_t)h * head_dim;
-        /* one copy of the whole schedule per head width, so that every loop bound is a constant */
-        if (head_dim == 32) attend(q, k, v, width, length, 32, scale * log2e, o, out_width, &w);
-        else attend(q, k, v, width, length, 64, scale * log2e, o, out_width, &w);
+        uint16_t *o = out + start * out_width + (int64_t)g * group * head_dim;
+        attend_group(q, k, v, width, length, head_dim, causal, group, scale * log2e, o, out_width, &w);
     }
 
 #ifdef QW_AMX
@@ -458,26 +562,57 @@ static int run_items(const uint16_t *qkv, uint16_t *out, const int64_t *bounds, 
     return 0;
 }
 
+/* Thread ``me``'s items of ``threads``: a contiguous run of the (sequence, key/value head) grid
+ * holding about an equal share of the work, which grows with the square of a sequence's length
+ * (a batch is packed longest sequence first, so equal counts of items could give one thread all
+ * the long ones). Each item goes to the thread whose share holds its midpoint. */
+static void share_of_items(const int64_t *bounds, int64_t sequences, int kv_heads, int64_t threads, int64_t me,
+                           int64_t *first, int64_t *last) {
+    int64_t total = 0;
+    for (int64_t s = 0; s < sequences; s++) {
+        int64_t n = bounds[s + 1] - bounds[s];
+        total += n * (n + 64) * kv_heads; /* attention, plus packing and per-block work */
+    }
+    *first = *last = 0;
+    if (total == 0) return;
+    int64_t done = 0, item = 0;
+    int started = 0;
+    for (int64_t s = 0; s < sequences; s++) {
+        int64_t n = bounds[s + 1] - bounds[s], cost = n * (n + 64);
+        for (int g = 0; g < kv_heads; g++, item++) {
+            int64_t owner = (2 * done + cost) * threads / (2 * total);
+            done += cost;
+            if (owner == me) {
+                if (!started) *first = item, started = 1;
+                *last = item + 1;
+            }
+        }
+    }
+}
+
 /* The calling thread's OpenMP thread count: equal to torch.get_num_threads() when this library
  * shares torch's OpenMP runtime, as it must (checked at load). */
 int qw_attention_threads(void) { return omp_get_max_threads(); }
 
-/* Attention of every (sequence, query head) item, split in equal runs over the calling thread's
- * OpenMP team: the library links the libgomp that torch has loaded already, so this is torch's
- * own intra-op thread pool and thread count (separate Python threads would have competed with
- * its workers, which spin for a while after each operator: 2.2× slower on 2 threads). Each item
- * is computed the same way whichever thread runs it. Returns 0, or -1 on bad arguments or when
- * memory runs out. */
+/* Whether this build handles heads of ``head_dim`` with (1) or without (0) a causal mask. */
+int qw_attention_handles(int head_dim, int causal) { return handles(head_dim, causal); }
+
+/* Attention of every (sequence, query head), in items of a sequence's key/value head and the
+ * query heads that share it, split by cost over the calling thread's OpenMP team: the library
+ * links the libgomp that torch has loaded already, so this is torch's own intra-op thread pool
+ * and thread count (separate Python threads would have competed with its workers, which spin
+ * for a while after each operator: 2.2× slower on 2 threads). Each item is computed the same way
+ * whichever thread runs it. ``causal``: each query sees the keys up to its own position. Returns
+ * 0, or -1 on arguments this build does not handle or when memory runs out. */
 int qw_attention(const uint16_t *qkv, uint16_t *out, const int64_t *bounds, int64_t sequences, int q_heads,
-                     int kv_heads, int head_dim, float scale) {
-    if ((head_dim != 32 && head_dim != 64) || kv_heads < 1 || q_heads % kv_heads != 0) return -1;
-    int64_t items = sequences * q_heads;
+                 int kv_heads, int head_dim, float scale, int causal) {
+    if (!handles(head_dim, causal) || kv_heads < 1 || q_heads % kv_heads != 0) return -1;
     int failed = 0;
 #pragma omp parallel reduction(| : failed)
     {
-        int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
-        int64_t first = items * me / threads, last = items * (me + 1) / threads;
-        if (first < last) failed |= run_items(qkv, out, bounds, q_heads, kv_heads, head_dim, scale, first, last);
+        int64_t first, last;
+        share_of_items(bounds, sequences, kv_heads, omp_get_num_threads(), omp_get_thread_num(), &first, &last);
+        if (first < last) failed |= run_items(qkv, out, bounds, q_heads, kv_heads, head_dim, scale, causal, first, last);
     }
     return failed ? -1 : 0;
 }

@@ -16,9 +16,9 @@ keeps each sequence to its own tokens (:func:`tile_rows`). On 128 BQ sentences (
 that took attention from 6.2–8.7 ms to 3.6 ms per layer; the extra FLOPs are a rounding error
 beside the Linear layers'.
 
-On CPUs with AMX or AVX512-BF16, bidirectional bf16 attention skips all of this:
-``cpu_attention.py`` takes each sequence by its bounds in the packed matrix, with no padding,
-groups or tiles.
+On CPUs with AMX or AVX512-BF16, bf16 attention skips all of this where ``cpu_attention.py``
+handles it (bidirectional BERT heads; without AMX also Qwen3's causal ones): it takes each
+sequence by its bounds in the packed matrix, with no padding, groups or tiles.
 """
 
 from __future__ import annotations
@@ -241,7 +241,7 @@ def grouped_attention(
     are padded on the right, after every real token), a tile's mask is causal already."""
     kernel = cpu_attention.kernel_for(qkv, causal=causal)
     if kernel is not None:  # every sequence by its bounds: no groups, no padding
-        return kernel.attend(qkv, batch.bounds, q_heads, kv_heads, scale)
+        return kernel.attend(qkv, batch.bounds, q_heads, kv_heads, scale, causal=causal)
     width = qkv.shape[-1]
     parts = []
     for group in batch.groups:
