@@ -7,15 +7,20 @@ head width 128, the real Qwen3 tokenizer that appends ``<|endoftext|>``) with ra
 this script generates (no Qwen3 weights can be downloaded here). The reference is
 sentence-transformers with last-token pooling, left padding and normalisation — the model card's
 recipe — in float32. qwembed runs with ``--dtype auto`` (mixed bf16 on CPUs with bf16 units), on
-its padding-free forward; unless ``--no-compile``, also with the padded forward compiled by
-inductor — what ``--compile`` did for Qwen3 before the packed forward overtook it, kept to show
-that it still does not pay. Short texts are BQ sentences; long ones are 512-token documents,
-reported as model FLOP/s against the bf16 matmul peak measured in the same run.
+its padding-free forward; for each of our CPU kernels that serves Qwen3 here (the causal
+attention on CPUs with AVX512-BF16 but no AMX; the RMSNorm and RoPE kernels on CPUs with
+AVX512-BF16), also with that kernel switched off, in the same rounds; unless
+``--no-compile``, also with the padded forward compiled by inductor — what ``--compile`` did for
+Qwen3 before the packed forward overtook it, kept to show that it still does not pay. Short texts
+are BQ sentences; long ones are 512-token documents (``--doc-tokens``), reported as model FLOP/s
+(causal attention counted as the query-key pairs a decoder computes, half of a square) against the
+bf16 matmul peak measured in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 from pathlib import Path
@@ -94,6 +99,21 @@ def sentence_transformer(folder: Path, hidden: int, dtype=None):
     )
 
 
+def without(loader, call):
+    """``call`` run with ``loader``'s kernel switched off (PyTorch's operators), then the loaded one
+    restored: two engines that differ only there can take turns in one run."""
+
+    def run():
+        loaded = loader.get()
+        loader.set(None)
+        try:
+            return call()
+        finally:
+            loader.set(loaded)
+
+    return run
+
+
 def documents(sentences: list[str], tokenizer, count: int, length: int) -> list[str]:
     docs, current = [], []
     for sentence in sentences * 50:
@@ -121,6 +141,7 @@ def main() -> int:
 
     import torch
 
+    from qwembed.backends import cpu_attention, rms_norm
     from qwembed.engine import Embedder
 
     folder = random_qwen3_0_6b()
@@ -137,6 +158,8 @@ def main() -> int:
         "torch_threads": torch.get_num_threads(),
         "model": "random weights, Qwen3-Embedding-0.6B configuration",
         "precision": {name: e.encoder.precision.describe() for name, e in engines.items()},
+        "attention_kernel": cpu_attention.KERNEL.name if cpu_attention.kernel() is not None else None,
+        "norm_kernels": rms_norm.LIBRARY.name if rms_norm.LIBRARY.get() is not None else None,
     }
     corpora = {"short": texts}
     if args.docs:
@@ -146,10 +169,17 @@ def main() -> int:
     linear = linear_parameters(some.encoder.model)
     for label, inputs in corpora.items():
         lengths = [len(ids) for ids in some.tokenize(inputs)]
-        flops = model_flops(some.encoder.model.config, linear, lengths)
+        flops = model_flops(some.encoder.model.config, linear, lengths, causal=True)
         calls = {"sentence-transformers": lambda inputs=inputs: reference.encode(inputs, batch_size=32)}
         for name, embedder in engines.items():
             calls[name] = lambda e=embedder, inputs=inputs: e.embed(inputs)
+        # each of our CPU kernels that serves Qwen3 here, switched off in a row of its own
+        ours = functools.partial(engines["qwembed auto"].embed, inputs)
+        attention = cpu_attention.kernel()
+        if attention is not None and attention.handles(QWEN3_0_6B["head_dim"], True):
+            calls["qwembed auto, PyTorch's attention"] = without(cpu_attention.KERNEL, ours)
+        if rms_norm.LIBRARY.get() is not None:
+            calls["qwembed auto, PyTorch's norms"] = without(rms_norm.LIBRARY, ours)
         peak = PeakEachRound()
         rounds, vectors = timed_in_turn(calls, args.repeats, each_round=peak)
         rows = {

@@ -16,13 +16,16 @@ Here each step is a handful of same-dtype passes, and the results are written wh
 
 Both compute in float32 and round once at the end; Hugging Face rounds the normalised heads to
 the input dtype before the weight and RoPE, so under bf16 the two differ by bf16 rounding (tested
-against it in float32 to float rounding).
+against it in float32 to float rounding). In the mixed-bf16 forward on CPUs with AVX-512 and bf16
+conversions each is one C kernel's single pass instead (``rms_norm.py``: the same arithmetic),
+where it fits; these operators stay for everything else.
 """
 
 from __future__ import annotations
 
 import torch
 
+from . import rms_norm as kernels
 from .fused_linear import linear_activation, linear_times
 
 
@@ -36,6 +39,9 @@ def _inverse_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
 def rms_norm(x: torch.Tensor, norm: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
     """``norm(x)`` for a ``Qwen3RMSNorm`` (``weight``, ``variance_epsilon``), computed in float32 and
     returned in ``dtype``: the dtype of the Linear layer that reads it."""
+    fused = kernels.rms_norm(x, norm, dtype)
+    if fused is not None:
+        return fused
     h = x.float()
     inverse = _inverse_rms(h, norm.variance_epsilon)
     # under bf16 ``h`` is a copy, scaled in place (one float32 buffer: 168 MB less at a GPU batch
@@ -53,6 +59,8 @@ ROTATE_CHUNK_TOKENS = 4096
 def rotate_normed_(heads: torch.Tensor, norm: torch.nn.Module, cos: torch.Tensor, sin: torch.Tensor) -> None:
     """``heads ← RoPE(norm(heads))`` in place. ``heads`` is ``(tokens, heads, width)``, usually a
     view into the QKV projection; ``cos`` and ``sin`` are the rotary tables, ``(tokens, width)``."""
+    if kernels.rotate_normed_(heads, norm, cos, sin):
+        return
     half = heads.shape[-1] // 2
     weight = norm.weight.float()
     # RoPE(w ⊙ n) = (w ⊙ n) · cos + rotate(w ⊙ n) · sin, where rotate(y) = (−y₂, y₁) on the halves;
