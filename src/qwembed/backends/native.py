@@ -39,6 +39,9 @@ BASE_FLAGS = (
     "-mavx512bf16",
 )  # fmt: skip
 
+#: the CPU flags (``/proc/cpuinfo``) a kernel built with :data:`BASE_FLAGS` needs
+BASE_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16")
+
 
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
