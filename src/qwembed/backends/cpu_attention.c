@@ -414,6 +414,15 @@ static inline int keys_seen(int block, int length, int causal) {
     return causal && last < length ? last : length;
 }
 
+/* Blocks of 16 keys (scores) and chunks of 32 keys (probabilities, context) that hold them. */
+static inline int key_blocks_seen(int block, int length, int causal) {
+    return round_up(keys_seen(block, length, causal), 16) / 16;
+}
+
+static inline int chunks_seen(int block, int length, int causal) {
+    return round_up(keys_seen(block, length, causal), 32) / 32;
+}
+
 /* One query head over keys and values already packed into ``w`` (``pack_keys``,
  * ``pack_values``): queries ``q`` (row stride ``stride``), output ``out``. */
 static inline __attribute__((always_inline)) void attend(const uint16_t *q, int64_t stride, int length, int width,
@@ -425,17 +434,17 @@ static inline __attribute__((always_inline)) void attend(const uint16_t *q, int6
     float sums[2][TILE_ROWS];
 
     load_queries(q, 0, length, stride, width, w);
-    int key_blocks = round_up(keys_seen(0, length, causal), 16) / 16;
+    int key_blocks = key_blocks_seen(0, length, causal);
     for (int u = 0; u < score_units(key_blocks, width); u++) score_unit(w, width, blocks, u, key_blocks, scores[0], key_span);
     for (int b = 0; b < blocks; b++) {
         int now = b & 1, next = b + 1 < blocks, previous = b > 0;
         int first = b * TILE_ROWS, rows = length - first < TILE_ROWS ? length - first : TILE_ROWS;
-        int chunks = round_up(keys_seen(b, length, causal), 32) / 32;
+        int chunks = chunks_seen(b, length, causal);
         /* the work slipped in between this block's softmax rows: the next block's scores and the
          * previous block's context, each spread evenly over the 16 rows */
-        int next_blocks = next ? round_up(keys_seen(b + 1, length, causal), 16) / 16 : 0;
+        int next_blocks = next ? key_blocks_seen(b + 1, length, causal) : 0;
         int next_units = next ? score_units(next_blocks, width) : 0;
-        int previous_chunks = previous ? round_up(keys_seen(b - 1, length, causal), 32) / 32 : 0;
+        int previous_chunks = previous ? chunks_seen(b - 1, length, causal) : 0;
         int previous_units = previous ? context_units(previous_chunks, width) : 0;
         if (next) load_queries(q, first + TILE_ROWS, length, stride, width, w);
         if (previous) context_begin(w, width);
@@ -453,7 +462,7 @@ static inline __attribute__((always_inline)) void attend(const uint16_t *q, int6
             write_context(w, width, sums[!now], TILE_ROWS, out + (int64_t)(first - TILE_ROWS) * out_stride, out_stride);
     }
     int last = blocks - 1, last_rows = length - last * TILE_ROWS;
-    int chunks = round_up(keys_seen(last, length, causal), 32) / 32;
+    int chunks = chunks_seen(last, length, causal);
     context_begin(w, width);
     for (int u = 0; u < context_units(chunks, width); u++)
         context_unit(w, width, chunks, u, probs[last & 1], prob_span, last_rows);
