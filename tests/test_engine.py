@@ -31,6 +31,38 @@ def test_an_input_over_the_budget_runs_alone():
     assert plan_batches([1000, 2, 2], max_batch_tokens=100, max_batch_size=8) == [[0], [1, 2]]
 
 
+def _stream_finish(batches: list[list[int]], lengths: list[int], streams: int) -> int:
+    """Tokens on the busiest of ``streams`` that each take the next batch when free."""
+    load = [0] * streams
+    for batch in batches:
+        load[load.index(min(load))] += sum(lengths[i] for i in batch)
+    return max(load)
+
+
+def test_a_short_plan_is_cut_so_that_the_streams_finish_together():
+    # 256 short texts: filling each batch to the budget gave rows 0-127 (longer) and 128-255
+    lengths = [14] * 64 + [9] * 64 + [6] * 128
+    greedy = plan_batches(lengths, 2048, 128, padded=False)
+    assert [len(b) for b in greedy] == [128, 128]
+    balanced = plan_batches(lengths, 2048, 128, padded=False, streams=2)
+    assert sorted(i for batch in balanced for i in batch) == list(range(len(lengths)))
+    for batch in balanced:
+        assert len(batch) <= 128 and sum(lengths[i] for i in batch) <= 2048
+        assert batch == sorted(batch, key=lambda i: -lengths[i])  # still longest first
+    assert _stream_finish(greedy, lengths, 2) == 64 * 14 + 64 * 9
+    assert _stream_finish(balanced, lengths, 2) <= 0.55 * sum(lengths)
+
+
+def test_one_stream_or_a_long_plan_keeps_full_batches():
+    lengths = [14] * 64 + [9] * 64 + [6] * 128
+    one = plan_batches(lengths, 2048, 128, padded=False)
+    assert plan_batches(lengths, 2048, 128, padded=False, streams=1) == one
+    assert plan_batches(lengths[:100], 2048, 128, padded=False, streams=2) == [list(range(100))]
+    many = [20] * 5000  # 50 batches: the last round's unevenness is at most one batch of 50
+    full = plan_batches(many, 2048, 128, padded=False)
+    assert len(full) == 50 and plan_batches(many, 2048, 128, padded=False, streams=2) == full
+
+
 class _OnDevice:
     """What the batching defaults read of an encoder: its device."""
 

@@ -73,23 +73,136 @@ def test_two_streams_run_two_full_batches_at_once():
     worker.stop(5)
 
 
-def test_a_second_stream_waits_for_a_full_batch_while_the_first_runs():
-    log: list[list[int]] = []
-    worker, gate = _gated_two_stream_worker(log)
-    first = worker.submit([[1] * 10])
-    time.sleep(0.05)  # stream one is inside its batch
-    small = [worker.submit([[k] * 10]) for k in (2, 3)]
-    time.sleep(0.2)
-    assert worker.queue_depth == 2  # 20 of 40 tokens: the idle stream did not start on them
-    filler = worker.submit([[4] * 10, [5] * 10])  # now a full batch waits
+def _wait_until_taken(worker: BatchWorker) -> None:
     deadline = time.monotonic() + 5
     while worker.queue_depth and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def test_a_second_stream_waits_for_a_full_batch_while_the_first_runs():
+    log: list[list[int]] = []
+    worker, gate = _gated_two_stream_worker(log)
+    first = worker.submit([[1] * 10] * 5)  # a full window of 4, and one input left queued
+    time.sleep(0.05)  # stream one is inside its batch
+    small = worker.submit([[2] * 10])
+    time.sleep(0.2)
+    assert worker.queue_depth == 2  # 20 of 40 tokens: the idle stream did not start on them
+    filler = worker.submit([[4] * 10, [5] * 10])  # now a full batch waits
+    _wait_until_taken(worker)
     assert worker.queue_depth == 0  # taken by the second stream while the first still runs
     gate.set()
-    assert [f.result(5)[0, 0] for f in (first, *small)] == [1, 2, 3]
+    assert first.result(5)[:, 0].tolist() == [1] * 5
+    assert small.result(5)[0, 0] == 2
     assert filler.result(5)[:, 0].tolist() == [4, 5]
-    assert sorted(log) == [[1], [2, 3, 4, 5]]
+    assert sorted(log) == [[1, 1, 1, 1], [1, 2, 4, 5]]
+    worker.stop(5)
+
+
+def _threads_logging_run(log: list[tuple[int, int]], gate: threading.Event | None = None):
+    """A batch function that logs (first input's id, torch threads of the stream running it)."""
+
+    def run(batch):
+        if gate is not None:
+            gate.wait(5)
+        log.append((batch[0][0], torch.get_num_threads()))
+        return np.array([[ids[0]] for ids in batch], dtype=np.float32)
+
+    return run
+
+
+def test_a_lone_window_runs_on_every_core_and_the_other_stream_waits():
+    log: list[tuple[int, int]] = []
+    gate = threading.Event()
+    worker = BatchWorker(
+        _threads_logging_run(log, gate),
+        max_batch_tokens=40,
+        padded_batches=False,
+        streams=Streams(2, 1, every_core_tokens=0),  # two streams of one thread each
+    ).start()
+    lone = worker.submit([[1] * 10])  # nothing else queued, the other stream idle
+    time.sleep(0.05)
+    full = worker.submit([[2] * 10] * 4)  # a full batch, which would start a second stream
+    time.sleep(0.2)
+    assert worker.queue_depth == 4  # waits: the lone window has both streams' threads
+    gate.set()
+    assert lone.result(5)[0, 0] == 1 and full.result(5)[0, 0] == 2
+    assert log == [(1, 2), (2, 2)]  # each found the other stream idle and nothing queued
+    worker.stop(5)
+
+
+def test_a_request_right_behind_a_lone_one_keeps_it_on_one_streams_threads(monkeypatch):
+    monkeypatch.setattr(worker_module, "EVERY_CORE_WAIT_MAX_SECONDS", 0.5)
+    monkeypatch.setattr(worker_module, "EVERY_CORE_WAIT_SHARE", 1.0)
+    log: list[tuple[int, int]] = []
+    worker = BatchWorker(
+        _threads_logging_run(log),
+        max_batch_tokens=40,
+        padded_batches=False,
+        streams=Streams(2, 1, every_core_tokens=0),
+    ).start()
+    first = worker.submit([[1] * 10])
+    time.sleep(0.05)  # within the first window's wait: a burst, not a lone request
+    second = worker.submit([[2] * 10])
+    assert first.result(5)[0, 0] == 1 and second.result(5)[0, 0] == 2
+    assert log == [(1, 1), (2, 2)]  # the second, with nothing behind it, did get every core
+    worker.stop(5)
+
+
+def test_a_lone_window_too_small_to_gain_keeps_one_streams_threads():
+    log: list[tuple[int, int]] = []
+    worker = BatchWorker(
+        _threads_logging_run(log),
+        max_batch_tokens=40,
+        padded_batches=False,
+        streams=Streams(2, 1, every_core_tokens=20),
+    ).start()
+    worker.submit([[1] * 10]).result(5)
+    worker.submit([[2] * 10] * 2).result(5)
+    assert log == [(1, 1), (2, 2)]
+    worker.stop(5)
+
+
+def test_the_smallest_window_on_every_core_follows_the_models_linear_work(monkeypatch):
+    monkeypatch.setattr(streams_module, "usable_cores", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    model = _Model("cpu")
+    assert Streams.for_model(model) == Streams(2, 1)  # not a torch model: never on every core
+    model.model = torch.nn.Sequential(torch.nn.Embedding(1000, 100), torch.nn.Linear(100, 400))
+    flops_per_token = 2 * 100 * 400  # the embedding table is a lookup, not work per token
+    expected = -(-int(streams_module.EVERY_CORE_MIN_FLOPS) // flops_per_token)
+    assert Streams.for_model(model) == Streams(2, 1, every_core_tokens=expected)
+
+
+def test_windows_under_load_keep_one_streams_threads():
+    log: list[tuple[int, int]] = []
+    barrier = threading.Barrier(2, timeout=5)
+    run = _threads_logging_run(log)
+    worker = BatchWorker(
+        lambda batch: (barrier.wait(), run(batch))[1],  # both windows must run at once
+        max_batch_tokens=40,
+        padded_batches=False,
+        streams=Streams(2, 1, every_core_tokens=0),
+    ).start()
+    assert worker.submit([[i] * 10 for i in range(8)]).result(5)[:, 0].tolist() == list(range(8))
+    assert sorted(log) == [(0, 1), (4, 1)]
+    worker.stop(5)
+
+
+def test_a_lone_windows_rate_counts_every_core_it_took():
+    def slow(batch):
+        time.sleep(0.1)
+        return np.zeros((len(batch), 1), dtype=np.float32)
+
+    worker = BatchWorker(
+        slow,
+        max_batch_tokens=40,
+        padded_batches=False,
+        streams=Streams(2, 1, every_core_tokens=0),
+        min_rate_sample_tokens=1,
+    ).start()
+    worker.submit([[1] * 10]).result(5)
+    # 10 tokens in ≥ 0.1 s on both streams' cores: at most 100 tokens/s, not twice that
+    assert 0 < worker.tokens_per_second <= 100
     worker.stop(5)
 
 
@@ -112,6 +225,28 @@ def test_embedder_streams_change_nothing_in_the_vectors(minilm_dir):
     two = Embedder(one.encoder, max_batch_size=32, streams=2)
     assert two.streams.streams.count == 2
     np.testing.assert_allclose(two.embed(texts), one.embed(texts), atol=1e-6)
+
+
+def test_every_core_changes_nothing_in_the_vectors_and_gives_the_threads_back(minilm_dir):
+    embedder = Embedder.load("minilm", device="cpu", streams=1)  # mixed bf16 where the CPU has it
+    ids = embedder.tokenize([f"sentence number {i} " + "with more words " * (i % 7) for i in range(40)])
+    streams = Streams(2, 1)
+    seen: dict[str, object] = {}
+
+    def in_a_stream() -> None:
+        streams.enter()
+        seen["narrow"] = embedder.encoder.embed_token_ids(ids)
+        with streams.every_core():
+            seen["threads inside"] = torch.get_num_threads()
+            seen["wide"] = embedder.encoder.embed_token_ids(ids)
+        seen["threads after"] = torch.get_num_threads()
+
+    thread = threading.Thread(target=in_a_stream)
+    thread.start()
+    thread.join(60)
+    assert (seen["threads inside"], seen["threads after"]) == (2, 1)
+    cosines = np.sum(seen["narrow"] * seen["wide"], axis=1)
+    assert cosines.min() > 0.99999
 
 
 def test_a_window_of_cancelled_inputs_leaves_the_streams_free():

@@ -110,7 +110,10 @@ class Embedder:
         out = np.empty((len(ids), self.dimension), dtype=np.float32)
         lengths = [len(x) for x in ids]
         padded = not self.encoder.packed
-        batches = plan_batches(lengths, self.max_batch_tokens, self.max_batch_size, padded=padded)
+        streams = self.streams.streams.count
+        batches = plan_batches(
+            lengths, self.max_batch_tokens, self.max_batch_size, padded=padded, streams=streams
+        )
 
         def embed(batch: list[int]) -> np.ndarray:
             return self.encoder.embed_token_ids([ids[i] for i in batch])

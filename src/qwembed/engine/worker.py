@@ -17,6 +17,14 @@ How a window is cut depends on whether the model pays for padding:
   ran 15–35 % slower (docs/benchmarks.md).
 * A padded model pays ``rows × longest``: a window takes whole requests, about one token budget,
   sorted by length and cut into batches, so short inputs do not pay for long ones' padding.
+
+A window taken while the other streams are idle, leaving nothing queued — a lone request, the
+common case of a lightly loaded server — runs on every stream's threads, and the other streams
+wait until it ends (beside it they would oversubscribe the cores). On one stream's share of 2
+cores, a lone request of 32 texts took 1.5–1.9× as long (docs/benchmarks.md). It first waits a
+moment for requests arriving with it, and a window too small to gain from every core
+(``Streams.every_core_tokens``) keeps one stream's threads; so do windows under load, where a
+stream always finds work queued or another stream running.
 """
 
 from __future__ import annotations
@@ -45,6 +53,14 @@ from .streams import Streams
 #: second of kernel time per 4,000 texts and 0.81 → 0.63× the sorted corpus's throughput
 MEMORY_RELEASE_IDLE_SECONDS = 0.25
 MEMORY_RELEASE_BUSY_SECONDS = 5.0
+
+#: a window that could run on every core first waits this share of its own expected time (at most
+#: the maximum below) for more requests: requests arriving together from idle (Qwen3-0.6B shape,
+#: 8 clients × 32 texts) were sometimes taken one alone, holding both cores while the rest waited
+#: (0.69× the throughput). A lone request pays at most this share of its time for the wait; a
+#: short window (all-MiniLM-L6-v2, 32 texts: ~35 ms) waits little and can delay a burst little.
+EVERY_CORE_WAIT_SHARE = 0.02
+EVERY_CORE_WAIT_MAX_SECONDS = 0.005
 
 log = logging.getLogger("qwembed.worker")
 
@@ -77,6 +93,15 @@ class _NullObserver:
 
     def queue_wait(self, seconds: float) -> None:
         pass
+
+
+@dataclass
+class _Window:
+    """Inputs a stream takes to run, as (request, input index)."""
+
+    entries: list[tuple[_Job, int]]
+    #: taken with the other streams idle and nothing left queued: it runs on every core
+    alone: bool = False
 
 
 @dataclass
@@ -132,6 +157,7 @@ class BatchWorker:
         self._pending: deque[tuple[_Job, int]] = deque()
         self._pending_tokens = 0
         self._running = 0  # streams inside a window
+        self._alone = False  # a window runs on every core: the other streams wait for it
         self._cond = threading.Condition()
         self._results = threading.Lock()  # a request's inputs may finish in two streams at once
         self._stopping = False
@@ -231,12 +257,12 @@ class BatchWorker:
         return self.submit(items).result()
 
     # ---- the worker thread ----------------------------------------------------------------
-    def _take_window(self, idle_timeout: float | None = None) -> list[tuple[_Job, int]] | None:
-        """The next window; None once stopping and drained, ``[]`` after ``idle_timeout`` seconds
-        with nothing to start (or when everything taken had been cancelled)."""
+    def _take_window(self, idle_timeout: float | None = None) -> _Window | None:
+        """The next window; None once stopping and drained, an empty one after ``idle_timeout``
+        seconds with nothing to start (or when everything taken had been cancelled)."""
         with self._cond:
             if not self._cond.wait_for(self._worth_starting, idle_timeout):
-                return []
+                return _Window([])
             if not self._pending:
                 return None  # stopping and drained
             window, tokens = [], 0
@@ -252,11 +278,40 @@ class BatchWorker:
                 else:
                     window.append((job, index))
                     tokens += length
-            if window:  # (every input taken may have been cancelled)
-                self._running += 1
+            if not window:  # (every input taken may have been cancelled)
+                return _Window([])
+            self._running += 1
+            alone = False
+            if self._could_run_alone(tokens):
+                # a burst's requests arrive over a few milliseconds: one taken alone would hold
+                # every core while the rest wait, so first give the rest a moment to show up
+                self._cond.wait_for(self._more_arrived, self._gathering_wait(tokens))
+                alone = self._running == 1 and not self._pending
+            self._alone = alone
             if self._pending:
                 self._cond.notify()  # more waits: another stream may start on it
-            return window
+            return _Window(window, alone)
+
+    def _could_run_alone(self, tokens: int) -> bool:
+        """Whether a window of ``tokens`` just taken has the cores to itself: several streams, the
+        others idle, nothing else queued, and enough work to gain from every core."""
+        return (
+            self.streams.count > 1
+            and self._running == 1
+            and not self._pending
+            and self.streams.every_core_tokens is not None
+            and tokens >= self.streams.every_core_tokens
+        )
+
+    def _more_arrived(self) -> bool:
+        return bool(self._pending) or self._stopping
+
+    def _gathering_wait(self, tokens: int) -> float:
+        """How long a window that could run alone waits for more requests first: a share of its own
+        expected time, so that a lone request pays at most that share for the wait."""
+        rate = self.tokens_per_second
+        expected = EVERY_CORE_WAIT_MAX_SECONDS if rate is None else tokens * self.streams.count / rate
+        return min(EVERY_CORE_WAIT_MAX_SECONDS, EVERY_CORE_WAIT_SHARE * expected)
 
     def _worth_starting(self) -> bool:
         """A stream starts a window when the cores would otherwise idle (no other stream is running)
@@ -266,6 +321,8 @@ class BatchWorker:
         no throughput, since the other stream keeps the cores busy meanwhile."""
         if not self._pending:
             return self._stopping
+        if self._alone:
+            return False  # a window runs on every core; it notifies when it ends
         full = self._pending_tokens >= self.window_tokens or len(self._pending) >= self.window_items
         return self._running == 0 or full or self._stopping
 
@@ -284,20 +341,26 @@ class BatchWorker:
             window = self._take_window(MEMORY_RELEASE_IDLE_SECONDS if dirty else None)
             if window is None:
                 return
-            if not window:  # idle since the last batch: give its memory back
+            if not window.entries:  # idle since the last batch: give its memory back
                 # (also after a window of cancelled inputs only: rare, and harmless)
                 release_free_memory()
                 last_release, dirty = time.monotonic(), False
                 continue
             try:
-                self._process(window)
+                if window.alone:
+                    with self.streams.every_core():
+                        self._process(window.entries, self.streams.count)
+                else:
+                    self._process(window.entries)
             finally:
                 with self._cond:
                     self._running -= 1
+                    self._alone = False
                     self._cond.notify()  # a stream waiting for a full batch may start now
             dirty = True
 
-    def _process(self, window: list[tuple[_Job, int]]) -> None:
+    def _process(self, window: list[tuple[_Job, int]], cores_share: int = 1) -> None:
+        """Run a window's batches. ``cores_share``: how many streams' share of the cores it runs on."""
         now = time.perf_counter()
         starting = []
         with self._results:  # a request split over two windows starts once
@@ -310,9 +373,9 @@ class BatchWorker:
         lengths = [len(job.items[index]) for job, index in window]
         plan = plan_batches(lengths, self.max_batch_tokens, self.max_batch_size, padded=self.padded_batches)
         for batch in plan:
-            self._run([window[i] for i in batch])
+            self._run([window[i] for i in batch], cores_share=cores_share)
 
-    def _run(self, entries: list[tuple[_Job, int]], retry: bool = True) -> None:
+    def _run(self, entries: list[tuple[_Job, int]], retry: bool = True, cores_share: int = 1) -> None:
         live = [(job, index) for job, index in entries if not job.done]
         self._settle(sum(len(job.items[index]) for job, index in entries if job.done))
         if not live:
@@ -323,22 +386,25 @@ class BatchWorker:
         try:
             vectors = self._run_batch(inputs)
         except Exception as error:
-            self._handle_failure(live, error, retry)
+            self._handle_failure(live, error, retry, cores_share)
             return
         seconds = time.perf_counter() - started
-        self._recent.append((tokens, seconds))
+        # in one stream's time: ``tokens_per_second`` counts every stream as running at this rate
+        self._recent.append((tokens, seconds * cores_share))
         self._settle(tokens)
         longest = max(len(ids) for ids in inputs)
         self.observer.batch_done(len(inputs), tokens, longest * len(inputs), seconds)
         for (job, index), vector in zip(live, vectors, strict=True):
             self._deliver(job, index, vector)
 
-    def _handle_failure(self, entries: list[tuple[_Job, int]], error: Exception, retry: bool) -> None:
+    def _handle_failure(
+        self, entries: list[tuple[_Job, int]], error: Exception, retry: bool, cores_share: int
+    ) -> None:
         jobs = {id(job): job for job, _ in entries}
         if retry and len(jobs) > 1:
             log.warning("batch of %d inputs failed (%s); retrying request by request", len(entries), error)
             for key in jobs:
-                self._run([entry for entry in entries if id(entry[0]) == key], retry=False)
+                self._run([entry for entry in entries if id(entry[0]) == key], False, cores_share)
             return
         log.error("inference failed for %d input(s): %r", len(entries), error)
         self._settle(sum(len(job.items[index]) for job, index in entries))
