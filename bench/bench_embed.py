@@ -145,16 +145,22 @@ def in_turn_with_reference(
 class InProcessPool:
     """The server's engine without HTTP: the same worker and request pattern, in this process."""
 
-    def __init__(self, model: str):
+    def __init__(self, model):
+        """``model``: a model name or folder, or an encoder already loaded."""
         from qwembed.backends import load_encoder
         from qwembed.engine.pool import BatchSettings, ModelPool
 
         self.pool = ModelPool(BatchSettings())
-        self.pool.add_encoder(load_encoder(model))
+        self.pool.add_encoder(load_encoder(model) if isinstance(model, str) else model)
         self.pool.start()
         self.name = self.pool.resolve(None, "embedding")
+        self.worker = self.pool._models[self.name].worker  # the one model's batching worker
 
-    def load(self, texts: list[str], clients: int, batch: int) -> Callable[[], object]:
+    def load(
+        self, texts: list[str], clients: int, batch: int, latencies: list[float] | None = None
+    ) -> Callable[[], object]:
+        """``clients`` clients posting ``batch`` texts at a time until ``texts`` are done; each
+        request's seconds go to ``latencies`` when given."""
         from qwembed.engine.inputs import EmbedOptions
 
         async def run() -> None:
@@ -164,7 +170,10 @@ class InProcessPool:
 
             async def client() -> None:
                 while not queue.empty():
+                    start = time.perf_counter()
                     await self.pool.embed(self.name, queue.get_nowait(), EmbedOptions())
+                    if latencies is not None:
+                        latencies.append(time.perf_counter() - start)
 
             await asyncio.gather(*(client() for _ in range(clients)))
 

@@ -42,6 +42,9 @@ from common import (  # noqa: E402
     timed_in_turn,
 )
 
+#: ``--model`` name, in the scripts that take one, for this configuration with random weights
+QWEN3_SHAPE = "qwen3-0.6b-shape"
+
 QWEN3_0_6B = dict(
     hidden_size=1024,
     intermediate_size=3072,

@@ -10,7 +10,7 @@ batches cut so that the two streams finish together (``plan_batches(streams=)``)
 same engine filling every batch to the budget (``batching.BALANCED_ROUNDS = 0``) and against
 one stream on both threads.
 
-Part two, the server's engine in this process (``ModelPool``, bench_embed.py's "pool" row):
+Part two, the server's engine in this process (bench_embed.py's ``InProcessPool``, its "pool" row):
 ``clients`` concurrent clients posting ``batch`` texts at a time until ``--load-texts`` are done
 (a load ``CxB``). A window that runs alone takes both streams' threads, against the same worker
 whose windows all keep one stream's threads (``Streams.every_core_tokens`` None); texts/s
@@ -23,17 +23,16 @@ one call per request, one after another, as a single client would see it).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from bench_qwen3_cpu import QWEN3_SHAPE  # noqa: E402
 from common import (  # noqa: E402
     DEFAULT_DATA,
     compare_engines,
@@ -43,8 +42,6 @@ from common import (  # noqa: E402
     per_round_ratios,
     timed_in_turn,
 )
-
-QWEN3_SHAPE = "qwen3-0.6b-shape"
 
 
 def load_models(name: str):
@@ -83,41 +80,7 @@ def embed_calls(encoder, reference, texts: list[str]) -> dict:
     }
 
 
-class Load:
-    """``clients`` clients posting ``batch`` texts at a time to a ``ModelPool`` in this process; each
-    call's request latencies are kept (``latencies`` leaves out the first call, a warm-up)."""
-
-    def __init__(self, pool, name: str, texts: list[str], clients: int, batch: int):
-        self.pool, self.name, self.clients = pool, name, clients
-        self.requests = [texts[i : i + batch] for i in range(0, len(texts), batch)]
-        self.runs: list[list[float]] = []
-
-    @property
-    def latencies(self) -> list[float]:
-        return [seconds for run in self.runs[1:] for seconds in run]
-
-    def __call__(self) -> None:
-        self.runs.append([])
-        asyncio.run(self._run(self.runs[-1]))
-
-    async def _run(self, latencies: list[float]) -> None:
-        from qwembed.engine.inputs import EmbedOptions
-
-        queue: asyncio.Queue = asyncio.Queue()
-        for request in self.requests:
-            queue.put_nowait(request)
-
-        async def client() -> None:
-            while not queue.empty():
-                request = queue.get_nowait()
-                start = time.perf_counter()
-                await self.pool.embed(self.name, request, EmbedOptions())
-                latencies.append(time.perf_counter() - start)
-
-        await asyncio.gather(*(client() for _ in range(self.clients)))
-
-
-def on_one_streams_threads(worker, load: Load):
+def on_one_streams_threads(worker, load):
     """``load``, run with every window on one stream's threads; then the worker as it was."""
 
     def run() -> None:
@@ -136,38 +99,38 @@ REFERENCE = "sentence-transformers, one request at a time"
 
 def serving(encoder, reference, texts: list[str], loads: list[tuple[int, int]], repeats: int) -> dict:
     """Part two: each load, and the same load with no window on every core, in turn."""
-    from qwembed.engine.pool import BatchSettings, ModelPool
+    from bench_embed import InProcessPool
 
-    pool = ModelPool(BatchSettings())
-    pool.add_encoder(encoder)
-    pool.start()
-    name = pool.resolve(None, "embedding")
-    worker = pool._models[name].worker  # the one model's batching worker
-    result: dict = {"every_core_tokens": worker.streams.every_core_tokens}
+    pool = InProcessPool(encoder)
+    result: dict = {"every_core_tokens": pool.worker.streams.every_core_tokens}
     try:
         for clients, batch in loads:
-            narrow, ours = (Load(pool, name, texts, clients, batch) for _ in range(2))
+            requests = [texts[i : i + batch] for i in range(0, len(texts), batch)]
+            narrow, ours = [], []  # each request's seconds
 
-            def one_by_one(requests=ours.requests) -> None:
+            def one_by_one(requests=requests) -> None:
                 for request in requests:
                     reference.encode(request, normalize_embeddings=True)
 
             calls = {
                 REFERENCE: one_by_one,
-                "qwembed, windows on one stream's threads": on_one_streams_threads(worker, narrow),
-                "qwembed, lone windows on every core": ours,
+                "qwembed, windows on one stream's threads": on_one_streams_threads(
+                    pool.worker, pool.load(texts, clients, batch, narrow)
+                ),
+                "qwembed, lone windows on every core": pool.load(texts, clients, batch, ours),
             }
             rounds, _ = timed_in_turn(calls, repeats)
+            latencies = dict(zip(list(calls)[1:], (narrow, ours), strict=True))
             rows = {}
-            for label, load in ((REFERENCE, None), *zip(list(calls)[1:], (narrow, ours), strict=True)):
-                row = {
-                    "texts_per_s": len(texts) / statistics.median(rounds[label]),
-                    **per_round_ratios(rounds[REFERENCE], rounds[label]),
+            for label, seconds in rounds.items():
+                rows[label] = {
+                    "texts_per_s": len(texts) / statistics.median(seconds),
+                    **per_round_ratios(rounds[REFERENCE], seconds),
                 }
-                if load is not None:
-                    row["p50_ms"] = 1000 * float(np.percentile(load.latencies, 50))
-                    row["p99_ms"] = 1000 * float(np.percentile(load.latencies, 99))
-                rows[label] = row
+                if label in latencies:
+                    timed = latencies[label][len(requests) :]  # the first call's are the warm-up's
+                    rows[label]["p50_ms"] = 1000 * float(np.percentile(timed, 50))
+                    rows[label]["p99_ms"] = 1000 * float(np.percentile(timed, 99))
             result[f"{clients} clients x {batch} texts"] = rows
     finally:
         pool.close()

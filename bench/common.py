@@ -115,10 +115,11 @@ def start_server(model: str, port: int, extra: list[str], timeout: float = 300) 
 
 
 def linear_parameters(module) -> int:
-    """Weights of every nn.Linear: 2 FLOPs each per token is the model's matmul work."""
-    import torch
+    """Weights of every nn.Linear: 2 FLOPs each per token is the model's matmul work (the count the
+    server uses to decide when a lone batch takes every core)."""
+    from qwembed.engine.streams import linear_weights
 
-    return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
+    return linear_weights(module)
 
 
 def model_flops(config, linear_params: int, lengths: list[int], *, causal: bool = False) -> float:

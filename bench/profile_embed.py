@@ -28,11 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_embed import long_documents
-from bench_qwen3_cpu import documents, random_qwen3_0_6b
+from bench_qwen3_cpu import QWEN3_SHAPE, documents, random_qwen3_0_6b
 from common import DEFAULT_DATA, load_sentences, machine
-
-#: ``--model`` name for the Qwen3-Embedding-0.6B configuration with random weights
-QWEN3_SHAPE = "qwen3-0.6b-shape"
 
 
 def main() -> int:

@@ -110,15 +110,16 @@ def _threads_logging_run(log: list[tuple[int, int]], gate: threading.Event | Non
     return run
 
 
+def _one_thread_streams(run, every_core_tokens: int = 0, **settings) -> BatchWorker:
+    """A started worker of two streams of one thread each, padding-free batches of 40 tokens."""
+    streams = Streams(2, 1, every_core_tokens=every_core_tokens)
+    return BatchWorker(run, max_batch_tokens=40, padded_batches=False, streams=streams, **settings).start()
+
+
 def test_a_lone_window_runs_on_every_core_and_the_other_stream_waits():
     log: list[tuple[int, int]] = []
     gate = threading.Event()
-    worker = BatchWorker(
-        _threads_logging_run(log, gate),
-        max_batch_tokens=40,
-        padded_batches=False,
-        streams=Streams(2, 1, every_core_tokens=0),  # two streams of one thread each
-    ).start()
+    worker = _one_thread_streams(_threads_logging_run(log, gate))
     lone = worker.submit([[1] * 10])  # nothing else queued, the other stream idle
     time.sleep(0.05)
     full = worker.submit([[2] * 10] * 4)  # a full batch, which would start a second stream
@@ -134,12 +135,7 @@ def test_a_request_right_behind_a_lone_one_keeps_it_on_one_streams_threads(monke
     monkeypatch.setattr(worker_module, "EVERY_CORE_WAIT_MAX_SECONDS", 0.5)
     monkeypatch.setattr(worker_module, "EVERY_CORE_WAIT_SHARE", 1.0)
     log: list[tuple[int, int]] = []
-    worker = BatchWorker(
-        _threads_logging_run(log),
-        max_batch_tokens=40,
-        padded_batches=False,
-        streams=Streams(2, 1, every_core_tokens=0),
-    ).start()
+    worker = _one_thread_streams(_threads_logging_run(log))
     first = worker.submit([[1] * 10])
     time.sleep(0.05)  # within the first window's wait: a burst, not a lone request
     second = worker.submit([[2] * 10])
@@ -150,12 +146,7 @@ def test_a_request_right_behind_a_lone_one_keeps_it_on_one_streams_threads(monke
 
 def test_a_lone_window_too_small_to_gain_keeps_one_streams_threads():
     log: list[tuple[int, int]] = []
-    worker = BatchWorker(
-        _threads_logging_run(log),
-        max_batch_tokens=40,
-        padded_batches=False,
-        streams=Streams(2, 1, every_core_tokens=20),
-    ).start()
+    worker = _one_thread_streams(_threads_logging_run(log), every_core_tokens=20)
     worker.submit([[1] * 10]).result(5)
     worker.submit([[2] * 10] * 2).result(5)
     assert log == [(1, 1), (2, 2)]
@@ -177,12 +168,8 @@ def test_windows_under_load_keep_one_streams_threads():
     log: list[tuple[int, int]] = []
     barrier = threading.Barrier(2, timeout=5)
     run = _threads_logging_run(log)
-    worker = BatchWorker(
-        lambda batch: (barrier.wait(), run(batch))[1],  # both windows must run at once
-        max_batch_tokens=40,
-        padded_batches=False,
-        streams=Streams(2, 1, every_core_tokens=0),
-    ).start()
+    # both windows must run at once
+    worker = _one_thread_streams(lambda batch: (barrier.wait(), run(batch))[1])
     assert worker.submit([[i] * 10 for i in range(8)]).result(5)[:, 0].tolist() == list(range(8))
     assert sorted(log) == [(0, 1), (4, 1)]
     worker.stop(5)
@@ -193,13 +180,7 @@ def test_a_lone_windows_rate_counts_every_core_it_took():
         time.sleep(0.1)
         return np.zeros((len(batch), 1), dtype=np.float32)
 
-    worker = BatchWorker(
-        slow,
-        max_batch_tokens=40,
-        padded_batches=False,
-        streams=Streams(2, 1, every_core_tokens=0),
-        min_rate_sample_tokens=1,
-    ).start()
+    worker = _one_thread_streams(slow, min_rate_sample_tokens=1)
     worker.submit([[1] * 10]).result(5)
     # 10 tokens in ≥ 0.1 s on both streams' cores: at most 100 tokens/s, not twice that
     assert 0 < worker.tokens_per_second <= 100

@@ -40,13 +40,16 @@ CPU_STREAMS = 2
 EVERY_CORE_MIN_FLOPS = 1e9
 
 
+def linear_weights(module: torch.nn.Module) -> int:
+    """Weights of every ``nn.Linear`` in ``module``: 2 FLOPs each per token is its matmul work."""
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
+
+
 def linear_flops_per_token(model: object) -> int:
-    """Multiply-adds × 2 per token in the Linear layers of a model's torch module (``.model``), or
-    0 when it has none: what sets how much a batch's work grows with its tokens."""
+    """FLOPs per token in the Linear layers of a model's torch module (``.model``), or 0 when it
+    has none: what sets how much a batch's work grows with its tokens."""
     module = getattr(model, "model", None)
-    if not isinstance(module, torch.nn.Module):
-        return 0
-    return 2 * sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
+    return 2 * linear_weights(module) if isinstance(module, torch.nn.Module) else 0
 
 
 def usable_cores() -> int:

@@ -310,6 +310,7 @@ class BatchWorker:
         """How long a window that could run alone waits for more requests first: a share of its own
         expected time, so that a lone request pays at most that share for the wait."""
         rate = self.tokens_per_second
+        # no rate measured yet: taken as a window as long as the longest wait, so it waits its share
         expected = EVERY_CORE_WAIT_MAX_SECONDS if rate is None else tokens * self.streams.count / rate
         return min(EVERY_CORE_WAIT_MAX_SECONDS, EVERY_CORE_WAIT_SHARE * expected)
 
