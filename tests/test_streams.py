@@ -131,16 +131,41 @@ def test_a_lone_window_runs_on_every_core_and_the_other_stream_waits():
     worker.stop(5)
 
 
-def test_a_request_right_behind_a_lone_one_keeps_it_on_one_streams_threads(monkeypatch):
+def test_a_request_right_behind_a_lone_one_joins_it_within_the_wait_its_rate_allows(monkeypatch):
+    monkeypatch.setattr(worker_module, "EVERY_CORE_WAIT_MAX_SECONDS", 0.5)
+    log: list[tuple[int, int]] = []
+    worker = _one_thread_streams(_threads_logging_run(log))  # (its batches take microseconds)
+    first = worker.submit([[1] * 10])
+    time.sleep(0.05)
+    second = worker.submit([[2] * 10])
+    assert first.result(5)[0, 0] == 1 and second.result(5)[0, 0] == 2
+    # nothing measured yet: the first waited up to the maximum, the second joined it, and the two
+    # ran as one batch on both streams' threads
+    assert log == [(1, 2)]
+    # one batch measured, of far fewer tokens than admission needs: the wait is 2 % of microseconds
+    third = worker.submit([[3] * 10])
+    time.sleep(0.05)
+    fourth = worker.submit([[4] * 10])
+    assert third.result(5)[0, 0] == 3 and fourth.result(5)[0, 0] == 4
+    assert log[1:] == [(3, 2), (4, 2)]
+    worker.stop(5)
+
+
+def test_a_window_filled_while_gathering_leaves_the_rest_to_the_other_stream(monkeypatch):
     monkeypatch.setattr(worker_module, "EVERY_CORE_WAIT_MAX_SECONDS", 0.5)
     monkeypatch.setattr(worker_module, "EVERY_CORE_WAIT_SHARE", 1.0)
     log: list[tuple[int, int]] = []
     worker = _one_thread_streams(_threads_logging_run(log))
+    started = time.monotonic()
     first = worker.submit([[1] * 10])
-    time.sleep(0.05)  # within the first window's wait: a burst, not a lone request
-    second = worker.submit([[2] * 10])
-    assert first.result(5)[0, 0] == 1 and second.result(5)[0, 0] == 2
-    assert log == [(1, 1), (2, 2)]  # the second, with nothing behind it, did get every core
+    time.sleep(0.05)
+    second = worker.submit([[2] * 10] * 4)  # 40 more tokens: 30 fit, the last input does not
+    assert first.result(5)[0, 0] == 1
+    assert time.monotonic() - started < 0.4  # full: it stopped waiting before its 0.5 s
+    assert second.result(5)[:, 0].tolist() == [2] * 4
+    # the full window left an input queued, so it kept one stream's threads; that input then ran
+    # alone, with the first stream done and nothing else queued
+    assert log == [(1, 1), (2, 2)]
     worker.stop(5)
 
 
