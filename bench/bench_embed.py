@@ -1,6 +1,7 @@
 """Throughput of qwembed's engine and server against sentence-transformers ``encode``, in one run.
 
     .venv/bin/python bench/bench_embed.py --model minilm --n 4000
+    .venv/bin/python bench/bench_embed.py --model xlmr-base-shape --no-server   # (random weights)
 
 Short texts: the sentences of ../shared/data/BQ/BQ.test.data (Chinese bank questions, 13.6 tokens
 on average). Engines, timed in turn (A B C D A B C D …) so drift hits all alike:
@@ -49,9 +50,25 @@ from common import (
     machine,
     model_flops,
     per_round_ratios,
+    scratch_dir,
     start_server,
     timed_in_turn,
 )
+
+#: ``--model`` for a random XLM-R of multilingual-e5-base's shape (12 layers, hidden 768) on
+#: all-MiniLM-L6-v2's vocabulary: the architecture of BGE-M3 and multilingual-e5, none of whose
+#: weights can be fetched here
+XLMR_SHAPE = "xlmr-base-shape"
+
+
+def model_source(name: str) -> str:
+    """``--model`` as ``qwembed serve`` takes it: a shape name becomes a scratch folder."""
+    if name != XLMR_SHAPE:
+        return name
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from xlmr_fixtures import XLMR_BASE, build_xlmr_embedder
+
+    return str(build_xlmr_embedder(scratch_dir("qwembed-xlmr-"), shape=XLMR_BASE))
 
 
 async def _post_keep_alive(host: str, port: int, bodies: asyncio.Queue, latencies: list[float]) -> None:
@@ -284,7 +301,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--model", default="minilm", help=f"a model name or folder, or {XLMR_SHAPE}")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--n", type=int, default=4000)
     parser.add_argument("--docs", type=int, default=200, help="long documents (0: skip)")
@@ -317,10 +334,11 @@ def main() -> int:
 
     peaks = {"fp32_gflops": gemm_peak("float32"), "bf16_gflops": gemm_peak("bfloat16")}
     texts = load_sentences(args.data, args.n)
-    exact = Embedder.load(args.model, device="cpu", dtype="float32")
-    engines = {"qwembed float32": exact, "qwembed auto": Embedder.load(args.model, device="cpu")}
+    model = model_source(args.model)
+    exact = Embedder.load(model, device="cpu", dtype="float32")
+    engines = {"qwembed float32": exact, "qwembed auto": Embedder.load(model, device="cpu")}
     if not args.no_compile:
-        engines["qwembed auto + compile"] = Embedder.load(args.model, device="cpu", compile=True)
+        engines["qwembed auto + compile"] = Embedder.load(model, device="cpu", compile=True)
     reference = SentenceTransformer(exact.encoder.source, device="cpu")
     tokens = sum(len(ids) for ids in exact.tokenize(texts))
 
@@ -373,7 +391,7 @@ def main() -> int:
             servers[f"server {extra}"] = shlex.split(extra)
         st_encode = runs(texts, False)["sentence-transformers"]
         served = bench_serving(
-            args.model, texts, args.repeats, args.clients, args.client_batch, servers, st_encode
+            model, texts, args.repeats, args.clients, args.client_batch, servers, st_encode
         )
         for row in served.values():
             row["tokens_per_s"] = tokens / row["seconds"]

@@ -7,11 +7,14 @@ Qwen3 path (a random Qwen3 causal LM, smaller than Qwen3-Reranker-0.6B so it run
   * transformers, one pair at a time with the model card's full-vocabulary logits (and, to
     separate the two savings, with ``logits_to_keep=1``);
   * sentence-transformers CrossEncoder on the same checkpoint (causal-LM mode, ``logits_to_keep=1``).
-Cross-encoder path (all-MiniLM-L6-v2 backbone with a fresh head):
-  * qwembed's CrossEncoderReranker (float32, and mixed bf16 on CPUs with bf16 units) vs
-    CrossEncoder.predict vs transformers one pair at a time.
+Cross-encoder path (all-MiniLM-L6-v2 backbone with a fresh head; or, with ``--cross-encoder
+xlmr-base``, a random XLM-R of bge-reranker-base's shape on MiniLM's vocabulary):
+  * qwembed's CrossEncoderReranker (float32, and mixed bf16 on CPUs with bf16 units; packed, and
+    padded through sentence-transformers' modules) vs CrossEncoder.predict vs transformers one
+    pair at a time.
 
-    .venv/bin/python bench/bench_rerank.py [--docs 100] [--rounds 2] [--threads 2]
+    .venv/bin/python bench/bench_rerank.py [--docs 100] [--rounds 2] [--threads 2] \
+        [--only qwen3|cross-encoder] [--cross-encoder minilm|xlmr-base]
 """
 
 from __future__ import annotations
@@ -36,6 +39,16 @@ from qwembed.engine.rerank import score_pairs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from rerank_fixtures import build_minilm_cross_encoder, build_tiny_qwen3_reranker
+from xlmr_fixtures import XLMR_BASE, build_xlmr_cross_encoder
+
+#: ``--cross-encoder`` choices: (title, builder of the model folder)
+CROSS_ENCODERS: dict[str, tuple[str, Callable[[Path], Path]]] = {
+    "minilm": ("all-MiniLM-L6-v2 backbone, fresh head", build_minilm_cross_encoder),
+    "xlmr-base": (
+        "random XLM-R of bge-reranker-base's shape: 12 layers, hidden 768",
+        lambda path: build_xlmr_cross_encoder(path, shape=XLMR_BASE),
+    ),
+}
 
 QUERY = "Which rivers flow through the cities of central Europe?"
 TEXT = (
@@ -144,11 +157,12 @@ def bench_qwen3(work: Path, docs: list[str], rounds: int) -> None:
     report("Qwen3 reranker path", len(docs), compare(methods, docs, rounds))
 
 
-def bench_cross_encoder(work: Path, docs: list[str], rounds: int) -> None:
+def bench_cross_encoder(work: Path, docs: list[str], rounds: int, kind: str = "minilm") -> None:
     from sentence_transformers import CrossEncoder
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    path = build_minilm_cross_encoder(work / "minilm-ce")
+    title, build = CROSS_ENCODERS[kind]
+    path = build(work / kind)
     reranker = CrossEncoderReranker.load(str(path), device="cpu", dtype="float32")
     auto = CrossEncoderReranker.load(str(path), device="cpu")  # mixed bf16 where its check passes
     print(f"cross-encoder, --dtype auto: {auto.precision.describe()} ({auto.calibration})")
@@ -190,11 +204,7 @@ def bench_cross_encoder(work: Path, docs: list[str], rounds: int) -> None:
         ),
         "transformers, one pair at a time": one_at_a_time,
     }
-    report(
-        "Cross-encoder path (all-MiniLM-L6-v2 backbone, fresh head)",
-        len(docs),
-        compare(methods, docs, rounds),
-    )
+    report(f"Cross-encoder path ({title})", len(docs), compare(methods, docs, rounds))
 
 
 def main() -> None:
@@ -203,6 +213,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="timed runs per method (the best is kept)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--only", choices=["qwen3", "cross-encoder"], help="run one of the two parts")
+    parser.add_argument("--cross-encoder", choices=list(CROSS_ENCODERS), default="minilm")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} CPU threads, load average {os.getloadavg()[0]:.1f}")
@@ -211,7 +222,7 @@ def main() -> None:
         if args.only != "cross-encoder":
             bench_qwen3(Path(tmp), docs, args.rounds)
         if args.only != "qwen3":
-            bench_cross_encoder(Path(tmp), docs, args.rounds)
+            bench_cross_encoder(Path(tmp), docs, args.rounds, args.cross_encoder)
     print(f"\n×: time divided by qwembed's default; load average at the end {os.getloadavg()[0]:.1f}")
 
 

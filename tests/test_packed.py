@@ -10,6 +10,7 @@ from sentence_transformers.sentence_transformer.modules import Pooling
 from qwembed.backends.packing import TILE_TOKENS, PackedBatch, length_groups, tile_rows
 from qwembed.engine import Embedder
 from qwembed.engine.batching import plan_batches
+from xlmr_fixtures import build_xlmr_embedder
 
 TEXTS = [
     "x",
@@ -32,6 +33,25 @@ def test_packed_bert_equals_the_padded_forward(minilm_dir):
     np.testing.assert_allclose(packed, padded, atol=1e-6)
     alone = np.vstack([embedder.embed([text]) for text in TEXTS])
     np.testing.assert_allclose(packed, alone, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def xlmr_dir(tmp_path_factory, minilm_dir):  # (the bundled MiniLM lends its vocabulary)
+    return build_xlmr_embedder(tmp_path_factory.mktemp("xlmr"))
+
+
+def test_packed_xlm_roberta_equals_the_padded_forward_and_sentence_transformers(xlmr_dir):
+    from sentence_transformers import SentenceTransformer
+
+    embedder = Embedder.load(str(xlmr_dir), device="cpu", dtype="float32")
+    assert embedder.encoder.packed  # BERT's layers; only its positions are numbered from pad + 1
+    batch = embedder.tokenize(TEXTS)
+    packed = embedder.encoder.embed_token_ids(batch)
+    embedder.encoder.packed = False
+    padded = embedder.encoder.embed_token_ids(batch)
+    np.testing.assert_allclose(packed, padded, atol=1e-6)
+    reference = SentenceTransformer(str(xlmr_dir), device="cpu").encode(TEXTS, normalize_embeddings=True)
+    np.testing.assert_allclose(packed, reference, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"])

@@ -17,6 +17,7 @@ from qwembed.backends.registry import ModelNotFoundError, bundled_minilm_path
 from qwembed.engine.rerank import RerankResult, rerank, score_pairs
 from qwen3_fixtures import qwen_tokenizer_files
 from rerank_fixtures import build_minilm_cross_encoder, build_tiny_qwen3_reranker
+from xlmr_fixtures import build_xlmr_cross_encoder
 
 # The model card's template, spelled out here independently of qwembed's constants.
 REF_PREFIX = (
@@ -238,6 +239,30 @@ def test_a_bert_cross_encoder_runs_packed_and_equals_its_padded_forward(cross):
     finally:
         cross.packed = True
     np.testing.assert_allclose(packed, padded, atol=1e-6, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def xlmr_cross_dir(tmp_path_factory):
+    try:
+        bundled_minilm_path()  # the fixture's vocabulary
+    except ModelNotFoundError as missing:
+        pytest.skip(str(missing))
+    return build_xlmr_cross_encoder(tmp_path_factory.mktemp("xlmr-ce"))
+
+
+def test_an_xlm_roberta_cross_encoder_runs_packed_and_matches_predict(xlmr_cross_dir):
+    from sentence_transformers import CrossEncoder
+
+    cross = CrossEncoderReranker.load(str(xlmr_cross_dir), device="cpu", dtype="float32")
+    assert cross.packed  # the BGE rerankers' architecture: XLM-R and RoBERTa's classification head
+    assert not cross._needs_token_types  # one segment: XLM-R's tokenizer gives no segment ids
+    expected = CrossEncoder(str(xlmr_cross_dir), device="cpu").predict([(CE_QUERY, doc) for doc in CE_DOCS])
+    batch = cross.tokenize_pairs(CE_QUERY, CE_DOCS, None)
+    packed = cross.score_token_ids(batch)
+    np.testing.assert_allclose(packed, expected, atol=1e-5, rtol=0)
+    assert expected.std() > 0.02
+    cross.packed = False
+    np.testing.assert_allclose(packed, cross.score_token_ids(batch), atol=1e-6, rtol=0)
 
 
 def test_a_cross_encoder_with_another_head_stays_padded(cross):

@@ -7,9 +7,9 @@ config says otherwise), i.e. exactly what ``CrossEncoder.predict`` returns.
 Pairs travel as plain token-id lists through the engine, so the segment ids BERT-like models
 need are rebuilt from the ids: everything after the first ``[SEP]`` is the document.
 
-A plain ``BertForSequenceClassification`` (ms-marco MiniLM and the like) runs the padding-free
-BERT forward (``packed_bert.py``, with its CPU kernels) and then its [CLS] pooler and classifier on
-one row per pair: 1.1× the padded forward in float32 and 2.0× in mixed bf16 on an AMX CPU
+A plain BERT or XLM-R / RoBERTa sequence classifier (ms-marco MiniLM, the BGE rerankers) runs the
+padding-free forward (``packed_bert.py``, with its CPU kernels) and then its classification head on
+one row per pair: for BERT 1.1× the padded forward in float32 and 2.0× in mixed bf16 on an AMX CPU
 (docs/benchmarks.md). Any other model goes through sentence-transformers' modules, padded.
 
 Precision is the embedders' (``precision.py``): bf16 on CUDA; under ``--dtype auto`` on CPUs with
@@ -43,19 +43,32 @@ from .precision import (
 _NO_LIMIT = 1_000_000
 
 
+#: sequence classifiers whose head reads the first token's last hidden state: BERT's through its
+#: pooler (dense + tanh) and one Linear layer, RoBERTa's through its own dense + tanh + projection
+_PACKABLE_CLASSIFIERS = (
+    "BertForSequenceClassification",
+    "RobertaForSequenceClassification",
+    "XLMRobertaForSequenceClassification",
+)
+
+
 def _packable(model: CrossEncoder) -> bool:
-    """A plain BERT sequence classifier — [CLS] pooler, one Linear layer — as the CrossEncoder's
-    only module: what ``_packed_logits`` re-implements around the packed forward."""
+    """A plain BERT or RoBERTa sequence classifier as the CrossEncoder's only module: what
+    ``_packed_logits`` re-implements around the packed forward."""
     try:
         classifier = transformers_model(model)
     except AttributeError:  # a first module that holds no transformer
         return False
-    return (
-        len(model) == 1
-        and type(classifier).__name__ == "BertForSequenceClassification"
-        and getattr(classifier.bert, "pooler", None) is not None
-        and isinstance(classifier.classifier, torch.nn.Linear)
-        and supports_packing(classifier.bert)
+    kind = type(classifier).__name__
+    if len(model) != 1 or kind not in _PACKABLE_CLASSIFIERS or not supports_packing(classifier.base_model):
+        return False
+    if kind == "BertForSequenceClassification":
+        return getattr(classifier.bert, "pooler", None) is not None and isinstance(
+            classifier.classifier, torch.nn.Linear
+        )
+    head = classifier.classifier
+    return isinstance(getattr(head, "dense", None), torch.nn.Linear) and isinstance(
+        getattr(head, "out_proj", None), torch.nn.Linear
     )
 
 
@@ -101,8 +114,8 @@ class CrossEncoderReranker(Reranker):
         self._needs_token_types = (
             "token_type_ids" in self.tokenizer.model_input_names and self._sep_id is not None
         )
-        #: the padding-free forward (packed_bert.py) where the model is a plain BERT sequence
-        #: classifier and nothing else: its [CLS] pooler and classifier then run on one row each
+        #: the padding-free forward (packed_bert.py) where the model is a plain BERT or RoBERTa
+        #: sequence classifier and nothing else: its head then runs on one row per pair
         self.packed = _packable(model)
 
     @classmethod
@@ -165,8 +178,8 @@ class CrossEncoderReranker(Reranker):
         return scores.reshape(len(batch)).cpu().numpy().astype(np.float32)
 
     def _packed_logits(self, batch: Sequence[TokenIds]) -> torch.Tensor:
-        """BertForSequenceClassification's logits from the packed forward: the transformer on real
-        tokens only, then the pooler and classifier on each pair's [CLS] token."""
+        """The sequence classifier's logits from the packed forward: the transformer on real tokens
+        only, then the classification head on each pair's first token ([CLS] or <s>)."""
         classifier = transformers_model(self.model)
         packed = PackedBatch.of(list(batch), len(batch), max(len(ids) for ids in batch))
         types = None
@@ -174,10 +187,13 @@ class CrossEncoderReranker(Reranker):
             rows = packed.order.tolist()
             types = torch.tensor([t for row in rows for t in self._token_types(list(batch[row]))])
         with self.precision.autocast():
-            hidden = packed_bert_forward(classifier.bert, packed, types)
+            hidden = packed_bert_forward(classifier.base_model, packed, types)
             first = hidden.index_select(0, packed.first_token.to(hidden.device))
-            pooler = classifier.bert.pooler
-            return classifier.classifier(pooler.activation(pooler.dense(first))).float()
+            if type(classifier).__name__ == "BertForSequenceClassification":
+                pooler = classifier.bert.pooler
+                return classifier.classifier(pooler.activation(pooler.dense(first))).float()
+            # RoBERTa's head takes (rows, tokens, hidden) and reads token 0 itself
+            return classifier.classifier(first[:, None]).float()
 
     def _padded_logits(self, batch: Sequence[TokenIds]) -> torch.Tensor:
         input_ids, mask = pad_token_ids(batch, self.pad_id, left=self.pad_left)

@@ -1,4 +1,5 @@
-"""Padding-free forward pass for BERT encoders (all-MiniLM, BGE, e5 …, ``model_type: bert``).
+"""Padding-free forward pass for BERT encoders: BERT itself (all-MiniLM, BGE, e5 …) and the RoBERTa
+family that shares its layers (XLM-R: BGE-M3, multilingual-e5, the BGE rerankers).
 
 A padded batch of short texts of mixed length spends much of its compute on padding: requests of
 32 BQ sentences, batched as a server receives them, carry 1.8 padded tokens per real one. Here the
@@ -20,13 +21,17 @@ from .fused_projections import fused_projection
 from .packing import PackedBatch, grouped_attention
 from .residual_norm import add_and_norm
 
+#: the Hugging Face model types with BERT's layers, and absolute positions numbered from 0 (BERT)
+#: or from ``pad_token_id + 1`` (RoBERTa and XLM-R, which keep the rows below for padding)
+_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
+
 
 def supports_packing(model: torch.nn.Module) -> bool:
-    """Plain BERT with absolute positions: the architecture this module re-implements."""
+    """BERT or RoBERTa with absolute positions: the architecture this module re-implements."""
     config = getattr(model, "config", None)
     return (
         config is not None
-        and config.model_type == "bert"
+        and config.model_type in _MODEL_TYPES
         and getattr(config, "position_embedding_type", "absolute") == "absolute"
         and config.hidden_act in _ACTIVATIONS
         and not getattr(config, "is_decoder", False)
@@ -52,7 +57,10 @@ def packed_bert_forward(
         if token_types is None
         else emb.token_type_embeddings(token_types.to(packed.ids.device))
     )
-    hidden = emb.word_embeddings(packed.ids) + emb.position_embeddings(packed.positions) + segments
+    positions = packed.positions
+    if config.model_type != "bert":  # RoBERTa's first real position is pad_token_id + 1
+        positions = positions + config.pad_token_id + 1
+    hidden = emb.word_embeddings(packed.ids) + emb.position_embeddings(positions) + segments
     hidden = emb.LayerNorm(hidden)
     rounded = None  # ``hidden`` in bf16, where the fused add & norm made it: the next Linear layer's input
     heads = config.num_attention_heads

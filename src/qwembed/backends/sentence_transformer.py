@@ -42,7 +42,7 @@ class SentenceTransformerEncoder(TorchEncoder):
         self._needs_token_types = "token_type_ids" in tokenizer.model_input_names
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.pad_left = tokenizer.padding_side == "left"
-        #: padding-free forward for plain BERT models (see backends/packed_bert.py)
+        #: padding-free forward for BERT and XLM-R / RoBERTa models (see backends/packed_bert.py)
         self.packed = supports_packing(self.compile_target())
 
     @classmethod
