@@ -151,21 +151,30 @@ def test_a_request_right_behind_a_lone_one_joins_it_within_the_wait_its_rate_all
     worker.stop(5)
 
 
-def test_a_window_filled_while_gathering_leaves_the_rest_to_the_other_stream(monkeypatch):
+@pytest.mark.parametrize(
+    ("second", "expected"),
+    [
+        # 30 tokens, not a full batch for the idle stream: the window takes them in, is then
+        # exactly full, stops waiting and runs alone
+        ([10, 10, 10], [(1, 2)]),
+        # 39 tokens: 30 fit, so the full window keeps one stream's threads; the 9-token input left
+        # queued runs alone once it has ended
+        ([10, 10, 10, 9], [(1, 1), (2, 2)]),
+    ],
+)
+def test_a_window_filled_while_gathering_stops_waiting(monkeypatch, second, expected):
     monkeypatch.setattr(worker_module, "EVERY_CORE_WAIT_MAX_SECONDS", 0.5)
     monkeypatch.setattr(worker_module, "EVERY_CORE_WAIT_SHARE", 1.0)
     log: list[tuple[int, int]] = []
-    worker = _one_thread_streams(_threads_logging_run(log))
+    worker = _one_thread_streams(_threads_logging_run(log))  # batches of at most 40 tokens
     started = time.monotonic()
     first = worker.submit([[1] * 10])
     time.sleep(0.05)
-    second = worker.submit([[2] * 10] * 4)  # 40 more tokens: 30 fit, the last input does not
+    rest = worker.submit([[2] * length for length in second])
     assert first.result(5)[0, 0] == 1
     assert time.monotonic() - started < 0.4  # full: it stopped waiting before its 0.5 s
-    assert second.result(5)[:, 0].tolist() == [2] * 4
-    # the full window left an input queued, so it kept one stream's threads; that input then ran
-    # alone, with the first stream done and nothing else queued
-    assert log == [(1, 1), (2, 2)]
+    assert rest.result(5)[:, 0].tolist() == [2] * len(second)
+    assert log == expected
     worker.stop(5)
 
 

@@ -204,12 +204,15 @@ class BatchWorker:
         """Throughput over the recent batches, once they add up to a fair sample. Tiny batches (the
         warm-up, a lone short request) are latency-bound and would make the server look slow, so
         until enough tokens have been seen no time-based refusal happens."""
-        recent = list(self._recent)
-        tokens = sum(t for t, _ in recent)
-        seconds = sum(s for _, s in recent)
+        tokens, seconds = self._measured()
         if tokens < self.min_rate_sample_tokens or seconds <= 0:
             return None
         return self.streams.count * tokens / seconds  # the streams' batches overlap in time
+
+    def _measured(self) -> tuple[int, float]:
+        """Tokens, and seconds in one stream's time, of the recent batches."""
+        recent = list(self._recent)  # (a copy: the streams append as they finish)
+        return sum(t for t, _ in recent), sum(s for _, s in recent)
 
     def estimated_wait(self, extra_tokens: int = 0) -> float:
         """Seconds until ``extra_tokens`` more would be embedded, at the throughput measured so far."""
@@ -277,7 +280,7 @@ class BatchWorker:
             self._running += 1
             alone = False
             if self._could_run_alone(tokens):
-                tokens = self._gather(window, tokens)
+                self._gather(window, tokens)
                 alone = self._running == 1 and not self._pending
             self._alone = alone
             if self._pending:
@@ -301,20 +304,22 @@ class BatchWorker:
                 tokens += length
         return tokens
 
-    def _gather(self, window: list[tuple[_Job, int]], tokens: int) -> int:
-        """Before a window runs alone on every core, wait a moment for requests arriving with it and
-        take them into it, until it is full or the moment has passed; returns its tokens.
+    def _gather(self, window: list[tuple[_Job, int]], tokens: int) -> None:
+        """Before a window (of ``tokens``) runs alone on every core, wait a moment for requests
+        arriving with it and take them into it, until it is full or the moment has passed.
 
         A burst's requests arrive over a few milliseconds: one taken alone would hold every core
         while the rest wait. Two clients' requests that meet here used to run on one stream's
         threads each, one behind the other while the second stream waited for a full batch; in one
         window they run on every core together."""
         deadline = time.monotonic() + self._gathering_wait(tokens)
-        while not self._pending and not self._stopping:
+        while not self._pending and not self._stopping and not self._fills_a_window(tokens, len(window)):
             if not self._cond.wait_for(self._more_arrived, deadline - time.monotonic()):
                 break  # the moment passed with nothing new
             tokens = self._fill(window, tokens)
-        return tokens
+
+    def _fills_a_window(self, tokens: int, items: int) -> bool:
+        return tokens >= self.window_tokens or items >= self.window_items
 
     def _could_run_alone(self, tokens: int) -> bool:
         """Whether a window of ``tokens`` just taken has the cores to itself: several streams, the
@@ -338,8 +343,7 @@ class BatchWorker:
         (``tokens_per_second``): the warm-up's one short text makes the model look slow, which errs
         toward the longer wait, and the maximum caps it. Before any, the maximum: a fresh server's
         first burst is gathered too."""
-        recent = list(self._recent)
-        seen, seconds = sum(t for t, _ in recent), sum(s for _, s in recent)
+        seen, seconds = self._measured()
         if not seen or seconds <= 0:
             return EVERY_CORE_WAIT_MAX_SECONDS
         expected = tokens * seconds / seen  # (the seconds are one stream's time)
@@ -355,7 +359,7 @@ class BatchWorker:
             return self._stopping
         if self._alone:
             return False  # a window runs on every core; it notifies when it ends
-        full = self._pending_tokens >= self.window_tokens or len(self._pending) >= self.window_items
+        full = self._fills_a_window(self._pending_tokens, len(self._pending))
         return self._running == 0 or full or self._stopping
 
     def _window_full(self, tokens: int, next_length: int, *, starts_request: bool) -> bool:
