@@ -82,19 +82,42 @@ def _wait_until_taken(worker: BatchWorker) -> None:
 def test_a_second_stream_waits_for_a_full_batch_while_the_first_runs():
     log: list[list[int]] = []
     worker, gate = _gated_two_stream_worker(log)
-    first = worker.submit([[1] * 10] * 5)  # a full window of 4, and one input left queued
+    first = worker.submit([[1] * 10] * 4)  # one full window
     time.sleep(0.05)  # stream one is inside its batch
     small = worker.submit([[2] * 10])
     time.sleep(0.2)
-    assert worker.queue_depth == 2  # 20 of 40 tokens: the idle stream did not start on them
-    filler = worker.submit([[4] * 10, [5] * 10])  # now a full batch waits
+    assert worker.queue_depth == 1  # 10 of 40 tokens: the idle stream did not start on them
+    filler = worker.submit([[4] * 10, [5] * 10, [6] * 10])  # now a full batch waits
     _wait_until_taken(worker)
     assert worker.queue_depth == 0  # taken by the second stream while the first still runs
     gate.set()
-    assert first.result(5)[:, 0].tolist() == [1] * 5
+    assert first.result(5)[:, 0].tolist() == [1] * 4
     assert small.result(5)[0, 0] == 2
-    assert filler.result(5)[:, 0].tolist() == [4, 5]
-    assert sorted(log) == [[1, 1, 1, 1], [1, 2, 4, 5]]
+    assert filler.result(5)[:, 0].tolist() == [4, 5, 6]
+    assert sorted(log) == [[1, 1, 1, 1], [2, 4, 5, 6]]
+    worker.stop(5)
+
+
+@pytest.mark.parametrize(
+    ("lengths", "expected"),
+    [
+        ([10] * 5, [[0, 1], [2, 3, 4]]),  # 50 tokens: 25 each, cut between inputs
+        ([10] * 7, [[0, 1, 2], [3, 4, 5, 6]]),  # 70 tokens: not a window of 40 and one of 30
+        ([1] * 6, [[0, 1, 2], [3, 4, 5]]),  # more inputs than a window (4) holds: 3 each
+    ],
+)
+def test_idle_streams_share_a_queue_of_less_than_a_window_each(lengths, expected):
+    log: list[list[int]] = []
+    worker = BatchWorker(
+        _fake_run(log, threading.Barrier(2, timeout=5)),  # the two shares must run at once
+        max_batch_tokens=40,
+        max_batch_size=4,
+        padded_batches=False,
+        streams=Streams(2, None),
+    ).start()
+    result = worker.submit([[i] * length for i, length in enumerate(lengths)]).result(10)
+    assert result[:, 0].tolist() == list(range(len(lengths)))
+    assert sorted(log) == expected
     worker.stop(5)
 
 
@@ -108,6 +131,12 @@ def _threads_logging_run(log: list[tuple[int, int]], gate: threading.Event | Non
         return np.array([[ids[0]] for ids in batch], dtype=np.float32)
 
     return run
+
+
+def _two_at_once(run):
+    """``run``, for batches that must run two at once: each waits (or fails) until the other starts."""
+    barrier = threading.Barrier(2, timeout=5)
+    return lambda batch: (barrier.wait(), run(batch))[1]
 
 
 def _one_thread_streams(run, every_core_tokens: int = 0, **settings) -> BatchWorker:
@@ -157,16 +186,17 @@ def test_a_request_right_behind_a_lone_one_joins_it_within_the_wait_its_rate_all
         # 30 tokens, not a full batch for the idle stream: the window takes them in, is then
         # exactly full, stops waiting and runs alone
         ([10, 10, 10], [(1, 2)]),
-        # 39 tokens: 30 fit, so the full window keeps one stream's threads; the 9-token input left
-        # queued runs alone once it has ended
-        ([10, 10, 10, 9], [(1, 1), (2, 2)]),
+        # 39 tokens: with the first's 10, more than a window, so the two streams share them, each
+        # on its own thread, at once
+        ([10, 10, 10, 9], [(1, 1), (2, 1)]),
     ],
 )
 def test_a_window_filled_while_gathering_stops_waiting(monkeypatch, second, expected):
     monkeypatch.setattr(worker_module, "EVERY_CORE_WAIT_MAX_SECONDS", 0.5)
     monkeypatch.setattr(worker_module, "EVERY_CORE_WAIT_SHARE", 1.0)
     log: list[tuple[int, int]] = []
-    worker = _one_thread_streams(_threads_logging_run(log))  # batches of at most 40 tokens
+    run = _threads_logging_run(log)
+    worker = _one_thread_streams(run if len(expected) == 1 else _two_at_once(run))  # (40-token batches)
     started = time.monotonic()
     first = worker.submit([[1] * 10])
     time.sleep(0.05)
@@ -174,7 +204,7 @@ def test_a_window_filled_while_gathering_stops_waiting(monkeypatch, second, expe
     assert first.result(5)[0, 0] == 1
     assert time.monotonic() - started < 0.4  # full: it stopped waiting before its 0.5 s
     assert rest.result(5)[:, 0].tolist() == [2] * len(second)
-    assert log == expected
+    assert sorted(log) == expected
     worker.stop(5)
 
 
@@ -200,10 +230,7 @@ def test_the_smallest_window_on_every_core_follows_the_models_linear_work(monkey
 
 def test_windows_under_load_keep_one_streams_threads():
     log: list[tuple[int, int]] = []
-    barrier = threading.Barrier(2, timeout=5)
-    run = _threads_logging_run(log)
-    # both windows must run at once
-    worker = _one_thread_streams(lambda batch: (barrier.wait(), run(batch))[1])
+    worker = _one_thread_streams(_two_at_once(_threads_logging_run(log)))
     assert worker.submit([[i] * 10 for i in range(8)]).result(5)[:, 0].tolist() == list(range(8))
     assert sorted(log) == [(0, 1), (4, 1)]
     worker.stop(5)
