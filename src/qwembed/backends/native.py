@@ -132,7 +132,8 @@ def named_in_profiles(name: str) -> AbstractContextManager:
 
 class Loader(Generic[K]):
     """A kernel's load-once state: the first :meth:`get` builds, opens and checks it, or logs why
-    PyTorch's path stays and remembers None."""
+    PyTorch's path stays and remembers None. ``flags`` build it, for a CPU with ``cpu_flags``
+    (default: the AVX-512 and bf16 every kernel needs)."""
 
     def __init__(
         self,
@@ -141,8 +142,8 @@ class Loader(Generic[K]):
         fallback: str,
         switch: str,
         source: Path,
-        flags: tuple[str, ...],
-        cpu_flags: tuple[str, ...],
+        flags: tuple[str, ...] = BASE_FLAGS,
+        cpu_flags: tuple[str, ...] = BASE_CPU_FLAGS,
         open_library: Callable[[Path], K],
         check: Callable[[K], float],
         tolerance: float,
