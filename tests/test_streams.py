@@ -99,21 +99,22 @@ def test_a_second_stream_waits_for_a_full_batch_while_the_first_runs():
 
 
 @pytest.mark.parametrize(
-    ("lengths", "expected"),
+    ("streams", "lengths", "expected"),
     [
-        ([10] * 5, [[0, 1], [2, 3, 4]]),  # 50 tokens: 25 each, cut between inputs
-        ([10] * 7, [[0, 1, 2], [3, 4, 5, 6]]),  # 70 tokens: not a window of 40 and one of 30
-        ([1] * 6, [[0, 1, 2], [3, 4, 5]]),  # more inputs than a window (4) holds: 3 each
+        (2, [10] * 5, [[0, 1], [2, 3, 4]]),  # 50 tokens: 25 each, cut between inputs
+        (2, [10] * 7, [[0, 1, 2], [3, 4, 5, 6]]),  # 70 tokens: not a window of 40 and one of 30
+        (2, [1] * 6, [[0, 1, 2], [3, 4, 5]]),  # more inputs than a window (4) holds: 3 each
+        (3, [10] * 9, [[0, 1, 2], [3, 4, 5], [6, 7, 8]]),  # each share divides what is left
     ],
 )
-def test_idle_streams_share_a_queue_of_less_than_a_window_each(lengths, expected):
+def test_idle_streams_share_a_queue_of_less_than_a_window_each(streams, lengths, expected):
     log: list[list[int]] = []
     worker = BatchWorker(
-        _fake_run(log, threading.Barrier(2, timeout=5)),  # the two shares must run at once
+        _fake_run(log, threading.Barrier(streams, timeout=5)),  # the shares must run at once
         max_batch_tokens=40,
         max_batch_size=4,
         padded_batches=False,
-        streams=Streams(2, None),
+        streams=Streams(streams, None),
     ).start()
     result = worker.submit([[i] * length for i, length in enumerate(lengths)]).result(10)
     assert result[:, 0].tolist() == list(range(len(lengths)))
