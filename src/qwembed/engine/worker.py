@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -345,7 +346,7 @@ class BatchWorker:
         if idle < 2 or not self._queue_exceeds_a_window() or self._queue_fills(idle):
             return self.window_tokens, self.window_items
         self._handing_off = True
-        return -(-self._pending_tokens // idle), -(-len(self._pending) // idle)
+        return math.ceil(self._pending_tokens / idle), math.ceil(len(self._pending) / idle)
 
     def _queue_fills(self, windows: int) -> bool:
         """Whether the queue holds at least ``windows`` full windows."""
