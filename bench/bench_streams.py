@@ -32,6 +32,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from bench_embed import XLMR_SHAPE, model_source  # noqa: E402
 from bench_qwen3_cpu import QWEN3_SHAPE  # noqa: E402
 from common import (  # noqa: E402
     DEFAULT_DATA,
@@ -55,7 +56,7 @@ def load_models(name: str):
         return load_encoder(str(folder)), sentence_transformer(folder, QWEN3_0_6B["hidden_size"])
     from sentence_transformers import SentenceTransformer
 
-    encoder = load_encoder(name)
+    encoder = load_encoder(model_source(name))  # (also bench_embed's shape names)
     return encoder, SentenceTransformer(encoder.source, device="cpu")
 
 
@@ -141,7 +142,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="minilm", help=f"a model name or folder, or {QWEN3_SHAPE}")
+    parser.add_argument(
+        "--model", default="minilm", help=f"a model name or folder, {QWEN3_SHAPE} or {XLMR_SHAPE}"
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--sizes", default="256,600,1000", help="part one: texts per embed call")
     parser.add_argument("--loads", default="1x1,1x8,1x32,2x32,4x8,8x32", help="part two: CLIENTSxBATCH")
