@@ -35,14 +35,18 @@ def test_two_streams_on_a_multicore_cpu_share_its_threads(monkeypatch):
         Streams.for_model(_Model("cpu"), 0)
 
 
-def _fake_run(log: list[list[int]], barrier: threading.Barrier | None = None):
+def _fake_run(log: list[list[int]]):
     def run(batch):
-        if barrier is not None:
-            barrier.wait()  # raises (failing the batch) unless the other stream runs at the same time
         log.append([ids[0] for ids in batch])
         return np.array([[ids[0]] for ids in batch], dtype=np.float32)
 
     return run
+
+
+def _at_once(run, count: int = 2):
+    """``run``, for batches that must run ``count`` at once: each waits (or fails) for the others."""
+    barrier = threading.Barrier(count, timeout=5)
+    return lambda batch: (barrier.wait(), run(batch))[1]
 
 
 def _gated_two_stream_worker(log: list[list[int]]) -> tuple[BatchWorker, threading.Event]:
@@ -61,7 +65,7 @@ def _gated_two_stream_worker(log: list[list[int]]) -> tuple[BatchWorker, threadi
 def test_two_streams_run_two_full_batches_at_once():
     log: list[list[int]] = []
     worker = BatchWorker(
-        _fake_run(log, threading.Barrier(2, timeout=5)),
+        _at_once(_fake_run(log)),
         max_batch_tokens=40,
         padded_batches=False,
         streams=Streams(2, None),
@@ -110,7 +114,7 @@ def test_a_second_stream_waits_for_a_full_batch_while_the_first_runs():
 def test_idle_streams_share_a_queue_of_less_than_a_window_each(streams, lengths, expected):
     log: list[list[int]] = []
     worker = BatchWorker(
-        _fake_run(log, threading.Barrier(streams, timeout=5)),  # the shares must run at once
+        _at_once(_fake_run(log), streams),  # the shares must run at once
         max_batch_tokens=40,
         max_batch_size=4,
         padded_batches=False,
@@ -132,12 +136,6 @@ def _threads_logging_run(log: list[tuple[int, int]], gate: threading.Event | Non
         return np.array([[ids[0]] for ids in batch], dtype=np.float32)
 
     return run
-
-
-def _two_at_once(run):
-    """``run``, for batches that must run two at once: each waits (or fails) until the other starts."""
-    barrier = threading.Barrier(2, timeout=5)
-    return lambda batch: (barrier.wait(), run(batch))[1]
 
 
 def _one_thread_streams(run, every_core_tokens: int = 0, **settings) -> BatchWorker:
@@ -197,7 +195,7 @@ def test_a_window_filled_while_gathering_stops_waiting(monkeypatch, second, expe
     monkeypatch.setattr(worker_module, "EVERY_CORE_WAIT_SHARE", 1.0)
     log: list[tuple[int, int]] = []
     run = _threads_logging_run(log)
-    worker = _one_thread_streams(run if len(expected) == 1 else _two_at_once(run))  # (40-token batches)
+    worker = _one_thread_streams(run if len(expected) == 1 else _at_once(run))  # (40-token batches)
     started = time.monotonic()
     first = worker.submit([[1] * 10])
     time.sleep(0.05)
@@ -231,7 +229,7 @@ def test_the_smallest_window_on_every_core_follows_the_models_linear_work(monkey
 
 def test_windows_under_load_keep_one_streams_threads():
     log: list[tuple[int, int]] = []
-    worker = _one_thread_streams(_two_at_once(_threads_logging_run(log)))
+    worker = _one_thread_streams(_at_once(_threads_logging_run(log)))
     assert worker.submit([[i] * 10 for i in range(8)]).result(5)[:, 0].tolist() == list(range(8))
     assert sorted(log) == [(0, 1), (4, 1)]
     worker.stop(5)
