@@ -7,6 +7,8 @@ import pytest
 import torch
 from sentence_transformers.sentence_transformer.modules import Pooling
 
+from qwembed.backends import packed_bert, packed_qwen3
+from qwembed.backends.packed_bert import packed_bert_forward
 from qwembed.backends.packing import TILE_TOKENS, PackedBatch, length_groups, tile_rows
 from qwembed.engine import Embedder
 from qwembed.engine.batching import plan_batches
@@ -60,11 +62,36 @@ def test_pooling_on_packed_tokens_equals_pooling_the_padded_view(minilm_dir, mod
     encoder = embedder.encoder
     encoder.model[1] = Pooling(encoder.dimension, pooling_mode=mode)
     assert encoder._pools_packed_tokens()
+    assert encoder._pools_first_tokens() == (mode == "cls")  # then the final layer runs for them alone
     batch = embedder.tokenize(TEXTS)  # one batch in the caller's order, not sorted by length
     packed = encoder.embed_token_ids(batch)
     encoder._pools_packed_tokens = lambda: False  # the padded view and attention mask
     padded = encoder.embed_token_ids(batch)
     np.testing.assert_allclose(packed, padded, atol=1e-6)
+
+
+def test_packed_bert_runs_its_final_layer_on_the_rows_asked_for_only(minilm_dir, monkeypatch):
+    """``rows`` (a CLS head's first tokens): the same states as the full forward's at those tokens,
+    with the final layer's feed-forward run on them alone."""
+    embedder = Embedder.load("minilm", device="cpu", dtype="float32")
+    bert = embedder.encoder.compile_target()
+    batch = embedder.tokenize(TEXTS)
+    packed = PackedBatch.of(batch, len(batch), max(len(ids) for ids in batch))
+    rows_seen: list[int] = []
+    feed_forward = packed_bert.linear_activation
+
+    def counting(x, *args):
+        rows_seen.append(len(x))
+        return feed_forward(x, *args)
+
+    monkeypatch.setattr(packed_bert, "linear_activation", counting)
+    with torch.inference_mode():
+        every_token = packed_bert_forward(bert, packed)
+        layers, tokens = len(rows_seen), len(packed.ids)
+        rows_seen.clear()
+        first = packed_bert_forward(bert, packed, rows=packed.first_token)
+    assert rows_seen == [tokens] * (layers - 1) + [len(TEXTS)]
+    torch.testing.assert_close(first, every_token[packed.first_token], atol=1e-6, rtol=0)
 
 
 def test_attention_groups_pad_each_run_of_similar_lengths_to_its_own_longest_row():
@@ -124,6 +151,30 @@ def test_packed_qwen3_equals_the_padded_forward(qwen3_dirs):
     embedder.encoder.packed = True
     alone = np.vstack([embedder.embed([text]) for text in TEXTS])
     np.testing.assert_allclose(packed, alone, atol=1e-6)
+
+
+def test_packed_qwen3_runs_its_final_mlp_on_the_pooled_tokens_only(qwen3_dirs, monkeypatch):
+    """Every layer's MLP sees all tokens but the last one's, which sees one row per text; the
+    states equal those of the forward with every token through the final layer."""
+    embedder = Embedder.load(str(qwen3_dirs["appends"]), device="cpu", dtype="float32")
+    rows_seen: list[int] = []
+    mlp = packed_qwen3._mlp
+
+    def counting_mlp(module, x, *args):
+        rows_seen.append(len(x))
+        return mlp(module, x, *args)
+
+    monkeypatch.setattr(packed_qwen3, "_mlp", counting_mlp)
+    batch = embedder.tokenize(TEXTS)
+    packed = PackedBatch.of(batch, len(batch), max(len(ids) for ids in batch), causal=True)
+    model = embedder.encoder.model
+    with torch.inference_mode():
+        pooled = packed_qwen3.packed_qwen3_pooled(model, packed)
+        tokens, layers = len(packed.ids), model.config.num_hidden_layers
+        assert rows_seen == [tokens] * (layers - 1) + [len(TEXTS)]
+        every_token = packed_qwen3.packed_qwen3_forward(model, packed)
+    assert rows_seen[layers:] == [tokens] * layers
+    torch.testing.assert_close(pooled, every_token[packed.last_token], atol=1e-6, rtol=0)
 
 
 def test_packed_batches_count_real_tokens_not_padding():

@@ -187,8 +187,8 @@ class CrossEncoderReranker(Reranker):
             rows = packed.order.tolist()
             types = torch.tensor([t for row in rows for t in self._token_types(list(batch[row]))])
         with self.precision.autocast():
-            hidden = packed_bert_forward(classifier.base_model, packed, types)
-            first = hidden.index_select(0, packed.first_token.to(hidden.device))
+            # the head reads the first token only, so the final layer runs for it alone
+            first = packed_bert_forward(classifier.base_model, packed, types, rows=packed.first_token)
             if type(classifier).__name__ == "BertForSequenceClassification":
                 pooler = classifier.bert.pooler
                 return classifier.classifier(pooler.activation(pooler.dense(first))).float()

@@ -110,17 +110,31 @@ class SentenceTransformerEncoder(TorchEncoder):
         rows, longest = self.padded_shape(batch)
         packed = PackedBatch.of(list(batch), rows, longest).to(self.device)
         with self.precision.autocast():
-            hidden = packed_bert_forward(self.compile_target(), packed)
-            flat = self._pools_packed_tokens()
-            if flat:
+            in_packed_order = False
+            if self._pools_first_tokens():
+                # the final layer runs for each text's [CLS] alone, in the caller's order; pooling
+                # then reads sequences of one token each
+                first = packed_bert_forward(self.compile_target(), packed, rows=packed.first_token)
+                one_each = torch.arange(len(batch) + 1, device=first.device)
+                features = {"token_embeddings": first[None], "cu_seq_lens_q": one_each}
+            elif self._pools_packed_tokens():
+                hidden = packed_bert_forward(self.compile_target(), packed)
                 features = {"token_embeddings": hidden[None], "cu_seq_lens_q": packed.bounds}
+                in_packed_order = True
             else:
+                hidden = packed_bert_forward(self.compile_target(), packed)
                 features = {"token_embeddings": packed.pad(hidden), "attention_mask": packed.mask()}
             for module in list(self.model)[1:]:
                 features = module(features)
         pooled = features["sentence_embedding"].float()
-        pooled = packed.in_caller_order(pooled) if flat else pooled[: len(batch)]
+        pooled = packed.in_caller_order(pooled) if in_packed_order else pooled[: len(batch)]
         return torch.nn.functional.normalize(pooled, p=2, dim=-1).cpu().numpy()
+
+    def _pools_first_tokens(self) -> bool:
+        """Pooling on packed tokens that reads each text's first token only (CLS pooling: BGE,
+        BGE-M3): the packed forward then needs the final layer at those tokens alone."""
+        # (one mode is a string: a tuple holds several)
+        return self._pools_packed_tokens() and self.model[1].pooling_mode == "cls"
 
     def _pools_packed_tokens(self) -> bool:
         """Pooling (sentence-transformers ≥ 6 reduces packed tokens by sequence bounds, which saves
