@@ -38,6 +38,7 @@ from common import (  # noqa: E402
     load_sentences,
     machine,
     model_flops,
+    pooled_final_layer_weights,
     scratch_dir,
     timed_in_turn,
 )
@@ -172,7 +173,8 @@ def main() -> int:
     linear = linear_parameters(some.encoder.model)
     for label, inputs in corpora.items():
         lengths = [len(ids) for ids in some.tokenize(inputs)]
-        flops = model_flops(some.encoder.model.config, linear, lengths, causal=True)
+        pooled = pooled_final_layer_weights(some.encoder.model)
+        flops = model_flops(some.encoder.model.config, linear, lengths, causal=True, pooled_weights=pooled)
         calls = {"sentence-transformers": lambda inputs=inputs: reference.encode(inputs, batch_size=32)}
         for name, embedder in engines.items():
             calls[name] = lambda e=embedder, inputs=inputs: e.embed(inputs)

@@ -87,6 +87,7 @@ from common import (  # noqa: E402
     load_sentences,
     machine,
     model_flops,
+    pooled_final_layer_weights,
     timed_in_turn,
 )
 
@@ -462,7 +463,9 @@ def main(argv: list[str] | None = None) -> int:
                 reference=REFERENCE,
                 texts=len(inputs),
                 tokens=sum(lengths),
-                flops=model_flops(model.config, linear, lengths),
+                flops=model_flops(
+                    model.config, linear, lengths, pooled_weights=pooled_final_layer_weights(model)
+                ),
                 bf16_peak=bf16_peak,
             )
             for row in rows.values():  # the reference here is sentence-transformers, not float32
