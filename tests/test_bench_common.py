@@ -1,6 +1,7 @@
 """bench/common.py's round-by-round timing: the peak probe runs once before each round's engines,
 and each round's share of the peak is that round's FLOP/s over that round's peak; model FLOPs
-count a causal model's attention as the query-key pairs it computes."""
+count a causal model's attention as the query-key pairs it computes, and the final layer's weights
+that only the pooled token needs once per text."""
 
 from __future__ import annotations
 
@@ -60,3 +61,26 @@ def test_model_flops_count_a_decoders_query_key_pairs_when_causal(common):
     linear = 2 * 1000 * 3  # 2 FLOPs per weight per token, 3 tokens
     assert common.model_flops(config, 1000, [3]) == linear + 4 * 9 * 32 * 2  # every pair of 3 × 3
     assert common.model_flops(config, 1000, [3], causal=True) == linear + 4 * 6 * 32 * 2  # 3 + 2 + 1
+
+
+def test_model_flops_count_the_final_layers_pooled_weights_once_per_text(common):
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(num_attention_heads=4, head_dim=8, hidden_size=16, num_hidden_layers=2)
+    whole = common.model_flops(config, 1000, [3, 1])
+    # 300 of the final layer's weights run at one token of each text: 2 of 3 tokens skip them
+    assert common.model_flops(config, 1000, [3, 1], pooled_weights=300) == whole - 2 * 300 * 2
+
+
+def test_pooled_final_layer_weights_are_the_final_layer_but_its_qkv(common):
+    import torch
+    from transformers import Qwen3Config, Qwen3Model
+
+    config = Qwen3Config(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+    )  # fmt: skip
+    with torch.device("meta"):
+        model = Qwen3Model(config)
+    output, mlp = 32 * 32, 3 * 32 * 64  # o_proj (4 heads of 8 → 32), gate, up and down
+    assert common.pooled_final_layer_weights(model) == output + mlp
