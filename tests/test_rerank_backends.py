@@ -269,10 +269,10 @@ def test_a_cross_encoder_with_another_head_stays_padded(cross):
     classifier = cross.model.model.classifier
     try:
         cross.model.model.classifier = torch.nn.Sequential(classifier)  # not the head packing re-implements
-        assert not cross_encoder._packable(cross.model)
+        assert cross_encoder._first_token_head(cross.model) is None
     finally:
         cross.model.model.classifier = classifier
-    assert cross_encoder._packable(cross.model)
+    assert cross_encoder._first_token_head(cross.model) is not None
 
 
 def test_cross_encoder_token_types_and_truncation(cross):

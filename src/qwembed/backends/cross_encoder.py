@@ -21,7 +21,7 @@ more than 0.01 from float32 at load, float32 otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,33 +45,32 @@ from .precision import (
 _NO_LIMIT = 1_000_000
 
 
-#: sequence classifiers whose head reads the first token's last hidden state: BERT's through its
-#: pooler (dense + tanh) and one Linear layer, RoBERTa's through its own dense + tanh + projection
-_PACKABLE_CLASSIFIERS = (
-    "BertForSequenceClassification",
-    "RobertaForSequenceClassification",
-    "XLMRobertaForSequenceClassification",
-)
+#: the head of a sequence classifier that reads each pair's first-token state: its logits from them
+FirstTokenHead = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _packable(model: CrossEncoder) -> bool:
-    """A plain BERT or RoBERTa sequence classifier as the CrossEncoder's only module: what
-    ``_packed_logits`` re-implements around the packed forward."""
+def _first_token_head(model: CrossEncoder) -> FirstTokenHead | None:
+    """Where the CrossEncoder's only module is a plain BERT or RoBERTa sequence classifier (what
+    ``_packed_logits`` runs the packed forward for), its head as a function of the first-token
+    states: BERT's pooler (dense + tanh) and one Linear layer, RoBERTa's dense + tanh + projection.
+    None for anything else."""
     try:
         classifier = transformers_model(model)
     except AttributeError:  # a first module that holds no transformer
-        return False
-    kind = type(classifier).__name__
-    if len(model) != 1 or kind not in _PACKABLE_CLASSIFIERS or not supports_packing(classifier.base_model):
-        return False
+        return None
+    if len(model) != 1 or not supports_packing(classifier.base_model):
+        return None
+    kind, head = type(classifier).__name__, classifier.classifier
     if kind == "BertForSequenceClassification":
-        return getattr(classifier.bert, "pooler", None) is not None and isinstance(
-            classifier.classifier, torch.nn.Linear
-        )
-    head = classifier.classifier
-    return isinstance(getattr(head, "dense", None), torch.nn.Linear) and isinstance(
-        getattr(head, "out_proj", None), torch.nn.Linear
-    )
+        pooler = getattr(classifier.bert, "pooler", None)
+        if pooler is None or not isinstance(head, torch.nn.Linear):
+            return None
+        return lambda first: head(pooler.activation(pooler.dense(first)))
+    if kind not in ("RobertaForSequenceClassification", "XLMRobertaForSequenceClassification"):
+        return None
+    if not all(isinstance(getattr(head, part, None), torch.nn.Linear) for part in ("dense", "out_proj")):
+        return None
+    return lambda first: head(first[:, None])  # it takes (rows, tokens, hidden) and reads token 0
 
 
 def _model_limit(model: CrossEncoder) -> int:
@@ -118,7 +117,8 @@ class CrossEncoderReranker(Reranker):
         )
         #: the padding-free forward (packed_bert.py) where the model is a plain BERT or RoBERTa
         #: sequence classifier and nothing else: its head then runs on one row per pair
-        self.packed = _packable(model)
+        self._head = _first_token_head(model)
+        self.packed = self._head is not None
 
     @classmethod
     def load(
@@ -191,11 +191,7 @@ class CrossEncoderReranker(Reranker):
         with self.precision.autocast():
             # the head reads the first token only, so the final layer runs for it alone
             first = packed_bert_forward(classifier.base_model, packed, types, rows=packed.first_token)
-            if type(classifier).__name__ == "BertForSequenceClassification":
-                pooler = classifier.bert.pooler
-                return classifier.classifier(pooler.activation(pooler.dense(first))).float()
-            # RoBERTa's head takes (rows, tokens, hidden) and reads token 0 itself
-            return classifier.classifier(first[:, None]).float()
+            return self._head(first).float()
 
     def _padded_logits(self, batch: Sequence[TokenIds]) -> torch.Tensor:
         input_ids, mask = pad_token_ids(batch, self.pad_id, left=self.pad_left)
