@@ -12,8 +12,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from native_fixtures import Counting
 from qwembed.backends import cpu_attention, cross_encoder, precision, qwen3_reranker, rms_norm
 from qwembed.backends.cross_encoder import CrossEncoderReranker
+from qwembed.backends.packing import PackedBatch
 from qwembed.backends.qwen3_reranker import Qwen3Reranker
 from qwembed.backends.registry import ModelNotFoundError, bundled_minilm_path
+from qwembed.backends.shared_prefixes import SharedPrefixes
 from qwembed.engine.rerank import RerankResult, rerank, score_pairs
 from qwen3_fixtures import qwen_tokenizer_files
 from rerank_fixtures import build_minilm_cross_encoder, build_tiny_qwen3_reranker
@@ -135,6 +137,16 @@ def test_qwen3_scores_match_official_recipe(
     scores = score_pairs(reranker, query, DOCUMENTS, instruction=instruction, max_batch_tokens=600)
     np.testing.assert_allclose(scores, expected, atol=1e-5, rtol=0)
     assert expected.std() > 0.02  # the random model really tells the documents apart
+
+
+def test_qwen3_pairs_of_a_request_share_their_prompt_and_query(reranker):
+    """Every pair starts with the system prompt, the instruction and the query: the packed forward
+    runs them once (``shared_prefixes.py``), and the scores above still match the recipe."""
+    batch = reranker.tokenize_pairs(QUERIES[0][0], DOCUMENTS, None)
+    shared = SharedPrefixes.of(PackedBatch.of(batch, len(batch), max(map(len, batch)), causal=True))
+    assert shared is not None
+    saved = sum(map(len, batch)) - len(shared.ids)
+    assert saved >= (len(batch) - 1) * (len(reranker.prefix_ids) + 10)  # the prompt and more, once
 
 
 def test_qwen3_instruction_changes_scores(reranker):

@@ -10,6 +10,9 @@ Each sequence is pooled at its own last token, the ``<|endoftext|>`` the encoder
 where the padded forward's left padding puts it. Equal to that forward within float rounding
 (tested on tiny random Qwen3 models).
 
+Leading tokens that sequences of the batch have in common (a request's instruction, the
+reranker's prompt and query) run through everything but attention once (``shared_prefixes.py``).
+
 The final layer runs past its attention on the pooled tokens only. Attention is causal, so a
 token's output depends on earlier tokens alone, and after the final layer nothing reads the other
 tokens: their output projection and MLP — most of a layer's FLOPs — would be computed for nobody.
@@ -25,6 +28,7 @@ from .fused_linear import linear
 from .fused_projections import fused_projection
 from .packing import PackedBatch, grouped_attention
 from .qwen3_pointwise import EAGER, Pointwise
+from .shared_prefixes import SharedPrefixes
 
 #: tokens per MLP pass. Its gate and up projections are the forward's largest buffers: at a GPU
 #: batch of 16k tokens of the 4B shape, 2 × 319 MB, which set the peak (bench/activation_memory.py).
@@ -56,12 +60,14 @@ def _attention(
     sin: torch.Tensor,
     heads: tuple[int, int],
     pointwise: Pointwise,
+    shared: SharedPrefixes | None,
     rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The attention block's output projection for normed input ``x``, at the tokens ``rows`` picks
-    (None: all). Its own function so that the QKV projection and the attention output (at 16k tokens
-    of the 4B shape, 201 and 134 MB) are freed on return, before the MLP allocates its two large
-    buffers."""
+    """The attention block's output projection for normed input ``x`` (one row per node where
+    prefixes are ``shared``, else per packed token), at the packed tokens ``rows`` (None: every
+    node or token, as ``x``). Its own function so that the QKV projection and the attention output
+    (at 16k tokens of the 4B shape, 201 and 134 MB) are freed on return, before the MLP allocates
+    its two large buffers."""
     q_heads, kv_heads = heads
     qkv_weights = fused_projection(attention, (attention.q_proj, attention.k_proj, attention.v_proj))
     # (tokens, query heads, then key heads, then value heads, width): the attention input once
@@ -69,10 +75,14 @@ def _attention(
     qkv = linear(x, *qkv_weights).view(len(x), q_heads + 2 * kv_heads, -1)
     pointwise.rotate_normed_(qkv[:, :q_heads], attention.q_norm, cos, sin)
     pointwise.rotate_normed_(qkv[:, q_heads : q_heads + kv_heads], attention.k_norm, cos, sin)
+    if shared is not None:  # each sequence whole, for attention
+        qkv = qkv[shared.expand]
     context = grouped_attention(packed, qkv, q_heads, kv_heads, causal=True, scale=attention.scaling)
     del qkv  # freed before the output projection allocates its own output
     if rows is not None:
         context = context[rows]
+    elif shared is not None:
+        context = context[shared.collapse]
     return linear(context, attention.o_proj.weight, attention.o_proj.bias)
 
 
@@ -113,23 +123,28 @@ def packed_qwen3_forward(
     The final layer runs past its attention on those tokens alone; its keys and values come from
     every token."""
     config = model.config
-    packed = batch.to(model.embed_tokens.weight.device)
-    hidden = model.embed_tokens(packed.ids)
-    cos, sin = model.rotary_emb(hidden[None], packed.positions[None])
+    device = model.embed_tokens.weight.device
+    packed = batch.to(device)
+    shared = SharedPrefixes.of(batch)
+    if shared is not None:  # the layers run on the nodes, attention on the packed tokens
+        shared = shared.to(device)
+    ids, positions = (packed.ids, packed.positions) if shared is None else (shared.ids, shared.positions)
+    hidden = model.embed_tokens(ids)
+    cos, sin = model.rotary_emb(hidden[None], positions[None])
     cos, sin = cos[0], sin[0]
     heads = (config.num_attention_heads, config.num_key_value_heads)
     *inner, final = model.layers
     for layer in inner:
         attention, mlp = layer.self_attn, layer.mlp
         x = pointwise.rms_norm(hidden, layer.input_layernorm, attention.q_proj.weight.dtype)
-        hidden.add_(_attention(attention, x, packed, cos, sin, heads, pointwise))
+        hidden.add_(_attention(attention, x, packed, cos, sin, heads, pointwise, shared))
         x = pointwise.rms_norm(hidden, layer.post_attention_layernorm, mlp.down_proj.weight.dtype)
         _add_mlp_(hidden, mlp, x, config.hidden_act, pointwise)
-    kept = torch.arange(len(hidden), device=hidden.device) if rows is None else rows.to(hidden.device)
+    kept = torch.arange(len(packed.ids), device=device) if rows is None else rows.to(device)
     attention, mlp = final.self_attn, final.mlp
     x = pointwise.rms_norm(hidden, final.input_layernorm, attention.q_proj.weight.dtype)
-    hidden = hidden[kept]  # a copy
-    hidden.add_(_attention(attention, x, packed, cos, sin, heads, pointwise, rows=kept))
+    hidden = hidden[kept if shared is None else shared.expand[kept]]  # a copy
+    hidden.add_(_attention(attention, x, packed, cos, sin, heads, pointwise, shared, rows=kept))
     # the eager steps on these rows, usually one per text: the fused kernels were compiled for
     # token counts, and one row (a lone text) would make the compiler specialise and compile again
     # while a request waits

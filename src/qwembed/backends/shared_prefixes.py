@@ -1,0 +1,82 @@
+"""Shared prefixes: the leading tokens a causal batch's sequences have in common, computed once.
+
+In a causal model a token's state, at every layer, depends on that token and the tokens before it
+alone. So where sequences of a batch begin with the same tokens, those tokens have the same states
+in every one of them. Batches often do: every query of a request carries the same instruction
+(``Instruct: …\\nQuery:``, about 20 tokens before a 10-token question), and Qwen3-Reranker judges
+each of a request's documents after the same system prompt, instruction and query (70 tokens and
+more). The packed Qwen3 forward (``packed_qwen3.py``) runs its Linear layers, norms and MLP — nine
+tenths of its time on a CPU — on each distinct prefix once: on the *nodes* of the trie the batch's
+sequences spell. Attention alone needs each sequence whole; it reads the nodes' queries, keys and
+values through a gather into the usual packed layout (``expand``) and hands its output back
+through another (``collapse``), which costs two copies of a projection per layer.
+
+Sharing is by token ids, not text, so a prefix whose last token merges with the text after it
+(byte-pair encoding does that) simply shares one token less. Batches that would save under a tenth
+of their tokens keep the plain layout: there the copies would cost more than they save on a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import pairwise
+
+import torch
+
+from .packing import PackedBatch
+
+#: share only where it saves at least this fraction of the batch's tokens
+MIN_SAVING = 0.1
+
+
+@dataclass(frozen=True)
+class SharedPrefixes:
+    """A packed batch's tokens as trie nodes: one node per distinct (prefix, token)."""
+
+    ids: torch.Tensor  # (nodes,) each node's token
+    positions: torch.Tensor  # (nodes,) each node's position in its sequences
+    expand: torch.Tensor  # (tokens,) each packed token's node
+    collapse: torch.Tensor  # (nodes,) one packed token of each node
+
+    @classmethod
+    def of(cls, batch: PackedBatch, min_saving: float | None = None) -> SharedPrefixes | None:
+        """The nodes of ``batch``'s sequences, or None where they would save less than
+        ``min_saving`` of its tokens (None: ``MIN_SAVING``)."""
+        ids, bounds = batch.ids.tolist(), batch.bounds.tolist()
+        spans = list(pairwise(bounds))
+        if len({ids[start] for start, _ in spans}) == len(spans):
+            return None  # no two sequences share even their first token
+        sequences = [ids[start:stop] for start, stop in spans]
+        expand = list(range(len(ids)))
+        node_ids: list[int] = []
+        node_positions: list[int] = []
+        collapse: list[int] = []
+        # in lexicographic order, a sequence's longest prefix in common with any sequence before it
+        # is its prefix in common with the one just before it: the trie without a lookup table
+        previous: list[int] = []
+        previous_nodes: list[int] = []
+        for s in sorted(range(len(sequences)), key=sequences.__getitem__):
+            sequence, (start, stop) = sequences[s], spans[s]
+            shared, limit = 0, min(len(sequence), len(previous))
+            while shared < limit and sequence[shared] == previous[shared]:
+                shared += 1
+            first = len(node_ids)
+            nodes = previous_nodes[:shared] + list(range(first, first + len(sequence) - shared))
+            expand[start:stop] = nodes
+            node_ids.extend(sequence[shared:])
+            node_positions.extend(range(shared, len(sequence)))
+            collapse.extend(range(start + shared, stop))
+            previous, previous_nodes = sequence, nodes
+        if len(ids) - len(node_ids) < (MIN_SAVING if min_saving is None else min_saving) * len(ids):
+            return None
+        return cls(
+            torch.tensor(node_ids, dtype=torch.long),
+            torch.tensor(node_positions, dtype=torch.long),
+            torch.tensor(expand, dtype=torch.long),
+            torch.tensor(collapse, dtype=torch.long),
+        )
+
+    def to(self, device: torch.device) -> SharedPrefixes:
+        return SharedPrefixes(
+            self.ids.to(device), self.positions.to(device), self.expand.to(device), self.collapse.to(device)
+        )
