@@ -56,7 +56,7 @@ def packed_bert_forward(
     where a CLS head or CLS pooling reads. The final layer then runs past its attention on those
     tokens alone: its attention reads every token's keys and values, but nothing reads the other
     tokens' outputs, and their output projection, norms and feed-forward are most of a layer's
-    FLOPs (an eighth of a 6-layer model's, exactly the same values for the rows kept)."""
+    FLOPs (an eighth of a 6-layer model's), for the same values at the rows kept."""
     config = bert.config
     activation = _ACTIVATIONS[config.hidden_act]
     emb = bert.embeddings
