@@ -174,10 +174,15 @@ class InProcessPool:
         self.worker = self.pool._models[self.name].worker  # the one model's batching worker
 
     def load(
-        self, texts: list[str], clients: int, batch: int, latencies: list[float] | None = None
+        self,
+        texts: list[str],
+        clients: int,
+        batch: int,
+        latencies: list[float] | None = None,
+        input_type: str | None = None,
     ) -> Callable[[], object]:
         """``clients`` clients posting ``batch`` texts at a time until ``texts`` are done; each
-        request's seconds go to ``latencies`` when given."""
+        request's seconds go to ``latencies`` when given. ``input_type``: the requests' field."""
         from qwembed.engine.inputs import EmbedOptions
 
         async def run() -> None:
@@ -188,7 +193,7 @@ class InProcessPool:
             async def client() -> None:
                 while not queue.empty():
                     start = time.perf_counter()
-                    await self.pool.embed(self.name, queue.get_nowait(), EmbedOptions())
+                    await self.pool.embed(self.name, queue.get_nowait(), EmbedOptions(input_type))
                     if latencies is not None:
                         latencies.append(time.perf_counter() - start)
 

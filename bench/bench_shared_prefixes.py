@@ -10,6 +10,9 @@ The packed Qwen3 forward runs the leading tokens a batch's sequences have in com
   peer), qwembed, and qwembed with sharing switched off;
 * documents: the same sentences without an instruction, qwembed with and without sharing — where
   little is shared, what finding that out costs;
+* served queries: the server's engine in this process (bench_embed.py's ``InProcessPool``, with no
+  limit on queued work), 8 clients posting 32 of the queries at a time, with and without sharing,
+  against sentence-transformers one request after another;
 * reranking: a random Qwen3-Reranker-0.6B-shaped causal LM (the same 28 layers and an untied LM
   head) scoring one query against ``--pairs`` candidates (bench_rerank.py's list) — qwembed with
   and without sharing, and the model card's recipe one pair at a time (``logits_to_keep=1``).
@@ -96,7 +99,49 @@ def embedder_rows(texts: list[str], repeats: int) -> dict:
             tokens=sum(tokens),
         )
         print(label, {name: row["texts_per_s"] for name, row in rows[label].items()}, flush=True)
+    rows.update(served_query_rows(ours.encoder, reference, texts, instruction, repeats))
     return rows
+
+
+def served_query_rows(encoder, reference, texts: list[str], instruction: str, repeats: int) -> dict:
+    from bench_embed import InProcessPool
+
+    pool = InProcessPool(encoder)
+    # without sharing, 256 queued queries of the 0.6B shape are more than the server's 5 s of queued
+    # work on 2 cores, and it would turn requests away (429): here every request waits its turn
+    pool.worker.max_queue_wait = None
+    shared_latencies: list[float] = []
+    plain_latencies: list[float] = []
+    try:
+
+        def one_by_one() -> None:
+            for start in range(0, len(texts), 32):
+                reference.encode(texts[start : start + 32], prompt=instruction)
+
+        calls = {
+            "sentence-transformers, one request at a time": one_by_one,
+            "qwembed": pool.load(texts, 8, 32, shared_latencies, input_type="query"),
+            "qwembed, no sharing": unshared(pool.load(texts, 8, 32, plain_latencies, input_type="query")),
+        }
+        times, _ = timed_in_turn(calls, repeats)
+    finally:
+        pool.close()
+    reference_seconds = times["sentence-transformers, one request at a time"]
+    latencies = {"qwembed": shared_latencies, "qwembed, no sharing": plain_latencies}
+    requests = -(-len(texts) // 32)
+    rows = {}
+    for name, seconds in times.items():
+        rows[name] = {
+            "texts_per_s": round(len(texts) / statistics.median(seconds), 2),
+            "x_st_per_round": [round(r / s, 2) for r, s in zip(reference_seconds, seconds, strict=True)],
+        }
+        if name in latencies:
+            timed = latencies[name][requests:]  # the warm-up's requests left out
+            rows[name]["p50_ms"] = round(1000 * float(np.percentile(timed, 50)))
+            rows[name]["p99_ms"] = round(1000 * float(np.percentile(timed, 99)))
+    label = f"served: 8 clients x 32 of the {len(texts)} queries"
+    print(label, {name: row["texts_per_s"] for name, row in rows.items()}, flush=True)
+    return {label: rows}
 
 
 def reranker_rows(folder: Path, pairs: int, repeats: int) -> dict:

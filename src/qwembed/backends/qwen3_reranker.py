@@ -10,7 +10,9 @@ Three things keep it fast without changing a single score beyond float noise:
   (``hidden[:, -1] @ W[[no, yes]].T``) instead of ``batch × length × 151k`` logits;
 * the padding-free forward the embedder uses (``packed_qwen3.py``): the pairs' real tokens only,
   the norms and RoPE in few passes, and on a GPU the element-wise steps fused into single kernels
-  (``fused_pointwise.py``, compiled in the background after load);
+  (``fused_pointwise.py``, compiled in the background after load). The system prompt, instruction
+  and query that every pair of a request begins with run through its layers once per batch
+  (``shared_prefixes.py``: 1.6× on the 0.6B shape on a CPU);
 * for checkpoints it does not cover (sliding-window layers), left padding with positions counted
   from each sequence's first real token, so a pair scores the same alone and inside a batch of
   longer pairs.
