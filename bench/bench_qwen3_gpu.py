@@ -56,7 +56,11 @@ The mixed corpus is BQ sentences joined and cut to lengths drawn log-uniformly f
 ``--doc-tokens`` − 1 tokens (plus the end token; fixed seed), as many per octave of length: the
 case where padding costs a padded forward most, and packing is the lever. The short corpus is the
 first ``--short`` BQ sentences as they are (about 15 tokens): queries, where a batch's rows, not
-its tokens, run out first (``--rows`` times a larger cap beside the default one).
+its tokens, run out first (``--rows`` times a larger cap beside the default one). The queries
+corpus is the first ``--queries`` of them behind the model card's default instruction, as both
+engines read them: sentence-transformers computes the shared instruction for every query, qwembed
+once per batch (``backends/shared_prefixes.py``). Its model FLOPs count the instruction for every
+query, the useful work of a forward without sharing, so its MFU can pass 100 %.
 """
 
 from __future__ import annotations
@@ -292,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mixed", type=int, default=1024, help="mixed-length texts")
     parser.add_argument("--short", type=int, default=2048, help="BQ sentences as they are (0: none)")
     parser.add_argument(
+        "--queries",
+        type=int,
+        default=1024,
+        help="BQ sentences behind the default query instruction (0: none)",
+    )
+    parser.add_argument(
         "--rows",
         type=int,
         default=0,
@@ -312,11 +322,14 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", type=Path, help="also write torch profiler summaries of one qwembed call per corpus here"
     )
     args = parser.parse_args(argv)
-    if args.docs < 1 or args.mixed < 1 or args.repeats < 1 or args.short < 0 or args.rows < 0:
-        parser.error("--docs, --mixed and --repeats must be at least 1, --short and --rows at least 0")
+    if args.docs < 1 or args.mixed < 1 or args.repeats < 1 or min(args.short, args.queries, args.rows) < 0:
+        parser.error(
+            "--docs, --mixed and --repeats must be at least 1, --short, --queries and --rows at least 0"
+        )
 
     import torch
 
+    from qwembed.backends.qwen3 import query_prompt
     from qwembed.backends.qwen3_pointwise import EAGER
     from qwembed.engine import Embedder
     from qwen3_fixtures import qwen_tokenizer_files
@@ -374,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
             "docs_512": documents(sentences, encoder.tokenizer, args.docs, args.doc_tokens),
             "mixed": mixed_texts(sentences, encoder.tokenizer, args.mixed, args.doc_tokens),
             **({"short": sentences[: args.short]} if args.short else {}),
+            **(
+                {"queries": [query_prompt(encoder.default_task, q) for q in sentences[: args.queries]]}
+                if args.queries
+                else {}
+            ),
         }
         memory = measure_memory(embedder, device, corpora, weights)
 

@@ -14,7 +14,20 @@ import pytest
 from conftest import REPO
 from qwen3_fixtures import qwen_tokenizer_files
 
-SMOKE = ["--device", "cpu", "--shape", "tiny", "--docs", "4", "--mixed", "16", "--short", "24"]
+SMOKE = [
+    "--device",
+    "cpu",
+    "--shape",
+    "tiny",
+    "--docs",
+    "4",
+    "--mixed",
+    "16",
+    "--short",
+    "24",
+    "--queries",
+    "12",
+]
 SMOKE += ["--rows", "8", "--repeats", "1"]
 ENGINES = ("sentence-transformers", "qwembed", "qwembed padded")
 
@@ -49,20 +62,25 @@ def test_cpu_smoke_run(tmp_path):
     docs, mixed = result["docs_512"], result["mixed"]
     assert docs["lengths"]["texts"] == 4 and docs["lengths"]["min"] == docs["lengths"]["max"] == 512
     assert mixed["lengths"]["texts"] == 16 and mixed["lengths"]["min"] < 64 < mixed["lengths"]["max"] <= 512
-    short = result["short"]
+    short, queries = result["short"], result["queries"]
     assert short["lengths"]["texts"] == 24 and short["lengths"]["max"] < 64
-    for corpus in (docs, mixed, short):
+    # the instruction in front of the first 12 of the same sentences
+    assert queries["lengths"]["texts"] == 12 and queries["lengths"]["min"] > short["lengths"]["min"] + 10
+    for corpus in (docs, mixed, short, queries):
         assert corpus["sentence-transformers"]["x_st"] == pytest.approx(1.0)
         for name in (*ENGINES, "qwembed, 8 rows per batch"):
             row = corpus[name]
             assert row["texts_per_s"] > 0 and row["tokens_per_s"] > row["texts_per_s"]
-            assert row["model_gflops"] > 0 and 0 < row["share_of_bf16_peak"] < 1
+            # (the queries' shared instruction counts once per query: the share may pass 1 there)
+            assert row["model_gflops"] > 0 and 0 < row["share_of_bf16_peak"] < (
+                1 if corpus is not queries else 10
+            )
             # bf16 against bf16 on a 2-layer model: the same vectors within rounding
             assert row["min_cosine_to_st"] > 0.999
 
     # every engine near float32 on a 2-layer model; the reference loaded in float32 is its own
     cosines = result["cosine_to_float32"]["min_cosine"]
-    for corpus in ("docs_512", "mixed", "short"):
+    for corpus in ("docs_512", "mixed", "short", "queries"):
         assert set(cosines[corpus]) == {*ENGINES, "qwembed, 8 rows per batch"}
         assert all(0.999 < cosine <= 1.0 + 1e-6 for cosine in cosines[corpus].values())
 
