@@ -76,3 +76,19 @@ def test_queries_share_their_instruction_and_keep_their_vectors(embedder, monkey
         np.testing.assert_allclose(with_sharing, embedder.encoder.embed_token_ids(batch), atol=1e-6)
     finally:
         embedder.encoder.packed = True
+
+
+def test_common_prefix_is_right_whatever_the_guess():
+    import random
+
+    from qwembed.backends.shared_prefixes import _common_prefix
+
+    rng = random.Random(0)
+    for _ in range(5000):
+        base = [rng.randint(0, 2) for _ in range(12)]
+        a = base[: rng.randint(0, 12)]
+        b = [token if rng.random() < 0.8 else rng.randint(0, 2) for token in base[: rng.randint(0, 12)]]
+        expected = next(
+            (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+        )
+        assert _common_prefix(a, b, guess=rng.randint(0, 14)) == expected
