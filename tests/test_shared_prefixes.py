@@ -92,3 +92,17 @@ def test_common_prefix_is_right_whatever_the_guess():
             (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
         )
         assert _common_prefix(a, b, guess=rng.randint(0, 14)) == expected
+
+
+def test_the_environment_can_switch_sharing_off(monkeypatch):
+    import importlib
+
+    rows = [[1, 2, 3, 4], [1, 2, 3, 5]]
+    try:
+        monkeypatch.setenv(shared_prefixes.ENV_SWITCH, "0")
+        assert importlib.reload(shared_prefixes).SharedPrefixes.of(packed(rows)) is None
+        monkeypatch.setenv(shared_prefixes.ENV_SWITCH, "1")
+        assert importlib.reload(shared_prefixes).SharedPrefixes.of(packed(rows)) is not None
+    finally:
+        monkeypatch.delenv(shared_prefixes.ENV_SWITCH)
+        importlib.reload(shared_prefixes)

@@ -20,6 +20,8 @@ measured matmul peak, not measured), too near a small saving to be sure of a gai
 
 from __future__ import annotations
 
+import math
+import os
 from array import array
 from dataclasses import dataclass
 from itertools import pairwise
@@ -28,8 +30,11 @@ import torch
 
 from .packing import PackedBatch
 
-#: share only where it saves at least this fraction of the batch's tokens
-MIN_SAVING = 0.1
+#: set to 0 to keep every batch in the plain layout (for comparison, or should sharing misbehave)
+ENV_SWITCH = "QWEMBED_SHARED_PREFIXES"
+
+#: share only where it saves at least this fraction of the batch's tokens (never, switched off)
+MIN_SAVING = math.inf if os.environ.get(ENV_SWITCH, "1") == "0" else 0.1
 
 
 @dataclass(frozen=True)
