@@ -106,3 +106,15 @@ def test_the_environment_can_switch_sharing_off(monkeypatch):
     finally:
         monkeypatch.delenv(shared_prefixes.ENV_SWITCH)
         importlib.reload(shared_prefixes)
+
+
+def test_two_instructions_in_one_batch_each_share_their_own(embedder):
+    """Requests with different instructions meet in one server window: two branches of the trie."""
+    first = embedder.tokenize(QUERIES, input_type="query")
+    second = embedder.tokenize(QUERIES, instruction="Given a question, retrieve FAQ answers")
+    together = embedder.encoder.embed_token_ids(first + second)
+    layout = packed(first + second)
+    assert len(SharedPrefixes.of(layout).ids) < 0.7 * len(layout.ids)
+    apart = np.vstack([embedder.encoder.embed_token_ids(first), embedder.encoder.embed_token_ids(second)])
+    np.testing.assert_allclose(together, apart, atol=1e-6)
+    assert not np.allclose(together[: len(QUERIES)], together[len(QUERIES) :], atol=1e-3)
