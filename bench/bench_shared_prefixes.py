@@ -41,6 +41,7 @@ from common import (  # noqa: E402
     emit,
     load_sentences,
     machine,
+    per_round_ratios,
     scratch_dir,
     timed_in_turn,
 )
@@ -133,7 +134,7 @@ def served_query_rows(encoder, reference, texts: list[str], instruction: str, re
     for name, seconds in times.items():
         rows[name] = {
             "texts_per_s": round(len(texts) / statistics.median(seconds), 2),
-            "x_st_per_round": [round(r / s, 2) for r, s in zip(reference_seconds, seconds, strict=True)],
+            **per_round_ratios(reference_seconds, seconds),
         }
         if name in latencies:
             timed = latencies[name][requests:]  # the warm-up's requests left out

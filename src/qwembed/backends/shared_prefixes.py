@@ -50,15 +50,16 @@ class SharedPrefixes:
     def of(cls, batch: PackedBatch, min_saving: float | None = None) -> SharedPrefixes | None:
         """The nodes of ``batch``'s sequences, or None where they would save less than
         ``min_saving`` of its tokens (None: ``MIN_SAVING``)."""
+        threshold = MIN_SAVING if min_saving is None else min_saving
+        if threshold >= 1:
+            return None  # (switched off: no batch can save all of its tokens)
         ids, bounds = batch.ids.tolist(), batch.bounds.tolist()
         spans = list(pairwise(bounds))
         if len({ids[start] for start, _ in spans}) == len(spans):
             return None  # no two sequences share even their first token
         sequences = [ids[start:stop] for start, stop in spans]
         expand = [0] * len(ids)  # every token's node, set sequence by sequence
-        node_ids: list[int] = []
-        node_positions: list[int] = []
-        collapse: list[int] = []
+        collapse: list[int] = []  # nodes are numbered as they are met: node i is collapse[i]'s token
         # in lexicographic order, a sequence's longest prefix in common with any sequence before it
         # is its prefix in common with the one just before it: the trie without a lookup table
         previous: list[int] = []
@@ -67,16 +68,16 @@ class SharedPrefixes:
         for s in sorted(range(len(sequences)), key=sequences.__getitem__):
             sequence, (start, stop) = sequences[s], spans[s]
             shared = _common_prefix(sequence, previous, guess=shared)
-            first = len(node_ids)
+            first = len(collapse)
             nodes = previous_nodes[:shared] + list(range(first, first + len(sequence) - shared))
             expand[start:stop] = nodes
-            node_ids.extend(sequence[shared:])
-            node_positions.extend(range(shared, len(sequence)))
             collapse.extend(range(start + shared, stop))
             previous, previous_nodes = sequence, nodes
-        if len(ids) - len(node_ids) < (MIN_SAVING if min_saving is None else min_saving) * len(ids):
+        if len(ids) - len(collapse) < threshold * len(ids):
             return None
-        return cls(*(_long_tensor(values) for values in (node_ids, node_positions, expand, collapse)))
+        tokens = _long_tensor(collapse)
+        # a node's token and position are those of the packed token it was met at
+        return cls(batch.ids[tokens], batch.positions[tokens], _long_tensor(expand), tokens)
 
     def to(self, device: torch.device) -> SharedPrefixes:
         return SharedPrefixes(
