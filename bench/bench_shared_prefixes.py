@@ -11,11 +11,15 @@ The packed Qwen3 forward runs the leading tokens a batch's sequences have in com
 * documents: the same sentences without an instruction, qwembed with and without sharing — where
   little is shared, what finding that out costs;
 * served queries: the server's engine in this process (bench_embed.py's ``InProcessPool``, with no
-  limit on queued work), 8 clients posting 32 of the queries at a time, with and without sharing,
-  against sentence-transformers one request after another;
+  limit on queued work), 8 clients posting 32 of the queries at a time, with and without sharing
+  and the prefix cache, against sentence-transformers one request after another;
+* lone queries: ``--lone`` of them embedded one call each, as a search box does — qwembed (its
+  instruction read from the prefix cache, ``prefix_cache.py``), qwembed without the cache, and
+  sentence-transformers one query per ``encode``;
 * reranking: a random Qwen3-Reranker-0.6B-shaped causal LM (the same 28 layers and an untied LM
   head) scoring one query against ``--pairs`` candidates (bench_rerank.py's list) — qwembed with
-  and without sharing, and the model card's recipe one pair at a time (``logits_to_keep=1``).
+  and without sharing, and the model card's recipe one pair at a time (``logits_to_keep=1``); and
+  the same pairs in requests of 3, with and without the prefix cache.
 
 Precision is ``--dtype auto``'s for qwembed (mixed bf16 where the CPU and the load-time check allow
 it); the references run float32.
@@ -70,7 +74,20 @@ def unshared(call):
     return run
 
 
-def embedder_rows(texts: list[str], repeats: int) -> dict:
+def uncached(encoder, call):
+    """``call`` with ``encoder``'s prefix cache out of use (sharing within a batch stays)."""
+
+    def run():
+        cache, encoder.prefix_cache = encoder.prefix_cache, None
+        try:
+            return call()
+        finally:
+            encoder.prefix_cache = cache
+
+    return run
+
+
+def embedder_rows(texts: list[str], repeats: int, lone: int) -> dict:
     from bench_qwen3_cpu import QWEN3_0_6B, random_qwen3_0_6b, sentence_transformer
     from qwembed.backends.qwen3 import query_prompt
     from qwembed.engine import Embedder
@@ -101,7 +118,30 @@ def embedder_rows(texts: list[str], repeats: int) -> dict:
         )
         print(label, {name: row["texts_per_s"] for name, row in rows[label].items()}, flush=True)
     rows.update(served_query_rows(ours.encoder, reference, texts, instruction, repeats))
+    if lone:
+        rows.update(lone_query_rows(ours, reference, texts[:lone], instruction, repeats))
     return rows
+
+
+def lone_query_rows(ours, reference, texts: list[str], instruction: str, repeats: int) -> dict:
+    """Each query in a call of its own: per-query latency, the instruction's share at its largest."""
+
+    def one_by_one(embed):
+        return lambda: np.vstack([embed(text) for text in texts])
+
+    calls = {
+        "sentence-transformers": one_by_one(lambda text: reference.encode([text], prompt=instruction)),
+        "qwembed": one_by_one(lambda text: ours.embed([text], input_type="query")),
+    }
+    calls["qwembed, no prefix cache"] = uncached(ours.encoder, calls["qwembed"])
+    times, vectors = timed_in_turn(calls, repeats)
+    label = f"lone queries: {len(texts)} of them, one call each"
+    tokens = sum(len(ids) for ids in ours.tokenize(texts, input_type="query"))
+    rows = compare_engines(times, vectors, reference="sentence-transformers", texts=len(texts), tokens=tokens)
+    for name, seconds in times.items():
+        rows[name]["ms_per_query"] = round(1000 * statistics.median(seconds) / len(texts), 1)
+    print(label, {name: row["ms_per_query"] for name, row in rows.items()}, flush=True)
+    return {label: rows}
 
 
 def served_query_rows(encoder, reference, texts: list[str], instruction: str, repeats: int) -> dict:
@@ -112,6 +152,7 @@ def served_query_rows(encoder, reference, texts: list[str], instruction: str, re
     # work on 2 cores, and it would turn requests away (429): here every request waits its turn
     pool.worker.max_queue_wait = None
     shared_latencies: list[float] = []
+    uncached_latencies: list[float] = []
     plain_latencies: list[float] = []
     try:
 
@@ -122,13 +163,20 @@ def served_query_rows(encoder, reference, texts: list[str], instruction: str, re
         calls = {
             "sentence-transformers, one request at a time": one_by_one,
             "qwembed": pool.load(texts, 8, 32, shared_latencies, input_type="query"),
+            "qwembed, no prefix cache": uncached(
+                encoder, pool.load(texts, 8, 32, uncached_latencies, input_type="query")
+            ),
             "qwembed, no sharing": unshared(pool.load(texts, 8, 32, plain_latencies, input_type="query")),
         }
         times, _ = timed_in_turn(calls, repeats)
     finally:
         pool.close()
     reference_seconds = times["sentence-transformers, one request at a time"]
-    latencies = {"qwembed": shared_latencies, "qwembed, no sharing": plain_latencies}
+    latencies = {
+        "qwembed": shared_latencies,
+        "qwembed, no prefix cache": uncached_latencies,
+        "qwembed, no sharing": plain_latencies,
+    }
     requests = -(-len(texts) // 32)
     rows = {}
     for name, seconds in times.items():
@@ -180,6 +228,13 @@ def reranker_rows(folder: Path, pairs: int, repeats: int) -> dict:
     shared = lambda: score_pairs(reranker, QUERY, documents)  # noqa: E731
     calls = {"model card recipe, one pair at a time": one_at_a_time, "qwembed": shared}
     calls["qwembed, no sharing"] = unshared(shared)
+
+    def in_threes() -> np.ndarray:
+        requests = [documents[start : start + 3] for start in range(0, len(documents), 3)]
+        return np.concatenate([score_pairs(reranker, QUERY, request) for request in requests])
+
+    calls["qwembed, requests of 3 pairs"] = in_threes
+    calls["qwembed, requests of 3 pairs, no prefix cache"] = uncached(reranker, in_threes)
     times, scores = timed_in_turn(calls, repeats)
     reference = np.asarray(scores["model card recipe, one pair at a time"])
     label = f"{len(batch)} pairs, {statistics.mean(map(len, batch)):.0f} tokens on average"
@@ -203,6 +258,7 @@ def main() -> int:
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--n", type=int, default=256, help="BQ sentences")
+    parser.add_argument("--lone", type=int, default=32, help="queries embedded one call each (0: skip)")
     parser.add_argument("--pairs", type=int, default=30, help="candidates for the reranker (0: skip)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path)
@@ -210,7 +266,7 @@ def main() -> int:
 
     result: dict = {
         "machine": machine(),
-        "embedder": embedder_rows(load_sentences(args.data, args.n), args.repeats),
+        "embedder": embedder_rows(load_sentences(args.data, args.n), args.repeats, args.lone),
     }
     if args.pairs:
         result["reranker"] = reranker_rows(scratch_dir("shared-prefixes-"), args.pairs, args.repeats)

@@ -149,6 +149,29 @@ def test_qwen3_pairs_of_a_request_share_their_prompt_and_query(reranker):
     assert saved >= (len(batch) - 1) * (len(reranker.prefix_ids) + 10)  # the prompt and more, once
 
 
+def test_qwen3_reranker_keeps_its_prompts_between_requests(reranker, reference):
+    """The system prompt and instruction, up to the query, are computed by one request and read
+    by the next (``prefix_cache.py``); a new instruction reads the system prompt from them."""
+    cache = reranker.prefix_cache
+    (first,) = reranker.tokenize_pairs("capital of China", DOCUMENTS[:1], None)
+    reranker.score_token_ids([first])
+    default = next(prefix for prefix in cache.known() if prefix.rows is not None)
+    assert (
+        len(default.ids) > len(reranker.prefix_ids) + 10 and tuple(first[: len(default.ids)]) == default.ids
+    )
+    query, documents = "Where does the Rhine flow?", DOCUMENTS[:3]
+    for instruction in (None, "Find geography facts"):
+        batch = reranker.tokenize_pairs(query, documents, instruction)
+        layout = PackedBatch.of(batch, len(batch), max(map(len, batch)), causal=True)
+        shared = SharedPrefixes.of(layout, cache=cache)
+        assert shared.cached == (default,)
+        unread = len(default.ids) if instruction is None else len(reranker.prefix_ids)
+        assert len(shared.ids) <= len(SharedPrefixes.of(layout).ids) - unread
+        expected = [reference(query, document, instruction) for document in documents]
+        np.testing.assert_allclose(reranker.score_token_ids(batch), expected, atol=1e-5, rtol=0)
+    assert all(prefix.rows is not None for prefix in cache.known())  # the new one is kept too
+
+
 def test_qwen3_instruction_changes_scores(reranker):
     default = score_pairs(reranker, "capital of China", DOCUMENTS[:2])
     custom = score_pairs(reranker, "capital of China", DOCUMENTS[:2], instruction="Find geography facts")

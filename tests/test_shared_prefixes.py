@@ -54,6 +54,7 @@ def embedder(qwen3_dirs) -> Embedder:
 
 
 def test_queries_share_their_instruction_and_keep_their_vectors(embedder, monkeypatch):
+    monkeypatch.setattr(embedder.encoder, "prefix_cache", None)  # within the batch only
     batch = embedder.tokenize(QUERIES, input_type="query")
     layout = packed(batch)
     shared = SharedPrefixes.of(layout)

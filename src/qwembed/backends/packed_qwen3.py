@@ -11,7 +11,8 @@ where the padded forward's left padding puts it. Equal to that forward within fl
 (tested on tiny random Qwen3 models).
 
 Leading tokens that sequences of the batch have in common (a request's instruction, the
-reranker's prompt and query) run through everything but attention once (``shared_prefixes.py``).
+reranker's prompt and query) run through everything but attention once (``shared_prefixes.py``),
+and prefixes an earlier batch computed for a ``PrefixCache`` not at all (``prefix_cache.py``).
 
 The final layer runs past its attention on the pooled tokens only. Attention is causal, so a
 token's output depends on earlier tokens alone, and after the final layer nothing reads the other
@@ -27,6 +28,7 @@ import torch
 from .fused_linear import linear
 from .fused_projections import fused_projection
 from .packing import PackedBatch, grouped_attention
+from .prefix_cache import PrefixCache
 from .qwen3_pointwise import EAGER, Pointwise
 from .shared_prefixes import SharedPrefixes
 
@@ -61,13 +63,14 @@ def _attention(
     heads: tuple[int, int],
     pointwise: Pointwise,
     shared: SharedPrefixes | None,
+    layer: int,
     rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The attention block's output projection for normed input ``x`` (one row per node where
     prefixes are ``shared``, else per packed token), at the packed tokens ``rows`` (None: every
-    node or token, as ``x``). Its own function so that the QKV projection and the attention output
-    (at 16k tokens of the 4B shape, 201 and 134 MB) are freed on return, before the MLP allocates
-    its two large buffers."""
+    node or token, as ``x``); ``layer`` numbers the layer, for the cached prefixes' rows. Its own
+    function so that the QKV projection and the attention output (at 16k tokens of the 4B shape,
+    201 and 134 MB) are freed on return, before the MLP allocates its two large buffers."""
     q_heads, kv_heads = heads
     qkv_weights = fused_projection(attention, (attention.q_proj, attention.k_proj, attention.v_proj))
     # (tokens, query heads, then key heads, then value heads, width): the attention input once
@@ -76,7 +79,7 @@ def _attention(
     pointwise.rotate_normed_(qkv[:, :q_heads], attention.q_norm, cos, sin)
     pointwise.rotate_normed_(qkv[:, q_heads : q_heads + kv_heads], attention.k_norm, cos, sin)
     if shared is not None:  # each sequence whole, for attention
-        qkv = qkv[shared.expand]
+        qkv = shared.attention_input(qkv, layer)
     context = grouped_attention(packed, qkv, q_heads, kv_heads, causal=True, scale=attention.scaling)
     del qkv  # freed before the output projection allocates its own output
     if rows is not None:
@@ -105,12 +108,15 @@ def _add_mlp_(
 
 
 def packed_qwen3_pooled(
-    model: torch.nn.Module, batch: PackedBatch, pointwise: Pointwise = EAGER
+    model: torch.nn.Module,
+    batch: PackedBatch,
+    pointwise: Pointwise = EAGER,
+    prefix_cache: PrefixCache | None = None,
 ) -> torch.Tensor:
     """Final-norm hidden state at each sequence's last token, ``(len(batch rows), hidden)``, in the
     caller's row order. ``pointwise`` runs the norms, RoPE and the MLP's gating: eager, or fused into
-    single GPU kernels (``fused_pointwise.py``)."""
-    return packed_qwen3_forward(model, batch, pointwise, rows=batch.last_token)
+    single GPU kernels (``fused_pointwise.py``). Prefixes ``prefix_cache`` holds are read from it."""
+    return packed_qwen3_forward(model, batch, pointwise, rows=batch.last_token, prefix_cache=prefix_cache)
 
 
 def packed_qwen3_forward(
@@ -118,14 +124,16 @@ def packed_qwen3_forward(
     batch: PackedBatch,
     pointwise: Pointwise = EAGER,
     rows: torch.Tensor | None = None,
+    prefix_cache: PrefixCache | None = None,
 ) -> torch.Tensor:
     """Final-norm hidden states at the packed tokens ``rows``, in that order (None: every token).
     The final layer runs past its attention on those tokens alone; its keys and values come from
-    every token."""
+    every token. Prefixes ``prefix_cache`` holds are read from it where no token of theirs is in
+    ``rows``, and the prefixes it names that this batch computes are kept in it."""
     config = model.config
     device = model.embed_tokens.weight.device
     packed = batch.to(device)
-    shared = SharedPrefixes.of(batch)
+    shared = SharedPrefixes.of(batch, cache=prefix_cache if rows is not None else None, read=rows)
     if shared is not None:  # the layers run on the nodes, attention on the packed tokens
         shared = shared.to(device)
     ids, positions = (packed.ids, packed.positions) if shared is None else (shared.ids, shared.positions)
@@ -134,20 +142,22 @@ def packed_qwen3_forward(
     cos, sin = cos[0], sin[0]
     heads = (config.num_attention_heads, config.num_key_value_heads)
     *inner, final = model.layers
-    for layer in inner:
+    for index, layer in enumerate(inner):
         attention, mlp = layer.self_attn, layer.mlp
         x = pointwise.rms_norm(hidden, layer.input_layernorm, attention.q_proj.weight.dtype)
-        hidden.add_(_attention(attention, x, packed, cos, sin, heads, pointwise, shared))
+        hidden.add_(_attention(attention, x, packed, cos, sin, heads, pointwise, shared, index))
         x = pointwise.rms_norm(hidden, layer.post_attention_layernorm, mlp.down_proj.weight.dtype)
         _add_mlp_(hidden, mlp, x, config.hidden_act, pointwise)
     kept = torch.arange(len(packed.ids), device=device) if rows is None else rows.to(device)
     attention, mlp = final.self_attn, final.mlp
     x = pointwise.rms_norm(hidden, final.input_layernorm, attention.q_proj.weight.dtype)
     hidden = hidden[kept if shared is None else shared.expand[kept]]  # a copy
-    hidden.add_(_attention(attention, x, packed, cos, sin, heads, pointwise, shared, rows=kept))
+    hidden.add_(_attention(attention, x, packed, cos, sin, heads, pointwise, shared, len(inner), rows=kept))
     # the eager steps on these rows, usually one per text: the fused kernels were compiled for
     # token counts, and one row (a lone text) would make the compiler specialise and compile again
     # while a request waits
     x = EAGER.rms_norm(hidden, final.post_attention_layernorm, mlp.down_proj.weight.dtype)
     _add_mlp_(hidden, mlp, x, config.hidden_act, EAGER)
+    if shared is not None and prefix_cache is not None:
+        shared.fill(prefix_cache)
     return model.norm(hidden)

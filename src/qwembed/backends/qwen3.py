@@ -4,6 +4,10 @@ This follows the model card's reference procedure, and fixes the two places wher
 usually go wrong: the end token is appended exactly once whether or not the tokenizer's
 post-processor adds it (the official tokenizer does; many copies of the files do not), and the
 query instruction uses the exact official form ``Instruct: {task}\\nQuery:{text}``.
+
+The instruction's tokens are named in the encoder's ``PrefixCache`` as queries are formatted, so
+that after the first batch the packed forward reads their attention inputs instead of computing
+them again (``prefix_cache.py``): a lone query runs its own few tokens only.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from .packed_qwen3 import packed_qwen3_pooled, supports_packing
 from .packing import PackedBatch
 from .padding import pad_token_ids, positions_from_mask
 from .precision import DEFAULT_MIN_COSINE, Precision
+from .prefix_cache import PrefixCache, TemplatePrefixes
 from .qwen3_pointwise import EAGER, Pointwise
 from .torch_encoder import TorchEncoder
 
@@ -42,6 +47,9 @@ class Qwen3Encoder(TorchEncoder):
     #: the thread compiling the fused kernels (``fused_pointwise.py``) while the eager steps serve;
     #: None where they do not apply
     fusing: threading.Thread | None = None
+    #: the instructions' attention inputs, kept between batches; set once ``load`` has settled the
+    #: precision (the load-time check compares precisions, so it must compute every token in each)
+    prefix_cache: PrefixCache | None = None
 
     def __init__(
         self,
@@ -73,6 +81,11 @@ class Qwen3Encoder(TorchEncoder):
         #: (sliding-window layers): the compiled padded forward measured 1.2× slower than the packed
         #: eager one on 512-token documents and 1.8× slower on short texts (docs/benchmarks.md)
         self.packed = supports_packing(model)
+        #: the tokens an instruction's queries begin with: the prompt's but its last (``:``), which
+        #: merges with some texts' first characters (``:-``, ``:'``, a newline)
+        self.instruction_prefix = TemplatePrefixes(
+            lambda task, text: tokenizer(query_prompt(task, text), add_special_tokens=True)["input_ids"]
+        )
 
     @classmethod
     def load(
@@ -99,6 +112,7 @@ class Qwen3Encoder(TorchEncoder):
         encoder = cls(model, tokenizer, name=name or name_or_path, source=name_or_path, max_tokens=max_tokens)
         encoder.prepare(model, precision, compile=compile, min_bf16_cosine=min_bf16_cosine)
         if encoder.packed:
+            encoder.prefix_cache = PrefixCache()
             encoder.fusing = fuse_in_background(model, encoder.name, encoder.use_pointwise)
         return encoder
 
@@ -110,7 +124,10 @@ class Qwen3Encoder(TorchEncoder):
         if input_type == "document":
             return text
         if instruction is not None or input_type == "query":
-            return query_prompt(instruction or self.default_task, text)
+            task = instruction or self.default_task
+            if self.prefix_cache is not None:
+                self.prefix_cache.remember(self.instruction_prefix(task))
+            return query_prompt(task, text)
         return text
 
     def tokenize(self, texts: Sequence[str]) -> list[TokenIds]:
@@ -125,6 +142,7 @@ class Qwen3Encoder(TorchEncoder):
                     self.model,
                     PackedBatch.of(list(batch), *self.padded_shape(batch), causal=True),
                     self.pointwise,
+                    self.prefix_cache,
                 )
             return torch.nn.functional.normalize(pooled.float(), p=2, dim=-1).cpu().numpy()
         # left padding: every sequence ends in the last column, where it is pooled

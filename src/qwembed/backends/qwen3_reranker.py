@@ -12,7 +12,8 @@ Three things keep it fast without changing a single score beyond float noise:
   the norms and RoPE in few passes, and on a GPU the element-wise steps fused into single kernels
   (``fused_pointwise.py``, compiled in the background after load). The system prompt, instruction
   and query that every pair of a request begins with run through its layers once per batch
-  (``shared_prefixes.py``: 1.6× on the 0.6B shape on a CPU);
+  (``shared_prefixes.py``: 1.6× on the 0.6B shape on a CPU), and the system prompt and instruction
+  once per server, their attention inputs kept between batches (``prefix_cache.py``);
 * for checkpoints it does not cover (sliding-window layers), left padding with positions counted
   from each sequence's first real token, so a pair scores the same alone and inside a batch of
   longer pairs.
@@ -45,6 +46,7 @@ from .precision import (
     calibration_probabilities,
     score_check,
 )
+from .prefix_cache import PrefixCache, TemplatePrefixes
 from .qwen3_pointwise import EAGER, Pointwise
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -71,6 +73,8 @@ class Qwen3Reranker(Reranker):
     #: as for the embedders (``precision.py``): mixed bf16 on CPUs with bf16 units, checked at load
     precision: Precision = FLOAT32_CPU
     calibration: CalibrationResult | None = None
+    #: the prompt's attention inputs between batches, set once ``load`` has settled the precision
+    prefix_cache: PrefixCache | None = None
 
     def __init__(
         self,
@@ -104,6 +108,15 @@ class Qwen3Reranker(Reranker):
         self._head_bias = bias[[no_id, yes_id]].detach().float() if bias is not None else None
         self._body = model.base_model
         self.packed = supports_packing(self._body)
+        #: the tokens every pair with an instruction begins with: the system prompt's, then the
+        #: body's up to the query, but for its last few, which merge with some queries' first
+        #: characters
+        self.instruction_prefix = TemplatePrefixes(
+            lambda instruction, query: [
+                *self.prefix_ids,
+                *tokenizer(format_body(query, "", instruction), add_special_tokens=False)["input_ids"],
+            ]
+        )
 
     @staticmethod
     def _single_token_id(tokenizer: PreTrainedTokenizerBase, word: str) -> int:
@@ -140,6 +153,7 @@ class Qwen3Reranker(Reranker):
             reranker, reranker._body, precision, lambda: calibration_probabilities(reranker), score_check()
         )
         if reranker.packed:
+            reranker.prefix_cache = PrefixCache()
             reranker.fusing = fuse_in_background(reranker._body, reranker.name, reranker.use_pointwise)
         return reranker
 
@@ -150,6 +164,8 @@ class Qwen3Reranker(Reranker):
     def tokenize_pairs(self, query: str, documents: Sequence[str], instruction: str | None) -> list[TokenIds]:
         if not documents:
             return []
+        if self.prefix_cache is not None:
+            self.prefix_cache.remember(self.instruction_prefix(instruction or DEFAULT_INSTRUCTION))
         bodies = [format_body(query, document, instruction) for document in documents]
         encoded = self.tokenizer(bodies, add_special_tokens=False, verbose=False)["input_ids"]
         # Cutting the body's tail is what the reference's ``truncation=True`` does; the prefix and
@@ -172,7 +188,7 @@ class Qwen3Reranker(Reranker):
         if self.packed:
             rows = list(batch)
             packed = PackedBatch.of(rows, len(rows), max(len(ids) for ids in rows), causal=True)
-            return packed_qwen3_pooled(self._body, packed, self.pointwise)
+            return packed_qwen3_pooled(self._body, packed, self.pointwise, self.prefix_cache)
         # left padding: the answer position is the last column
         input_ids, mask = pad_token_ids(batch, self.pad_id, left=True)
         positions = positions_from_mask(mask)
