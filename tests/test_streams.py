@@ -126,6 +126,57 @@ def test_idle_streams_share_a_queue_of_less_than_a_window_each(streams, lengths,
     worker.stop(5)
 
 
+def test_a_stream_leaves_a_busy_stream_its_share_of_a_bursts_end(monkeypatch):
+    """A stream that finds a window and a half queued while the other runs a full window takes
+    half, and the other takes the rest as soon as it is free: the two end together, where a full
+    window left the other a short one and then ran alone."""
+    log: list[list[int]] = []
+    gates = {first: threading.Event() for first in (0, 4, 10)}  # held batches, by first input
+    run = _fake_run(log)
+    worker = BatchWorker(
+        lambda batch: (gates[batch[0][0]].wait(5) if batch[0][0] in gates else None, run(batch))[1],
+        max_batch_tokens=40,
+        padded_batches=False,
+        streams=Streams(2, None),
+    ).start()
+    first = worker.submit([[i] * 10 for i in range(8)])  # a full window for each stream
+    _wait_until_taken(worker)
+    second = worker.submit([[10 + i] * 10 for i in range(6)])  # a window and a half
+    gates[0].set()  # one stream is free: it takes half, and holds it
+    deadline = time.monotonic() + 5
+    while worker.queue_depth > 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker.queue_depth == 3
+    gates[4].set()  # the other is free: it takes the rest at once, though not a full batch
+    _wait_until_taken(worker)
+    assert worker.queue_depth == 0 and not gates[10].is_set()
+    gates[10].set()
+    assert first.result(5)[:, 0].tolist() == list(range(8))
+    assert second.result(5)[:, 0].tolist() == list(range(10, 16))
+    assert sorted(log) == [[0, 1, 2, 3], [4, 5, 6, 7], [10, 11, 12], [13, 14, 15]]
+    worker.stop(5)
+
+    # as before: the free stream took a full window, and the last inputs waited for a stream
+    monkeypatch.setattr(worker_module, "SHARE_WITH_BUSY_STREAMS", False)
+    log.clear()
+    for gate in gates.values():
+        gate.clear()
+    worker.start()
+    worker.submit([[i] * 10 for i in range(8)])
+    _wait_until_taken(worker)
+    later = worker.submit([[10 + i] * 10 for i in range(6)])
+    gates[0].set()
+    while worker.queue_depth > 2 and time.monotonic() < deadline + 5:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert worker.queue_depth == 2  # [14, 15] wait for a full batch or the cores to idle
+    gates[4].set()
+    gates[10].set()
+    later.result(5)
+    assert sorted(log) == [[0, 1, 2, 3], [4, 5, 6, 7], [10, 11, 12, 13], [14, 15]]
+    worker.stop(5)
+
+
 def _threads_logging_run(log: list[tuple[int, int]], gate: threading.Event | None = None):
     """A batch function that logs (first input's id, torch threads of the stream running it)."""
 

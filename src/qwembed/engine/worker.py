@@ -29,10 +29,12 @@ throughput of sentence-transformers; 4 × 8: 2.6–2.8× → 3.6–4.0×). A win
 from every core (``Streams.every_core_tokens``) keeps one stream's threads; so do windows under
 load, where a stream always finds work queued or another stream running.
 
-Idle streams that find more than one window queued, but less than one each, share it equally and
-start at once (``_share``). A full window there left the rest queued behind it, one core idle for
-a whole window: all-MiniLM-L6-v2 under 6 clients × 32 texts ran 838–890 texts/s against ~1,000
-at 4 or 8 clients, and 946–1,030 with the queue shared.
+Streams that find more than one window queued, but less than one each, share it equally (``_share``):
+idle ones start at once, and one still running a full window takes its share as soon as it is
+free. A full window there left the rest queued behind it, one core idle for a whole window:
+all-MiniLM-L6-v2 under 6 clients × 32 texts ran 838–890 texts/s against ~1,000 at 4 or 8 clients,
+and 946–1,030 with the queue shared; a burst of 8 × 32 instructed queries on the Qwen3-0.6B shape
+ended with one stream alone until busy streams shared too (bench/bench_burst_end.py).
 """
 
 from __future__ import annotations
@@ -71,6 +73,10 @@ MEMORY_RELEASE_BUSY_SECONDS = 5.0
 #: delay a burst little.
 EVERY_CORE_WAIT_SHARE = 0.02
 EVERY_CORE_WAIT_MAX_SECONDS = 0.005
+
+#: a stream that finds between one and a window per stream queued while other streams run takes
+#: an equal share of it, not a full window (``BatchWorker._share``); False for comparison
+SHARE_WITH_BUSY_STREAMS = True
 
 log = logging.getLogger("qwembed.worker")
 
@@ -112,6 +118,8 @@ class _Window:
     entries: list[tuple[_Job, int]]
     #: taken with the other streams idle and nothing left queued: it runs on every core
     alone: bool = False
+    #: a share of a queue divided among the streams (``BatchWorker._share``)
+    share: bool = False
 
 
 @dataclass
@@ -170,6 +178,7 @@ class BatchWorker:
         self._alone = False  # a window runs on every core: the other streams wait for it
         self._gathering = False  # a stream waits for requests to take with its window
         self._handing_off = False  # a stream took its share of the queue: the next starts on the rest
+        self._running_shares = 0  # streams inside a window that was a share
         self._cond = threading.Condition()
         self._results = threading.Lock()  # a request's inputs may finish in two streams at once
         self._stopping = False
@@ -285,14 +294,16 @@ class BatchWorker:
             self._handing_off = False
             if self._has_the_cores(self._pending_tokens) and not self._queue_fills(1):
                 self._gather()
-            window, tokens = self._fill(*self._share())
+            max_tokens, max_items, share = self._share()
+            window, tokens = self._fill(max_tokens, max_items)
             if not window:  # (every input taken had been cancelled, so the queue is empty too)
                 self._running -= 1
                 return _Window([])
+            self._running_shares += share
             self._alone = self._has_the_cores(tokens) and not self._pending
             if self._pending:
                 self._cond.notify()  # more waits: another stream may start on it
-            return _Window(window, self._alone)
+            return _Window(window, self._alone, share)
 
     def _fill(self, max_tokens: int, max_items: int) -> tuple[list[tuple[_Job, int]], int]:
         """A window of queued inputs, in arrival order, up to ``max_tokens`` and ``max_items`` (the
@@ -333,20 +344,28 @@ class BatchWorker:
         finally:
             self._gathering = False
 
-    def _share(self) -> tuple[int, int]:
-        """How many tokens and inputs the window being taken may hold: a full window, unless the
-        other streams are idle and the queue holds more than one window but less than one for each
-        idle stream. Then each idle stream takes an equal share, and the next starts on the rest at
-        once (``_handing_off``) though it is not a full batch.
+    def _share(self) -> tuple[int, int, bool]:
+        """How many tokens and inputs the window being taken may hold, and whether it is a share: a
+        full window, unless the queue holds more than one window but less than one for each stream
+        that will take from it. Then each takes an equal share, and the next starts on the rest as
+        soon as it is free (``_handing_off``) though it is not a full batch.
 
-        A full window there left the rest queued behind it, since a stream starts beside a running
-        one only on a full batch: one core idled for a whole window, and 6 clients × 32 texts
-        (all-MiniLM-L6-v2, 128-input windows) ran 0.85× as fast as 4 or 8 clients."""
-        idle = self.streams.count - self._running + 1  # (this stream is counted as running)
-        if idle < 2 or not self._queue_exceeds_a_window() or self._queue_fills(idle):
-            return self.window_tokens, self.window_items
+        Idle streams share so: a full window there left the rest queued behind it, since a stream
+        starts beside a running one only on a full batch, and one core idled for a whole window
+        (6 clients × 32 texts, all-MiniLM-L6-v2, 128-input windows: 0.85× the speed of 4 or 8
+        clients). With ``SHARE_WITH_BUSY_STREAMS``, so do streams still running a full window,
+        which take theirs when they finish: at a burst's end, a stream that took a full window left
+        a short one to the stream finishing next, which then idled while the full one ran (8
+        clients × 32 instructed queries, Qwen3-0.6B shape, docs/benchmarks.md). Called holding the
+        lock, this stream counted as running."""
+        if SHARE_WITH_BUSY_STREAMS:
+            takers = self.streams.count - self._running_shares  # (those holding a share have had it)
+        else:
+            takers = self.streams.count - self._running + 1  # the idle streams and this one
+        if takers < 2 or not self._queue_exceeds_a_window() or self._queue_fills(takers):
+            return self.window_tokens, self.window_items, False
         self._handing_off = True
-        return math.ceil(self._pending_tokens / idle), math.ceil(len(self._pending) / idle)
+        return math.ceil(self._pending_tokens / takers), math.ceil(len(self._pending) / takers), True
 
     def _queue_fills(self, windows: int) -> bool:
         """Whether the queue holds at least ``windows`` full windows."""
@@ -424,6 +443,7 @@ class BatchWorker:
             finally:
                 with self._cond:
                     self._running -= 1
+                    self._running_shares -= window.share
                     self._alone = False
                     self._cond.notify()  # a stream waiting for a full batch may start now
             dirty = True
