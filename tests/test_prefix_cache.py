@@ -156,3 +156,19 @@ def test_sequences_read_what_they_have_in_common_with_a_cached_prefix(embedder):
     assert len(shared.ids) == len(query) + 3 + 1 - 9  # read up to its 9th token
     together = embedder.encoder.embed_token_ids(batch)
     np.testing.assert_allclose(together, without_cache(embedder, batch), atol=1e-6)
+
+
+def test_a_prefix_named_again_after_it_was_dropped_is_kept_again():
+    """Encoders pass the same tuple for every text of an instruction; naming it again costs nothing,
+    but once it was dropped from the cache, naming it again brings it back."""
+    cache = PrefixCache(max_tokens=4)
+    instruction = (1, 2, 3, 4)
+    cache.remember(instruction)
+    cache.remember(instruction)
+    (named,) = cache.known()
+    cache.fill(named, rows(4))
+    cache.remember((5, 6, 7, 8))
+    cache.fill(cache.known()[1], rows(4))  # over the budget: the instruction, named first, goes
+    assert [prefix.ids for prefix in cache.known()] == [(5, 6, 7, 8)]
+    cache.remember(instruction)
+    assert {prefix.ids for prefix in cache.known()} == {(5, 6, 7, 8), instruction}

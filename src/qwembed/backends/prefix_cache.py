@@ -91,10 +91,14 @@ class PrefixCache:
         self.max_tokens = max_tokens
         self.max_named = max_named
         self._prefixes: OrderedDict[tuple[int, ...], CachedPrefix] = OrderedDict()
+        self._last_named: Sequence[int] | None = None  # the same object again: nothing to do
         self._lock = threading.Lock()
 
     def remember(self, ids: Sequence[int]) -> None:
         """Name ``ids`` as a prefix worth keeping (again: it becomes the most recently named)."""
+        if ids is self._last_named:
+            return  # (encoders name a query's instruction once per text: 0.6 -> 0.2 µs more per text)
+        self._last_named = ids
         key = tuple(ids)
         if not MIN_TOKENS <= len(key) <= self.max_tokens:
             return
@@ -106,6 +110,7 @@ class PrefixCache:
             named = [k for k, prefix in self._prefixes.items() if prefix.rows is None]
             for old in named[: max(0, len(named) - self.max_named)]:
                 del self._prefixes[old]
+                self._last_named = None  # (whatever it was may be gone: name it again next time)
 
     def known(self) -> list[CachedPrefix]:
         """Every named prefix, computed or not, longest first (a batch takes the longest match)."""
@@ -127,6 +132,7 @@ class PrefixCache:
                 if self._prefixes[ids].rows is not None:
                     kept -= len(ids)
                     del self._prefixes[ids]
+                    self._last_named = None
 
     def clear(self) -> None:
         """Forget every prefix's rows (e.g. once the precision is settled at load); names stay."""
