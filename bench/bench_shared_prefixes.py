@@ -242,10 +242,7 @@ def reranker_rows(folder: Path, pairs: int, repeats: int) -> dict:
     for name, seconds in times.items():
         rows[name] = {
             "pairs_per_s": round(len(batch) / statistics.median(seconds), 2),
-            "x_recipe_per_round": [
-                round(r / s, 2)
-                for r, s in zip(times["model card recipe, one pair at a time"], seconds, strict=True)
-            ],
+            **per_round_ratios(times["model card recipe, one pair at a time"], seconds, key="x_recipe"),
             "max_abs_score_difference": float(np.abs(np.asarray(scores[name]) - reference).max()),
         }
     print(label, {name: rows[name]["pairs_per_s"] for name in times}, flush=True)

@@ -84,3 +84,12 @@ def test_pooled_final_layer_weights_are_the_final_layer_but_its_qkv(common):
         model = Qwen3Model(config)
     output, mlp = 32 * 32, 3 * 32 * 64  # o_proj (4 heads of 8 → 32), gate, up and down
     assert common.pooled_final_layer_weights(model) == output + mlp
+
+
+def test_per_round_ratios_name_their_reference(common):
+    assert common.per_round_ratios([2.0, 3.0, 4.0], [1.0, 1.0, 1.0]) == {
+        "x_st_per_round": [2.0, 3.0, 4.0],
+        "x_st_median_of_rounds": 3.0,
+    }
+    ratios = common.per_round_ratios([1.0, 1.0], [3.0, 0.5], key="x_recipe")
+    assert ratios == {"x_recipe_per_round": [0.33, 2.0], "x_recipe_median_of_rounds": pytest.approx(7 / 6)}
