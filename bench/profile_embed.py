@@ -5,7 +5,8 @@
 Embeds the same BQ sentences with float32, ``--dtype auto`` (mixed bf16) and auto + ``--compile``,
 and prints, for each, the wall time and the operators that took the most CPU time. ``--window 160``
 embeds them 160 at a time instead of in one call, as the server's worker batches a few 32-text
-requests: batches of mixed lengths rather than one length-sorted corpus. ``--docs 64`` profiles 64
+requests: batches of mixed lengths rather than one length-sorted corpus; ``--window 1 --input-type
+query`` embeds lone queries, each with the model's query instruction. ``--docs 64`` profiles 64
 documents of the model's longest input instead (``bench_embed.long_documents``: BQ sentences
 joined to 256 tokens for all-MiniLM-L6-v2), where attention's share shows; ``--doc-tokens 512``
 cuts them to that length instead. ``--model qwen3-0.6b-shape`` profiles the Qwen3-Embedding-0.6B
@@ -48,6 +49,9 @@ def main() -> int:
     parser.add_argument(
         "--variants", default="float32,auto,compile", help="which of float32, auto, compile to profile"
     )
+    parser.add_argument(
+        "--input-type", default="document", help="query: with the model's query instruction (Qwen3)"
+    )
     args = parser.parse_args()
 
     from torch.profiler import ProfilerActivity, profile
@@ -65,13 +69,17 @@ def main() -> int:
             texts = long_documents(texts, exact, args.docs)
         length = f"{args.doc_tokens} tokens" if args.doc_tokens else "the model's longest input"
         what = f"{len(texts)} documents of {length}, from {args.data.name}"
+    if args.input_type != "document":
+        what += f" as {args.input_type} inputs"
     window = args.window or len(texts)
     calls = f"{window} per call" if args.window else "one call"
     print(f"# {args.model}, {what} ({calls}); {machine()}\n")
 
     def embed_all(embedder) -> None:
         for start in range(0, len(texts), window):
-            embedder.embed(texts[start : start + window], truncate=bool(args.docs))
+            embedder.embed(
+                texts[start : start + window], truncate=bool(args.docs), input_type=args.input_type
+            )
 
     variants = {
         "float32": ("float32 (exact)", {"dtype": "float32"}),

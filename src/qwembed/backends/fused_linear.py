@@ -8,6 +8,10 @@ fused). oneDNN applies the activation to each tile as it leaves the matrix unit 
 A plain Linear layer gains too: eager ``addmm`` copies the bias into every output row before
 accumulating onto it (1.02–1.05× per all-MiniLM-L6-v2 batch, short or 256-token texts, identical
 vectors). Elsewhere (CUDA, a torch built without oneDNN, other dtypes) it is the plain eager pair.
+
+A bf16 layer of a few rows (a lone query, a batch's last layer) goes to our own kernel
+(``skinny_linear.py``) instead: there a layer's time is that of reading its weights, which oneDNN
+did at about half the memory's speed.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from functools import cache
 
 import torch
 import torch.nn.functional as F
+
+from . import skinny_linear
 
 #: activation → (oneDNN post-op, its algorithm) and the eager function it replaces. The eager one
 #: gets the Linear layer's fresh output, so it works in place where torch has an in-place form: on
@@ -48,7 +54,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     oneDNN adds the bias as the tiles leave the matrix unit."""
     if not _fusable(x, weight):
         return F.linear(x, weight, bias)
-    return torch.ops.mkldnn._linear_pointwise(x.to(weight.dtype), weight, bias, "none", [], "")
+    x = x.to(weight.dtype)
+    few_rows = skinny_linear.linear(x, weight, bias)
+    if few_rows is not None:
+        return few_rows
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
 def linear_activation(x: torch.Tensor, layer: torch.nn.Linear, activation: str) -> torch.Tensor:
@@ -58,6 +68,10 @@ def linear_activation(x: torch.Tensor, layer: torch.nn.Linear, activation: str) 
     if not _fusable(x, layer.weight):
         return eager(layer(x))
     x = x.to(layer.weight.dtype)
+    if activation == "silu":
+        few_rows = skinny_linear.linear(x, layer.weight, layer.bias, "silu")
+        if few_rows is not None:
+            return few_rows
     return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, post_op, [], algorithm)
 
 
@@ -68,4 +82,7 @@ def linear_times(x: torch.Tensor, layer: torch.nn.Linear, other: torch.Tensor) -
         out = layer(x)
         return out.mul_(other) if torch.result_type(out, other) == out.dtype else out * other
     x = x.to(layer.weight.dtype)
+    few_rows = skinny_linear.linear(x, layer.weight, layer.bias, "times", other)
+    if few_rows is not None:
+        return few_rows
     return torch.ops.mkldnn._linear_pointwise(x, other, layer.weight, layer.bias, "mul")
