@@ -6,13 +6,15 @@ With a few rows a bf16 Linear layer's time is that of reading its weights
 (``backends/skinny_linear.py``). This runs, in one process:
 
 * memory: the machine's read speed, a sum over 1 GiB of float32 (the ceiling for the layers);
-* layers: the Qwen3-0.6B shape's five Linear layers × 28 (random bf16 weights, 0.88 GB) at each
-  row count of ``--rows``, by the kernel and by oneDNN (``torch.ops.mkldnn._linear_pointwise``,
-  what ``fused_linear.py`` calls otherwise), in turn: milliseconds, weights read per second;
+* layers: the Qwen3-0.6B shape's five Linear layers × 28 (random weights: 0.88 GB in bf16, 1.76
+  in float32) at each row count of ``--rows``, by the kernel and by oneDNN
+  (``torch.ops.mkldnn._linear_pointwise``, what ``fused_linear.py`` calls otherwise), in turn:
+  milliseconds, weights read per second; in bf16 and in float32;
 * lone Qwen3 texts: ``--lone`` BQ sentences embedded one call each on the 0.6B shape (random
   weights), as queries (the instruction from the prefix cache) and as documents — qwembed with the
   kernel, without it, and sentence-transformers one text per ``encode`` (float32, last-token
-  pooling; the peer);
+  pooling; the peer); the queries again with qwembed in float32 (``--dtype float32``, as on CPUs
+  without bf16 units);
 * lone MiniLM texts: the same sentences on all-MiniLM-L6-v2, with and without the kernel, and
   sentence-transformers.
 
@@ -60,27 +62,28 @@ def read_speed() -> float:
     return values.numel() * 4 / best / 1e9
 
 
-def layer_rows(row_counts: list[int], repeats: int) -> dict:
-    """Every Linear layer of the 0.6B shape once, at each row count, by the kernel and by oneDNN."""
+def layer_rows(row_counts: list[int], repeats: int, dtype) -> dict:
+    """Every Linear layer of the 0.6B shape once, at each row count, by the kernel and by oneDNN,
+    in ``dtype``."""
     import torch
 
     from qwembed.backends import skinny_linear
 
-    kernel = skinny_linear.LIBRARY.get()
+    kernel = skinny_linear.BUILDS[dtype].get()
     if kernel is None:
-        return {"skipped": "the skinny Linear kernel does not serve on this machine (see the log)"}
+        return {"skipped": f"the {dtype} skinny Linear kernel does not serve on this machine (see the log)"}
     generator = torch.Generator().manual_seed(0)
     shapes = QWEN3_0_6B_LINEARS
     weights = [
-        [(torch.randn(out, inp, generator=generator) / inp**0.5).bfloat16() for out, inp in shapes]
+        [(torch.randn(out, inp, generator=generator) / inp**0.5).to(dtype) for out, inp in shapes]
         for _ in range(LAYERS)
     ]
     every = [w for layer in weights for w in layer]
-    weight_bytes = sum(w.numel() * 2 for w in every)
+    weight_bytes = sum(w.numel() * w.element_size() for w in every)
     onednn = torch.ops.mkldnn._linear_pointwise
     rows = {"weights_gb": weight_bytes / 1e9}
     for count in row_counts:
-        inputs = {inp: torch.randn(count, inp, generator=generator).bfloat16() for _, inp in shapes}
+        inputs = {inp: torch.randn(count, inp, generator=generator).to(dtype) for _, inp in shapes}
 
         def by_kernel(inputs=inputs):
             return [kernel.linear(inputs[w.shape[1]], w) for w in every][-1]
@@ -96,7 +99,13 @@ def layer_rows(row_counts: list[int], repeats: int) -> dict:
             **per_round_ratios(times["oneDNN"], times["skinny kernel"], key="x_onednn"),
             "max_abs_difference": (results["oneDNN"].float() - results["skinny kernel"]).abs().max().item(),
         }
-        print(count, "rows", {name: f"{1000 * took:.1f} ms" for name, took in medians.items()}, flush=True)
+        print(
+            dtype,
+            count,
+            "rows",
+            {name: f"{1000 * took:.1f} ms" for name, took in medians.items()},
+            flush=True,
+        )
     return rows
 
 
@@ -104,12 +113,14 @@ def without_kernel(call):
     from qwembed.backends import skinny_linear
 
     def run():
-        kernel = skinny_linear.LIBRARY.get()
-        skinny_linear.LIBRARY.set(None)
+        kernels = {dtype: build.get() for dtype, build in skinny_linear.BUILDS.items()}
+        for build in skinny_linear.BUILDS.values():
+            build.set(None)
         try:
             return call()
         finally:
-            skinny_linear.LIBRARY.set(kernel)
+            for dtype, kernel in kernels.items():
+                skinny_linear.BUILDS[dtype].set(kernel)
 
     return run
 
@@ -149,6 +160,9 @@ def qwen3_rows(texts: list[str], repeats: int) -> dict:
     rows.update(lone_rows(label, ours, reference, texts, repeats, input_type="query", prompt=instruction))
     label = f"Qwen3-0.6B shape, {len(texts)} lone documents"
     rows.update(lone_rows(label, ours, reference, texts, repeats))
+    exact = Embedder.load(str(folder), device="cpu", dtype="float32")
+    label = f"Qwen3-0.6B shape in float32, {len(texts)} lone instructed queries"
+    rows.update(lone_rows(label, exact, reference, texts, repeats, input_type="query", prompt=instruction))
     return rows
 
 
@@ -181,7 +195,8 @@ def main() -> int:
     result["read_gb_per_s"] = read_speed()
     print("machine", result["machine"], f"read {result['read_gb_per_s']:.1f} GB/s", flush=True)
     row_counts = [int(count) for count in args.rows.split(",") if count]
-    result["layers"] = layer_rows(row_counts, args.repeats)
+    result["layers"] = layer_rows(row_counts, args.repeats, torch.bfloat16)
+    result["float32 layers"] = layer_rows(row_counts, args.repeats, torch.float32)
     if args.lone:
         texts = load_sentences(args.data, args.lone)
         result.update(qwen3_rows(texts, args.repeats))

@@ -9,9 +9,9 @@ A plain Linear layer gains too: eager ``addmm`` copies the bias into every outpu
 accumulating onto it (1.02–1.05× per all-MiniLM-L6-v2 batch, short or 256-token texts, identical
 vectors). Elsewhere (CUDA, a torch built without oneDNN, other dtypes) it is the plain eager pair.
 
-A bf16 layer of a few rows (a lone query, a batch's last layer) goes to our own kernel
+A layer of a few rows (a lone query, a batch's last layer) goes to our own kernel
 (``skinny_linear.py``) instead: there a layer's time is that of reading its weights, which oneDNN
-did at about half the memory's speed.
+did at under half the memory's speed.
 """
 
 from __future__ import annotations
