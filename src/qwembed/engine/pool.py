@@ -18,6 +18,7 @@ from ..backends import Encoder, ModelCard, Reranker
 from .batching import default_batch_size, default_batch_tokens
 from .embedder import Embedder
 from .inputs import EmbedOptions, check_texts, tokenize_ids, tokenize_texts
+from .openmp import release_thread_pool
 from .postprocess import check_dimensions, truncate_dimensions
 from .rerank import RerankResult, rank
 from .streams import Streams
@@ -107,6 +108,9 @@ class ModelPool:
             streams=Streams.for_model(model, self.settings.streams),
         )
         self._models[model.name] = ServedModel(model, worker)
+        # the model loaded on this thread, its checks on every core: the OpenMP workers that left
+        # here would slow every parallel region of the streams' lone windows (openmp.py)
+        release_thread_pool()
 
     def observe_with(self, make_observer: Callable[[str], BatchObserver]) -> None:
         """Report every worker's batches (e.g. to Prometheus) without the engine knowing the exporter."""
