@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_openmp_pools.py --lone 32 --repeats 3
 
 The server's engine in this process (bench_embed.py's ``InProcessPool``) on the Qwen3-0.6B shape
-(random weights, real tokenizer, ``--dtype auto``), in rounds that alternate two modes:
+(random weights, real tokenizer, ``--dtype auto``; ``--model minilm`` for all-MiniLM-L6-v2, whose
+"queries" are plain texts), in rounds that alternate two modes:
 
 * pools kept (as before): the main thread holds the OpenMP workers the model's load gave it, and
   each stream keeps the ones its lone windows on every core started;
@@ -44,6 +45,9 @@ def main_thread_pool() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--model", default="qwen3-0.6b-shape", help="qwen3-0.6b-shape, or a model name or folder"
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--lone", type=int, default=32, help="queries posted one after another")
     parser.add_argument("--load", default="8x32", help="CLIENTSxBATCH for the shared load")
@@ -57,15 +61,21 @@ def main() -> int:
     from qwembed.backends import load_encoder
     from qwembed.engine import openmp, streams
 
-    encoder = load_encoder(str(random_qwen3_0_6b()))
+    encoder = load_encoder(str(random_qwen3_0_6b()) if args.model == "qwen3-0.6b-shape" else args.model)
     pool = InProcessPool(encoder)
     texts = load_sentences(args.data, max(args.load_texts, args.lone, 64))
+    instructed = "query" if "qwen3" in args.model else "document"  # (MiniLM has no query prompt)
     clients, batch = (int(part) for part in args.load.split("x"))
     loads = {
-        f"{args.lone} lone queries, one after another": (texts[: args.lone], 1, 1, "query"),
+        f"{args.lone} lone queries, one after another": (texts[: args.lone], 1, 1, instructed),
         f"{args.lone} lone documents, one after another": (texts[: args.lone], 1, 1, "document"),
-        "8 clients x 1 query, 64 queries": (texts[:64], 8, 1, "query"),
-        f"{args.load} queries, {args.load_texts} in all": (texts[: args.load_texts], clients, batch, "query"),
+        "8 clients x 1 query, 64 queries": (texts[:64], 8, 1, instructed),
+        f"{args.load} queries, {args.load_texts} in all": (
+            texts[: args.load_texts],
+            clients,
+            batch,
+            instructed,
+        ),
     }
     release = openmp.release_thread_pool
 
@@ -83,7 +93,7 @@ def main() -> int:
         order = list(modes) if repeat % 2 == 0 else list(reversed(modes))
         for mode in order:
             modes[mode]()
-            pool.load(texts[:4], 1, 1, input_type="query")()  # settle the pools of the round before
+            pool.load(texts[:4], 1, 1, input_type=instructed)()  # settle the pools of the round before
             for label, (corpus, count, size, kind) in loads.items():
                 latencies: list[float] = []
                 start = time.perf_counter()
