@@ -108,8 +108,8 @@ class ModelPool:
             streams=Streams.for_model(model, self.settings.streams),
         )
         self._models[model.name] = ServedModel(model, worker)
-        # the model loaded on this thread, its checks on every core: the OpenMP workers that left
-        # here would slow every parallel region of the streams' lone windows (openmp.py)
+        # the model loaded on this thread, its checks on every core: the OpenMP workers they left
+        # parked here would slow every parallel region of the streams' lone windows (openmp.py)
         release_thread_pool()
 
     def observe_with(self, make_observer: Callable[[str], BatchObserver]) -> None:
