@@ -9,7 +9,6 @@ when compiling fails. The ``cuda`` cases run where a GPU is present and skip, sa
 from __future__ import annotations
 
 import logging
-import threading
 
 import pytest
 import torch
@@ -21,6 +20,7 @@ from qwembed.backends.packed_qwen3 import packed_qwen3_pooled
 from qwembed.backends.packing import PackedBatch
 from qwembed.backends.qwen3_pointwise import EAGER
 from qwembed.engine import Embedder
+from thread_helpers import in_a_new_thread
 
 DEVICES = [
     "cpu",
@@ -70,25 +70,9 @@ def test_an_encoder_compiles_the_steps_in_the_background_once_and_they_equal_the
                 assert cosine.min() > (0.99999 if exact else 0.999)
             embedder.embed(TEXTS)
         # the server's worker thread starts after the load: nothing compiles there either
-        _in_new_thread(lambda: embedder.embed([*TEXTS, "one more"]))
+        in_a_new_thread(lambda: embedder.embed([*TEXTS, "one more"]))
     finally:
         torch._dynamo.config.error_on_recompile = False
-
-
-def _in_new_thread(work) -> None:
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            work()
-        except BaseException as error:  # re-raised in the test's thread
-            errors.append(error)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
 
 
 def test_the_cpu_keeps_the_eager_steps(qwen3_dirs):

@@ -5,7 +5,6 @@ holds more OpenMP workers than it has CPUs while a lone window runs (``engine/op
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from fake_encoders import SlowEncoder
 from qwembed.engine import openmp
 from qwembed.engine.pool import ModelPool
 from qwembed.engine.streams import Streams
+from thread_helpers import in_a_new_thread
 
 TASKS = Path("/proc/self/task")
 
@@ -29,23 +29,6 @@ def _tasks() -> set[str]:
 def _parallel_work() -> None:
     """An operator torch runs on its OpenMP threads (a reduction over 4M values: many grains)."""
     torch.ones(4 * 2**20).sum()
-
-
-def _in_a_thread(body: Callable[[], None]) -> None:
-    """Run ``body`` in a fresh thread (its own OpenMP pool, none before), re-raising its failure."""
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            body()
-        except BaseException as error:  # (handed to the test's thread)
-            failures.append(error)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if failures:
-        raise failures[0]
 
 
 def _workers_started_by(work: Callable[[], None]) -> set[str]:
@@ -69,7 +52,7 @@ def test_a_thread_hands_back_the_workers_its_parallel_work_started():
         assert not workers & _tasks()
         _parallel_work()  # and it can run on every core again
 
-    _in_a_thread(body)
+    in_a_new_thread(body)
 
 
 def test_a_stream_on_one_thread_hands_back_its_workers_after_a_window_on_every_core():
@@ -84,7 +67,7 @@ def test_a_stream_on_one_thread_hands_back_its_workers_after_a_window_on_every_c
         assert workers and not workers & _tasks()
         assert torch.get_num_threads() == 1
 
-    _in_a_thread(body)
+    in_a_new_thread(body)
 
 
 def test_a_stream_on_several_threads_starts_its_own_workers_again_after_a_window_on_every_core():
@@ -98,7 +81,7 @@ def test_a_stream_on_several_threads_starts_its_own_workers_again_after_a_window
         assert len(_workers_started_by(_parallel_work)) == 1  # its own two threads' worth
         openmp.release_thread_pool()
 
-    _in_a_thread(body)
+    in_a_new_thread(body)
 
 
 def test_the_thread_that_adds_a_model_to_the_pool_hands_back_the_workers_its_loading_started():
@@ -110,4 +93,4 @@ def test_the_thread_that_adds_a_model_to_the_pool_hands_back_the_workers_its_loa
         pool.add_encoder(SlowEncoder(delay=0))
         assert workers and not workers & _tasks()
 
-    _in_a_thread(body)
+    in_a_new_thread(body)
