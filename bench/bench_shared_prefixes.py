@@ -44,6 +44,7 @@ from common import (  # noqa: E402
     compare_engines,
     emit,
     load_sentences,
+    lone_text_rows,
     machine,
     per_round_ratios,
     scratch_dir,
@@ -125,21 +126,18 @@ def embedder_rows(texts: list[str], repeats: int, lone: int) -> dict:
 
 def lone_query_rows(ours, reference, texts: list[str], instruction: str, repeats: int) -> dict:
     """Each query in a call of its own: per-query latency, the instruction's share at its largest."""
-
-    def one_by_one(embed):
-        return lambda: np.vstack([embed(text) for text in texts])
-
-    calls = {
-        "sentence-transformers": one_by_one(lambda text: reference.encode([text], prompt=instruction)),
-        "qwembed": one_by_one(lambda text: ours.embed([text], input_type="query")),
-    }
-    calls["qwembed, no prefix cache"] = uncached(ours.encoder, calls["qwembed"])
-    times, vectors = timed_in_turn(calls, repeats)
+    variants = {"qwembed, no prefix cache": lambda call: uncached(ours.encoder, call)}
+    rows = lone_text_rows(
+        ours,
+        reference,
+        texts,
+        repeats,
+        variants=variants,
+        input_type="query",
+        prompt=instruction,
+        unit="query",
+    )
     label = f"lone queries: {len(texts)} of them, one call each"
-    tokens = sum(len(ids) for ids in ours.tokenize(texts, input_type="query"))
-    rows = compare_engines(times, vectors, reference="sentence-transformers", texts=len(texts), tokens=tokens)
-    for name, seconds in times.items():
-        rows[name]["ms_per_query"] = round(1000 * statistics.median(seconds) / len(texts), 1)
     print(label, {name: row["ms_per_query"] for name, row in rows.items()}, flush=True)
     return {label: rows}
 

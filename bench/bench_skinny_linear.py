@@ -29,16 +29,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # the checkpoint builders the tests use
 from common import (  # noqa: E402
     DEFAULT_DATA,
-    compare_engines,
     emit,
     load_sentences,
+    lone_text_rows,
     machine,
     per_round_ratios,
     timed_in_turn,
@@ -128,20 +126,16 @@ def without_kernel(call):
 def lone_rows(label: str, ours, reference, texts: list[str], repeats: int, **kind) -> dict:
     """Each text in a call of its own, by ``ours`` (an Embedder) with and without the kernel and by
     ``reference`` (sentence-transformers, ``prompt`` for queries): milliseconds per text."""
-    input_type = kind.get("input_type", "document")
-    prompt = kind.get("prompt")
-    calls = {
-        "sentence-transformers": lambda: np.vstack([reference.encode([t], prompt=prompt) for t in texts]),
-        "qwembed": lambda: np.vstack([ours.embed([t], input_type=input_type) for t in texts]),
-    }
-    onednn = "qwembed, oneDNN for every size"
-    calls[onednn] = without_kernel(calls["qwembed"])
-    times, vectors = timed_in_turn(calls, repeats)
-    tokens = sum(len(ids) for ids in ours.tokenize(texts, input_type=input_type))
-    rows = compare_engines(times, vectors, reference="sentence-transformers", texts=len(texts), tokens=tokens)
-    for name, seconds in times.items():
-        rows[name]["ms_per_text"] = round(1000 * statistics.median(seconds) / len(texts), 1)
-    rows["qwembed"].update(per_round_ratios(times[onednn], times["qwembed"], key="x_onednn"))
+    rows = lone_text_rows(
+        ours,
+        reference,
+        texts,
+        repeats,
+        variants={"qwembed, oneDNN for every size": without_kernel},
+        input_type=kind.get("input_type", "document"),
+        prompt=kind.get("prompt"),
+        ratio_key="x_onednn",
+    )
     print(label, {name: row["ms_per_text"] for name, row in rows.items()}, flush=True)
     return {label: rows}
 

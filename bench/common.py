@@ -236,6 +236,43 @@ def compare_engines(
     return rows
 
 
+def lone_text_rows(
+    ours,
+    reference,
+    texts: list[str],
+    repeats: int,
+    *,
+    variants: dict[str, Callable[[Callable], Callable]],
+    input_type: str | None = None,
+    prompt: str | None = None,
+    unit: str = "text",
+    ratio_key: str | None = None,
+) -> dict[str, dict]:
+    """Each text in an ``embed`` call of its own, as a search box sends them: sentence-transformers
+    (``reference``, one text per ``encode``, ``prompt`` for instructed queries), qwembed (``ours``,
+    an Embedder, ``input_type``) and each of ``variants`` (name → a wrapper of qwembed's call, e.g.
+    with a feature switched off), in turn. :func:`compare_engines`'s rows against
+    sentence-transformers, with milliseconds per text (``ms_per_{unit}``); with ``ratio_key``,
+    qwembed's speed-up over the first variant per round under that key."""
+    import numpy as np
+
+    calls = {
+        "sentence-transformers": lambda: np.vstack([reference.encode([t], prompt=prompt) for t in texts]),
+        "qwembed": lambda: np.vstack([ours.embed([t], input_type=input_type) for t in texts]),
+    }
+    for name, wrap in variants.items():
+        calls[name] = wrap(calls["qwembed"])
+    times, vectors = timed_in_turn(calls, repeats)
+    tokens = sum(len(ids) for ids in ours.tokenize(texts, input_type=input_type))
+    rows = compare_engines(times, vectors, reference="sentence-transformers", texts=len(texts), tokens=tokens)
+    for name, seconds in times.items():
+        rows[name][f"ms_per_{unit}"] = round(1000 * statistics.median(seconds) / len(texts), 1)
+    if ratio_key is not None:
+        baseline = next(iter(variants))
+        rows["qwembed"].update(per_round_ratios(times[baseline], times["qwembed"], key=ratio_key))
+    return rows
+
+
 def emit(result: dict, out: Path | None) -> None:
     """Print the result as JSON, and write it to ``out`` when given."""
     text = json.dumps(result, indent=2)
