@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -166,6 +167,7 @@ BUILDS = {
 }
 
 
+@cache  # (asked on every Linear layer's call; the CPU does not change)
 def max_rows(dtype: torch.dtype) -> int:
     """Rows up to which a Linear layer in ``dtype`` goes to the kernel on this CPU."""
     if dtype == torch.float32:
