@@ -133,3 +133,50 @@ def test_usage_errors_exit_2(tmp_path, capsys, argv, expected):
     code = main(["eval", *argv, *models, "--out", str(tmp_path / "o.json")])
     err = capsys.readouterr().err
     assert code == 2 and expected in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("no-such-model", "unknown model 'no-such-model'"),
+        ("./no/such/folder", "does not exist"),
+        ("st:no-such-model", "--model 'st:no-such-model'"),
+        ("hashing:x", "expected hashing:DIM"),
+        ("http://", "not an http(s) URL"),
+    ],
+)
+def test_every_model_is_checked_before_the_first_runs(tmp_path, capsys, monkeypatch, spec, expected):
+    """A typo in the last ``--model`` must not cost the hour the first one runs."""
+    from qwembed.eval import models
+
+    opened = []
+    monkeypatch.setattr(models, "open_embedder", lambda *a, **k: opened.append(a) or pytest.fail("opened"))
+    out = tmp_path / "o.json"
+    code = main(
+        [
+            "eval",
+            "retrieval",
+            "--data",
+            "builtin:zh-hard",
+            "--model",
+            "hashing",
+            "--model",
+            spec,
+            "--out",
+            str(out),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and "Traceback" not in err
+    assert not opened and not out.exists()
+
+
+def test_a_later_model_failing_to_load_keeps_the_earlier_results(tmp_path, capsys):
+    # a hub id passes the check; offline (conftest), loading it fails
+    out = tmp_path / "o.json"
+    argv = ["eval", "retrieval", "--quiet", "--data", "builtin:zh-hard", "--out", str(out)]
+    code = main([*argv, "--model", "hashing:64", "--model", "no-such-owner/no-such-model"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--model 'no-such-owner/no-such-model': cannot load" in err
+    assert "the results of the 1 model(s) before the error were written" in err
+    assert [r["model"] for r in records(out)] == ["hashing:64"]

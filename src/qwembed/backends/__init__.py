@@ -1,7 +1,7 @@
 """Model families behind one small interface: :class:`Encoder` (embeddings) and :class:`Reranker`."""
 
 from .base import Encoder, InputTooLongError, InputType, InvalidTokenIdsError, ModelCard, Reranker, TokenIds
-from .registry import BUNDLED, LoadOptions, ModelNotFoundError, load_encoder, load_reranker
+from .registry import BUNDLED, LoadOptions, ModelNotFoundError, check_model_name, load_encoder, load_reranker
 
 __all__ = [
     "BUNDLED",
@@ -14,6 +14,7 @@ __all__ = [
     "ModelNotFoundError",
     "Reranker",
     "TokenIds",
+    "check_model_name",
     "load_encoder",
     "load_reranker",
 ]

@@ -98,6 +98,18 @@ def _check_folder(name_or_path: str) -> Path | None:
     return None
 
 
+def check_model_name(name_or_path: str) -> None:
+    """Raise ModelNotFoundError, without loading anything, for a name that can name no model: not
+    bundled, no folder, and no ``owner/name`` hub id. Commands that load several models check every
+    name first, so a typo in the last one does not fail after the first has run for an hour."""
+    if name_or_path in BUNDLED or _check_folder(name_or_path) is not None or "/" in name_or_path:
+        return
+    raise ModelNotFoundError(
+        f"unknown model {name_or_path!r}: give a bundled name ({', '.join(BUNDLED)}), "
+        "a local folder or a Hugging Face id such as Qwen/Qwen3-Embedding-0.6B"
+    )
+
+
 def load_encoder(
     name_or_path: str,
     *,
@@ -111,15 +123,11 @@ def load_encoder(
         from .universal_sentence_encoder import UniversalSentenceEncoder
 
         return UniversalSentenceEncoder(name=name or "use-multilingual", max_tokens=options.max_tokens)
+    check_model_name(name_or_path)
     source = name_or_path
     if name_or_path == "minilm":
         source = str(bundled_minilm_path())
         name = name or "minilm"
-    elif _check_folder(name_or_path) is None and "/" not in name_or_path:
-        raise ModelNotFoundError(
-            f"unknown model {name_or_path!r}: give a bundled name ({', '.join(BUNDLED)}), "
-            "a local folder or a Hugging Face id such as Qwen/Qwen3-Embedding-0.6B"
-        )
     if backend == "auto":
         backend = detect_backend(source, options.trust_remote_code)
     name = name or served_name(name_or_path)

@@ -1,8 +1,9 @@
 """``qwembed eval {sts,pairs,retrieval,sweep}``: argparse wiring around the task functions.
 
-Every command loads all data first (so bad data fails before a model takes minutes to
-load), then runs each ``--model`` in turn, writes ``--out`` and, if asked, ``--report``.
-User errors print one line and exit 2; there is no traceback for them.
+Every command checks every ``--model`` name and loads all data first (so a typo or bad data
+fails before a model takes minutes to load), then runs each ``--model`` in turn, writes ``--out``
+and, if asked, ``--report``. User errors print one line and exit 2; there is no traceback for
+them. A model that fails to load after others have run keeps their results in ``--out``.
 """
 
 from __future__ import annotations
@@ -258,8 +259,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import parse_batch_sizes, run_bench
+    from .models import check_spec
 
     try:
+        for spec in args.model:
+            check_spec(spec)
         sizes = parse_batch_sizes(args.batch_sizes)
         texts, dataset, meta = _bench_texts(args.data, args.limit)
         records = []
@@ -315,11 +319,14 @@ def _bench_texts(spec: str, limit: int | None) -> tuple[list[str], str, dict[str
 
 # ---- the shared driver -----------------------------------------------------------------------
 def _run(args: argparse.Namespace, prepare: Callable[[], Task]) -> int:
-    from .models import open_embedder
+    from .models import check_spec, open_embedder
 
+    records: list[EvalRecord] = []
     try:
+        for spec in args.model:
+            check_spec(spec)
         task = prepare()
-        records: list[EvalRecord] = []
+        _quiet_libraries(args)
         for i, spec in enumerate(args.model, start=1):
             _say(args, f"[{i}/{len(args.model)}] loading {spec}")
             start = time.perf_counter()
@@ -342,6 +349,7 @@ def _run(args: argparse.Namespace, prepare: Callable[[], Task]) -> int:
                 gc.collect()  # free one model before loading the next
         _write(args, records)
     except EvalError as exc:
+        _write_partial(args, records)
         print(f"qwembed eval: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:
@@ -349,10 +357,34 @@ def _run(args: argparse.Namespace, prepare: Callable[[], Task]) -> int:
         from ..engine.remote import RemoteError
 
         if isinstance(exc, RemoteError):
+            _write_partial(args, records)
             print(f"qwembed eval: endpoint error: {exc}", file=sys.stderr)
             return EXIT_FAILED
         raise
     return 0
+
+
+def _write_partial(args: argparse.Namespace, records: list[EvalRecord]) -> None:
+    """Keep what the models before a failing one measured: an evaluation can run for hours."""
+    if records:
+        _write(args, records)
+        models = len({record.model_spec for record in records})
+        print(
+            f"qwembed eval: the results of the {models} model(s) before the error were written",
+            file=sys.stderr,
+        )
+
+
+def _quiet_libraries(args: argparse.Namespace) -> None:
+    """``--quiet`` silences the progress bars transformers and the hub draw while a model loads too."""
+    if not args.quiet:
+        return
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()  # transformers reads this when it is imported …
+    transformers_logging = sys.modules.get("transformers.utils.logging")
+    if transformers_logging is not None:  # … or, imported already, is told itself
+        transformers_logging.disable_progress_bar()
 
 
 def _write(args: argparse.Namespace, records: list[EvalRecord]) -> None:

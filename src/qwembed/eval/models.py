@@ -26,6 +26,30 @@ def split_endpoint_spec(spec: str) -> tuple[str, str | None]:
     return url, (model or None)
 
 
+def check_spec(spec: str) -> None:
+    """Raise EvalError for a ``--model`` value that can name no model, without loading it: the
+    commands check every value before the first model loads."""
+    if spec.startswith(("http://", "https://")):
+        from ..engine.remote import normalize_base_url
+
+        try:
+            normalize_base_url(split_endpoint_spec(spec)[0])  # whether it answers shows only when called
+        except ValueError as exc:
+            raise EvalError(f"--model {spec!r}: {exc}") from None
+        return
+    if spec == HASHING or spec.startswith(HASHING + ":"):
+        dim = spec.partition(":")[2]
+        if dim and not (dim.isdigit() and int(dim) > 0):
+            raise EvalError(f"--model {spec!r}: expected hashing:DIM with a positive integer DIM")
+        return
+    from ..backends import ModelNotFoundError, check_model_name
+
+    try:
+        check_model_name(spec.removeprefix(st_peer.PREFIX))
+    except ModelNotFoundError as exc:
+        raise EvalError(f"--model {spec!r}: cannot load: {exc}") from None
+
+
 def open_embedder(
     spec: str,
     *,
@@ -44,18 +68,16 @@ def open_embedder(
             return RemoteEmbedder(url, model, batch_size=batch_size or DEFAULT_BATCH_SIZE)
         except ValueError as exc:
             raise EvalError(f"--model {spec!r}: {exc}") from None
+    check_spec(spec)
     if spec == HASHING or spec.startswith(HASHING + ":"):
         dim = spec.partition(":")[2]
-        if dim and not (dim.isdigit() and int(dim) > 0):
-            raise EvalError(f"--model {spec!r}: expected hashing:DIM with a positive integer DIM")
         return HashingEmbedder(int(dim)) if dim else HashingEmbedder(name=HASHING)
 
-    if spec.startswith(st_peer.PREFIX):
-        return st_peer.SentenceTransformersPeer(spec.removeprefix(st_peer.PREFIX), device=device)
-
-    from ..engine.embedder import Embedder
-
     try:
+        if spec.startswith(st_peer.PREFIX):
+            return st_peer.SentenceTransformersPeer(spec.removeprefix(st_peer.PREFIX), device=device)
+        from ..engine.embedder import Embedder
+
         return Embedder.load(spec, device=device, dtype=dtype, compile=compile)
     except (OSError, ValueError) as exc:  # ModelNotFoundError is a ValueError
         raise EvalError(f"--model {spec!r}: cannot load: {exc}") from None
