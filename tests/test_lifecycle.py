@@ -34,6 +34,15 @@ def test_a_model_that_cannot_load_exits_non_zero_with_a_message(tmp_path):
     assert "could not load model" in failed.stderr.read()
 
 
+def test_a_misnamed_model_fails_before_any_model_loads(tmp_path):
+    started = time.perf_counter()
+    server = _serve("--model", "minilm", "--reranker", str(tmp_path / "nope"), "--port", str(free_port()))
+    assert server.wait(120) == 2
+    err = server.stderr.read()
+    assert "does not exist" in err and "loading minilm" not in err, err
+    assert time.perf_counter() - started < 60
+
+
 def _batches_done(url: str) -> float:
     """Batches the server's workers have run, from its Prometheus metrics."""
     lines = httpx.get(f"{url}/metrics", timeout=5).text.splitlines()

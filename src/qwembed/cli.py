@@ -257,12 +257,15 @@ def _knowledge_base(args: argparse.Namespace, pool):
 def _serve(args: argparse.Namespace) -> int:
     from .api import ServerSettings, create_app
     from .api.server import run_server
+    from .backends import check_model_name
     from .engine.pool import BatchSettings, ModelPool
 
     if not args.model and not args.reranker:
         raise SystemExit("qwembed serve: give at least one --model or --reranker")
     if args.served_name and len(args.served_name) != len(args.model):
         raise SystemExit("qwembed serve: give one --served-name per --model")
+    for model in [*args.model, *args.reranker]:
+        check_model_name(model)  # every name, before the first model takes minutes to load
     pool = ModelPool(
         BatchSettings(
             args.max_batch_tokens,
