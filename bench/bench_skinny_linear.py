@@ -18,6 +18,9 @@ With a few rows a bf16 Linear layer's time is that of reading its weights
 * lone MiniLM texts: the same sentences on all-MiniLM-L6-v2, with and without the kernel, and
   sentence-transformers.
 
+The rows up to which the kernel takes a layer are measured when a model loads (on the 0.6B shape's
+layers here, in bf16 and then float32); the result has them under "cut-offs measured at load".
+
 Ratios are of median times and per round (engines alternate within each round).
 """
 
@@ -142,6 +145,7 @@ def lone_rows(label: str, ours, reference, texts: list[str], repeats: int, **kin
 
 def qwen3_rows(texts: list[str], repeats: int) -> dict:
     from bench_qwen3_cpu import QWEN3_0_6B, random_qwen3_0_6b, sentence_transformer
+    from qwembed.backends import skinny_linear
     from qwembed.backends.qwen3 import query_prompt
     from qwembed.engine import Embedder
 
@@ -157,6 +161,10 @@ def qwen3_rows(texts: list[str], repeats: int) -> dict:
     exact = Embedder.load(str(folder), device="cpu", dtype="float32")
     label = f"Qwen3-0.6B shape in float32, {len(texts)} lone instructed queries"
     rows.update(lone_rows(label, exact, reference, texts, repeats, input_type="query", prompt=instruction))
+    # what the two loads measured on the model's layers: the rows the kernel took above
+    rows["cut-offs measured at load"] = {
+        str(dtype).removeprefix("torch."): skinny_linear.max_rows(dtype) for dtype in skinny_linear.BUILDS
+    }
     return rows
 
 

@@ -6,6 +6,7 @@ MiniLM embedder beyond the precision's noise."""
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -23,6 +24,16 @@ needs_library = pytest.mark.skipif(
 )
 fresh_library_state = fresh_state(skinny_linear.BUILDS[BF16])
 fresh_float32_state = fresh_state(skinny_linear.BUILDS[FLOAT32])
+
+#: the cut-offs the routing tests take as measured: what a 2-core Zen 4 VM measures, pinned, so
+#: that which layers the kernel takes does not depend on this machine's speeds
+PINNED_MAX_ROWS = {BF16: 48, FLOAT32: 16}
+
+
+@pytest.fixture(autouse=True)
+def pinned_max_rows(monkeypatch):
+    monkeypatch.delenv(skinny_linear.ENV_MAX_ROWS, raising=False)  # (conftest pins one for the suite)
+    monkeypatch.setattr(skinny_linear, "_measured", dict(PINNED_MAX_ROWS))
 
 
 def _each_build(test):
@@ -229,3 +240,85 @@ def test_minilm_embeds_short_texts_the_same_through_the_kernel(minilm_dir):
     assert counting.count("linear") > 0  # the Linear layers with a bias and no GELU
     skinny_linear.BUILDS[BF16].set(None)
     assert np.min(np.sum(through_kernel * embedder.embed(texts), axis=1)) > 0.9999
+
+
+@pytest.mark.parametrize(
+    ("kernel_wins_up_to", "expected"),
+    [(64, 64), (40, 32), (1, 1), (0, 0)],
+)
+def test_the_cut_off_is_the_last_row_count_the_kernel_won(kernel_wins_up_to, expected):
+    seconds = {
+        rows: (1.0, 2.0) if rows <= kernel_wins_up_to else (2.0, 1.0)
+        for rows in skinny_linear.CALIBRATION_ROWS
+    }
+    assert skinny_linear.cut_off(seconds) == expected
+    seconds[8] = (3.0, 1.0)  # a loss below a win ends it there
+    assert skinny_linear.cut_off(seconds) == min(expected, 1)
+
+
+class _SlowAbove:
+    """A stand-in kernel that answers at once up to ``rows`` rows and takes 5 ms a layer above."""
+
+    def __init__(self, rows: int, dtype: torch.dtype):
+        self.rows, self.dtype, self.calls = rows, dtype, []
+
+    def linear(self, x, weight, *args):
+        self.calls.append(len(x))
+        if len(x) > self.rows:
+            time.sleep(0.005)
+        return x
+
+
+def test_the_measurement_times_both_sides_in_turn_until_onednn_is_faster():
+    if not fused_linear.onednn_available():
+        pytest.skip("this torch has no oneDNN Linear to measure against")
+    kernel = _SlowAbove(16, FLOAT32)
+    weights = [torch.randn(64, 32), torch.randn(32, 64), torch.randn(64, 32)]
+    seconds = skinny_linear.measure(kernel, weights, rounds=2)
+    assert list(seconds) == [1, 8, 16, 32]  # stopped at the first loss
+    assert skinny_linear.cut_off(seconds) == 16
+    # each row count: a call for each of the 2 shapes to warm up, then a pass over the 3 layers,
+    # and a second only where the first left it close (not here, but for a hiccup of this machine)
+    assert kernel.calls.count(8) in (2 + 3, 2 + 2 * 3)
+
+
+def test_the_pin_replaces_the_measurement(monkeypatch, qwen3_128_dir):
+    monkeypatch.setattr(skinny_linear, "_measured", {})
+    monkeypatch.setattr(skinny_linear, "measure", lambda *a, **k: pytest.fail("measured"))
+    monkeypatch.setenv(skinny_linear.ENV_MAX_ROWS, "5")
+    Embedder.load(str(qwen3_128_dir), device="cpu", dtype="float32")
+    assert skinny_linear.max_rows(BF16) == skinny_linear.max_rows(FLOAT32) == 5
+    for bad in ("many", str(skinny_linear.MOST_ROWS + 1)):
+        monkeypatch.setenv(skinny_linear.ENV_MAX_ROWS, bad)
+        with pytest.raises(ValueError, match=skinny_linear.ENV_MAX_ROWS):
+            skinny_linear.max_rows(BF16)
+
+
+def test_without_a_measurement_the_default_stands(monkeypatch):
+    monkeypatch.setattr(skinny_linear, "_measured", {})
+    assert skinny_linear.max_rows(BF16) == skinny_linear.DEFAULT_MAX_ROWS[BF16]
+    assert skinny_linear.max_rows(torch.float16) == 0
+    # a model with no layer the kernel takes (widths not multiples of 32) measures nothing
+    skinny_linear.settle(torch.nn.Sequential(_layer(48, 16, False, seed=9)), BF16)
+    assert skinny_linear._measured == {}
+
+
+@_each_build
+def test_a_model_measures_the_cut_off_on_its_layers_at_load_and_says_so(
+    dtype, qwen3_128_dir, monkeypatch, caplog
+):
+    monkeypatch.setattr(skinny_linear, "_measured", {})
+    timed: list[list[torch.Tensor]] = []
+    measure = skinny_linear.measure
+    monkeypatch.setattr(
+        skinny_linear, "measure", lambda library, weights: timed.append(weights) or measure(library, weights)
+    )
+    name = str(dtype).removeprefix("torch.")
+    with caplog.at_level(logging.INFO, logger="qwembed.skinny_linear"):
+        embedder = Embedder.load(str(qwen3_128_dir), device="cpu", dtype=name)
+    assert skinny_linear._measured[dtype] in (0, *skinny_linear.CALIBRATION_ROWS)
+    assert f"{name} Linear layers of up to {skinny_linear._measured[dtype]} rows" in caplog.text
+    model_layers = [m.weight for m in embedder.encoder.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(timed) == 1 and [w.data_ptr() for w in timed[0]] == [w.data_ptr() for w in model_layers]
+    Embedder.load(str(qwen3_128_dir), device="cpu", dtype=name)
+    assert len(timed) == 1  # once per precision and process

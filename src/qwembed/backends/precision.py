@@ -25,6 +25,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from . import skinny_linear
+
 log = logging.getLogger("qwembed.precision")
 
 _DTYPES = {
@@ -264,6 +266,21 @@ def apply_checked_precision(
     are kept until the check passes); an explicit ``--dtype bfloat16`` stays, with a warning.
     Nothing to check for other precisions (None).
     """
+    result = _apply_checked_precision(owner, model, precision, run, check)
+    if owner.precision.device_type == "cpu":
+        # how many rows our skinny Linear kernel takes in the precision now settled: measured on
+        # this model's layers, once per precision and process
+        skinny_linear.settle(model, owner.precision.dtype)
+    return result
+
+
+def _apply_checked_precision(
+    owner: _Switchable,
+    model: torch.nn.Module,
+    precision: Precision,
+    run: Callable[[], np.ndarray],
+    check: Check,
+) -> CalibrationResult | None:
     owner.precision = precision
     if not precision.mixed:
         return None

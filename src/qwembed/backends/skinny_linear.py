@@ -9,6 +9,13 @@ at 6 rows. The kernel streams each weight once, with a software prefetch, and ke
 products in registers; ``fused_linear.py`` hands it every Linear layer of at most
 :func:`max_rows` rows in its precision.
 
+How many rows that is depends on the CPU and the model: the kernel waits on memory until its
+products catch up, and oneDNN computes several times faster on AMX's tiles than on AVX-512. So it
+is measured, not assumed: when a model's precision is settled at load (``precision.py``), the
+kernel and oneDNN each multiply the model's own Linear layers at ascending row counts until
+oneDNN is the faster (:func:`settle`, :func:`measure`, :func:`cut_off`).
+``QWEMBED_SKINNY_MAX_ROWS`` pins the count instead.
+
 Two builds, each loaded and checked by ``native.py``: bf16 where the CPU has AVX-512 with bf16 dot
 products, float32 (for models kept exact) where it has AVX2 and FMA. ``QWEMBED_SKINNY_LINEAR=0``
 keeps oneDNN for every size.
@@ -18,7 +25,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from functools import cache
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -31,21 +42,31 @@ SOURCE = Path(__file__).with_name("skinny_linear.c")
 
 ENV_SWITCH = "QWEMBED_SKINNY_LINEAR"
 
-#: bf16: rows up to which the kernel beats oneDNN on a CPU without AMX: the 0.6B shape's five
-#: Linear layers × 28 on a 2-core Zen 4 ran 2.1-2.7× oneDNN's speed at 1-12 rows, 1.4× at 32,
-#: 1.14× at 48, 1.06× at 64, even at 96 (bench/bench_skinny_linear.py, docs/benchmarks.md)
-MAX_ROWS_BF16 = 48
+#: row counts at which the kernel and oneDNN are timed against each other, ascending. On a 2-core
+#: Zen 4 VM (AVX512-BF16, no AMX) the 0.6B shape's five Linear layers × 28 ran in bf16 2.1-2.7×
+#: oneDNN's speed at 1-12 rows, 1.4× at 32, 1.14× at 48, 1.06× at 64, even at 96; in float32
+#: 1.4-2.1× at 1-12 rows, 1.1× at 24, 0.95× at 48 (bench/bench_skinny_linear.py,
+#: docs/benchmarks.md). Where oneDNN computes on AMX, the kernel's lead ends sooner.
+CALIBRATION_ROWS = (1, 8, 16, 32, 48, 64)
 
-#: the same where oneDNN multiplies on AMX, which computes several times faster than this kernel's
-#: AVX-512: at 8 rows the kernel still waits on memory, not on its products (7 GFLOP per forward of
-#: the 0.6B shape against ~330 GFLOP/s), so reading speed still decides. An estimate: no AMX CPU
-#: was at hand to measure it.
-MAX_ROWS_BF16_WITH_AMX = 8
+#: the kernel never takes more rows than the most tried
+MOST_ROWS = CALIBRATION_ROWS[-1]
 
-#: float32: on the same VM 1.4-2.1× oneDNN at 1-12 rows, 1.1× at 24, 0.95× at 48. AVX2 computes
-#: at half the rate of an Intel CPU's two AVX-512 units, where oneDNN would catch up sooner: 16
-#: keeps to the rows that wait on memory on either.
-MAX_ROWS_FLOAT32 = 16
+#: a model's Linear layers timed, in the model's order, up to this many bytes: more than a CPU's
+#: caches hold, so that a large model's layers are read from memory, as in its forward pass (a
+#: small model's all fit, and are read from the caches in both)
+CALIBRATION_BYTES = 128 << 20
+
+#: passes over those layers by each side at each row count, the faster counting; after the
+#: first, only while neither side is faster by this factor
+CALIBRATION_ROUNDS = 2
+CLEAR_MARGIN = 1.25
+
+#: the cut-off where no model has measured one (a layer called on its own): the Zen 4 figures above
+DEFAULT_MAX_ROWS = {torch.bfloat16: 48, torch.float32: 16}
+
+#: a row count to use instead of measuring one (0: the kernel takes no layer; at most MOST_ROWS)
+ENV_MAX_ROWS = "QWEMBED_SKINNY_MAX_ROWS"
 
 #: the C code's limits: input features a multiple of 32, output features of 4
 IN_MULTIPLE, OUT_MULTIPLE = 32, 4
@@ -167,12 +188,135 @@ BUILDS = {
 }
 
 
-@cache  # (asked on every Linear layer's call; the CPU does not change)
+def measure(
+    library: Library,
+    weights: Sequence[torch.Tensor],
+    rows_tried: Sequence[int] = CALIBRATION_ROWS,
+    rounds: int = CALIBRATION_ROUNDS,
+) -> dict[int, tuple[float, float]]:
+    """Seconds of a pass over ``weights`` (Linear layers in the library's precision), by
+    ``library`` and by oneDNN (what ``fused_linear.py`` calls otherwise), at each of ``rows_tried``
+    in turn until oneDNN is the faster: rows → (kernel, oneDNN), the faster of up to ``rounds``
+    passes each, the two sides alternating."""
+    generator = torch.Generator().manual_seed(0)
+    widths = sorted({weight.shape[1] for weight in weights})
+
+    def kernel(x: torch.Tensor, weight: torch.Tensor) -> object:
+        return library.linear(x, weight)
+
+    def onednn(x: torch.Tensor, weight: torch.Tensor) -> object:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+
+    def one_pass(multiply: Callable[[torch.Tensor, torch.Tensor], object], inputs: dict) -> float:
+        start = time.perf_counter()
+        for weight in weights:
+            multiply(inputs[weight.shape[1]], weight)
+        return time.perf_counter() - start
+
+    seconds: dict[int, tuple[float, float]] = {}
+    with torch.inference_mode():
+        for rows in rows_tried:
+            inputs = {w: torch.randn(rows, w, generator=generator).to(library.dtype) for w in widths}
+            for weight in {tuple(w.shape): w for w in weights}.values():
+                kernel(inputs[weight.shape[1]], weight)  # (oneDNN builds its kernel for a new shape here)
+                onednn(inputs[weight.shape[1]], weight)
+            best = {kernel: math.inf, onednn: math.inf}
+            for round_ in range(rounds):
+                for side in (kernel, onednn) if round_ % 2 == 0 else (onednn, kernel):
+                    best[side] = min(best[side], one_pass(side, inputs))
+                if max(best.values()) > CLEAR_MARGIN * min(best.values()):
+                    break  # no second pass would change which is faster
+            seconds[rows] = (best[kernel], best[onednn])
+            if best[kernel] > best[onednn]:
+                break
+    return seconds
+
+
+def cut_off(seconds: Mapping[int, tuple[float, float]]) -> int:
+    """The most rows up to which the kernel was at least as fast as oneDNN at every count
+    measured (``seconds``: rows → (kernel, oneDNN)); 0 where it lost at the first."""
+    most = 0
+    for rows, (kernel, onednn) in sorted(seconds.items()):
+        if kernel > onednn:
+            break
+        most = rows
+    return most
+
+
+#: each precision's cut-off, measured on the first model settled in it
+_measured: dict[torch.dtype, int] = {}
+_measuring = threading.Lock()
+
+
 def max_rows(dtype: torch.dtype) -> int:
-    """Rows up to which a Linear layer in ``dtype`` goes to the kernel on this CPU."""
-    if dtype == torch.float32:
-        return MAX_ROWS_FLOAT32
-    return MAX_ROWS_BF16_WITH_AMX if torch.cpu._is_amx_tile_supported() else MAX_ROWS_BF16
+    """Rows up to which a Linear layer in ``dtype`` goes to the kernel: pinned, measured (on the
+    first model settled in ``dtype``), or the default."""
+    pinned = _pinned_max_rows()
+    if pinned is not None:
+        return pinned
+    return _measured.get(dtype, DEFAULT_MAX_ROWS.get(dtype, 0))
+
+
+def _pinned_max_rows() -> int | None:
+    pinned = os.environ.get(ENV_MAX_ROWS, "").strip()
+    if not pinned:
+        return None
+    if not (pinned.isdigit() and int(pinned) <= MOST_ROWS):
+        raise ValueError(f"{ENV_MAX_ROWS}={pinned!r}: expected a row count from 0 to {MOST_ROWS}")
+    return int(pinned)
+
+
+def settle(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Measure where the kernel beats oneDNN on ``model``'s Linear layers in ``dtype``, once per
+    precision and process (a fraction of a second), unless pinned or measured already."""
+    if dtype in _measured or _pinned_max_rows() is not None:
+        return
+    build = BUILDS.get(dtype)
+    library = build.get() if build is not None else None
+    if library is None or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return  # (no Linear layer reaches the kernel then)
+    with _measuring:
+        if dtype in _measured:
+            return
+        weights = _layers_to_time(model, dtype)
+        if not weights:
+            return  # none the kernel takes: the default stands for layers called on their own
+        start = time.perf_counter()
+        seconds = measure(library, weights)
+        most = _measured[dtype] = cut_off(seconds)
+    log.info(
+        "%s Linear layers of up to %d rows go to the skinny kernel on this CPU (its speed against "
+        "oneDNN's on %d of the model's layers, measured in %.2f s: %s; %s pins the count)",
+        str(dtype).removeprefix("torch."),
+        most,
+        len(weights),
+        time.perf_counter() - start,
+        ", ".join(f"{onednn / kernel:.2f}× at {rows}" for rows, (kernel, onednn) in seconds.items()),
+        ENV_MAX_ROWS,
+    )
+
+
+def _layers_to_time(model: torch.nn.Module, dtype: torch.dtype) -> list[torch.Tensor]:
+    """The weights of ``model``'s Linear layers that the kernel takes, in order, up to
+    ``CALIBRATION_BYTES``; not a language-model head (a reranker's), read for a few rows only."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weights: list[torch.Tensor] = []
+    total = 0
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear) or module is head:
+            continue
+        weight = module.weight.detach()
+        out_features, in_features = weight.shape
+        if (
+            _fits(weight, dtype, (out_features, in_features))
+            and in_features % IN_MULTIPLE == 0
+            and out_features % OUT_MULTIPLE == 0
+        ):
+            weights.append(weight)
+            total += weight.numel() * weight.element_size()
+            if total >= CALIBRATION_BYTES:
+                break
+    return weights
 
 
 def _fits(tensor: torch.Tensor | None, dtype: torch.dtype, shape: tuple[int, ...]) -> bool:
