@@ -33,7 +33,7 @@ PINNED_MAX_ROWS = {BF16: 48, FLOAT32: 16}
 @pytest.fixture(autouse=True)
 def pinned_max_rows(monkeypatch):
     monkeypatch.delenv(skinny_linear.ENV_MAX_ROWS, raising=False)  # (conftest pins one for the suite)
-    monkeypatch.setattr(skinny_linear, "_measured", dict(PINNED_MAX_ROWS))
+    monkeypatch.setattr(skinny_linear, "_settled", dict(PINNED_MAX_ROWS))
 
 
 def _each_build(test):
@@ -283,7 +283,7 @@ def test_the_measurement_times_both_sides_in_turn_until_onednn_is_faster():
 
 
 def test_the_pin_replaces_the_measurement(monkeypatch, qwen3_128_dir):
-    monkeypatch.setattr(skinny_linear, "_measured", {})
+    monkeypatch.setattr(skinny_linear, "_settled", {})
     monkeypatch.setattr(skinny_linear, "measure", lambda *a, **k: pytest.fail("measured"))
     monkeypatch.setenv(skinny_linear.ENV_MAX_ROWS, "5")
     Embedder.load(str(qwen3_128_dir), device="cpu", dtype="float32")
@@ -295,19 +295,19 @@ def test_the_pin_replaces_the_measurement(monkeypatch, qwen3_128_dir):
 
 
 def test_without_a_measurement_the_default_stands(monkeypatch):
-    monkeypatch.setattr(skinny_linear, "_measured", {})
+    monkeypatch.setattr(skinny_linear, "_settled", {})
     assert skinny_linear.max_rows(BF16) == skinny_linear.DEFAULT_MAX_ROWS[BF16]
     assert skinny_linear.max_rows(torch.float16) == 0
     # a model with no layer the kernel takes (widths not multiples of 32) measures nothing
     skinny_linear.settle(torch.nn.Sequential(_layer(48, 16, False, seed=9)), BF16)
-    assert skinny_linear._measured == {}
+    assert skinny_linear._settled == {}
 
 
 @_each_build
 def test_a_model_measures_the_cut_off_on_its_layers_at_load_and_says_so(
     dtype, qwen3_128_dir, monkeypatch, caplog
 ):
-    monkeypatch.setattr(skinny_linear, "_measured", {})
+    monkeypatch.setattr(skinny_linear, "_settled", {})
     timed: list[list[torch.Tensor]] = []
     measure = skinny_linear.measure
     monkeypatch.setattr(
@@ -316,8 +316,8 @@ def test_a_model_measures_the_cut_off_on_its_layers_at_load_and_says_so(
     name = str(dtype).removeprefix("torch.")
     with caplog.at_level(logging.INFO, logger="qwembed.skinny_linear"):
         embedder = Embedder.load(str(qwen3_128_dir), device="cpu", dtype=name)
-    assert skinny_linear._measured[dtype] in (0, *skinny_linear.CALIBRATION_ROWS)
-    assert f"{name} Linear layers of up to {skinny_linear._measured[dtype]} rows" in caplog.text
+    assert skinny_linear._settled[dtype] in (0, *skinny_linear.CALIBRATION_ROWS)
+    assert f"{name} Linear layers of up to {skinny_linear._settled[dtype]} rows" in caplog.text
     model_layers = [m.weight for m in embedder.encoder.model.modules() if isinstance(m, torch.nn.Linear)]
     assert len(timed) == 1 and [w.data_ptr() for w in timed[0]] == [w.data_ptr() for w in model_layers]
     Embedder.load(str(qwen3_128_dir), device="cpu", dtype=name)

@@ -243,18 +243,19 @@ def cut_off(seconds: Mapping[int, tuple[float, float]]) -> int:
     return most
 
 
-#: each precision's cut-off, measured on the first model settled in it
-_measured: dict[torch.dtype, int] = {}
+#: each precision's cut-off, settled with the first model loaded in it: pinned or measured
+_settled: dict[torch.dtype, int] = {}
 _measuring = threading.Lock()
 
 
 def max_rows(dtype: torch.dtype) -> int:
-    """Rows up to which a Linear layer in ``dtype`` goes to the kernel: pinned, measured (on the
-    first model settled in ``dtype``), or the default."""
-    pinned = _pinned_max_rows()
-    if pinned is not None:
-        return pinned
-    return _measured.get(dtype, DEFAULT_MAX_ROWS.get(dtype, 0))
+    """Rows up to which a Linear layer in ``dtype`` goes to the kernel: as settled with the first
+    model in ``dtype``; before any, pinned or the default."""
+    most = _settled.get(dtype)  # (asked on every Linear layer's call of a few rows)
+    if most is None:
+        pinned = _pinned_max_rows()
+        most = DEFAULT_MAX_ROWS.get(dtype, 0) if pinned is None else pinned
+    return most
 
 
 def _pinned_max_rows() -> int | None:
@@ -268,22 +269,26 @@ def _pinned_max_rows() -> int | None:
 
 def settle(model: torch.nn.Module, dtype: torch.dtype) -> None:
     """Measure where the kernel beats oneDNN on ``model``'s Linear layers in ``dtype``, once per
-    precision and process (a fraction of a second), unless pinned or measured already."""
-    if dtype in _measured or _pinned_max_rows() is not None:
+    precision and process (a fraction of a second); pinned, take the pin."""
+    if dtype in _settled:
+        return
+    pinned = _pinned_max_rows()
+    if pinned is not None:
+        _settled[dtype] = pinned
         return
     build = BUILDS.get(dtype)
     library = build.get() if build is not None else None
     if library is None or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         return  # (no Linear layer reaches the kernel then)
     with _measuring:
-        if dtype in _measured:
+        if dtype in _settled:
             return
         weights = _layers_to_time(model, dtype)
         if not weights:
             return  # none the kernel takes: the default stands for layers called on their own
         start = time.perf_counter()
         seconds = measure(library, weights)
-        most = _measured[dtype] = cut_off(seconds)
+        most = _settled[dtype] = cut_off(seconds)
     log.info(
         "%s Linear layers of up to %d rows go to the skinny kernel on this CPU (its speed against "
         "oneDNN's on %d of the model's layers, measured in %.2f s: %s; %s pins the count)",
