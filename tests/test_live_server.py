@@ -122,9 +122,13 @@ def test_cli_jsonl_output_and_errors(tmp_path):
     assert [r["text"] for r in rows] == ["first line", "second line"]
     assert all(len(r["embedding"]) == 8 for r in rows)
     failed = subprocess.run(
-        [sys.executable, "-m", "qwembed.cli", "embed", "--model", "minilm", "--dimensions", "999", "x"],
+        [
+            *(sys.executable, "-m", "qwembed.cli", "--log-level", "warning"),
+            *("embed", "--model", "minilm", "--dimensions", "999", "x"),
+        ],
         capture_output=True,
         timeout=300,
         text=True,
     )
     assert failed.returncode == 2 and "between 1 and 384" in failed.stderr
+    assert "Loading weights" not in failed.stderr  # (no progress bars below info)

@@ -367,6 +367,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.log_level in ("warning", "error"):
+        from .backends.registry import hide_loading_progress
+
+        hide_loading_progress()
     from .backends import InputTooLongError, ModelNotFoundError
     from .engine import InvalidDimensionsError
     from .engine.inputs import InvalidTextError

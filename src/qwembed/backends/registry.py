@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -96,6 +97,18 @@ def _check_folder(name_or_path: str) -> Path | None:
     if name_or_path.startswith((".", "/", "~")):
         raise ModelNotFoundError(f"model folder {name_or_path!r} does not exist")
     return None
+
+
+def hide_loading_progress() -> None:
+    """No progress bars from the hub's downloads and transformers' weight loading (``--quiet``,
+    ``--log-level warning``): transformers reads the hub's setting when it is imported, or, imported
+    already, is told itself."""
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
+    transformers_logging = sys.modules.get("transformers.utils.logging")
+    if transformers_logging is not None:
+        transformers_logging.disable_progress_bar()
 
 
 def check_model_name(name_or_path: str) -> None:

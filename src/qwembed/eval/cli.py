@@ -376,15 +376,11 @@ def _write_partial(args: argparse.Namespace, records: list[EvalRecord]) -> None:
 
 
 def _quiet_libraries(args: argparse.Namespace) -> None:
-    """``--quiet`` silences the progress bars transformers and the hub draw while a model loads too."""
-    if not args.quiet:
-        return
-    from huggingface_hub.utils import disable_progress_bars
+    """``--quiet`` silences the progress bars of model loading too."""
+    if args.quiet:
+        from ..backends.registry import hide_loading_progress
 
-    disable_progress_bars()  # transformers reads this when it is imported …
-    transformers_logging = sys.modules.get("transformers.utils.logging")
-    if transformers_logging is not None:  # … or, imported already, is told itself
-        transformers_logging.disable_progress_bar()
+        hide_loading_progress()
 
 
 def _write(args: argparse.Namespace, records: list[EvalRecord]) -> None:
