@@ -251,11 +251,15 @@ def apply_precision(
     )
 
 
+#: computes the calibration outputs in the owner's current precision
+Outputs = Callable[[], np.ndarray]
+
+
 def apply_checked_precision(
     owner: _Switchable,
     model: torch.nn.Module,
     precision: Precision,
-    run: Callable[[], np.ndarray],
+    run: Outputs,
     check: Check,
 ) -> CalibrationResult | None:
     """Give a float32-loaded ``owner`` (an embedder, a reranker) its planned precision; mixed bf16
@@ -266,7 +270,8 @@ def apply_checked_precision(
     are kept until the check passes); an explicit ``--dtype bfloat16`` stays, with a warning.
     Nothing to check for other precisions (None).
     """
-    result = _apply_checked_precision(owner, model, precision, run, check)
+    owner.precision = precision
+    result = _check_mixed(owner, model, precision, run, check) if precision.mixed else None
     if owner.precision.device_type == "cpu":
         # how many rows our skinny Linear kernel takes in the precision now settled: measured on
         # this model's layers, once per precision and process
@@ -274,16 +279,10 @@ def apply_checked_precision(
     return result
 
 
-def _apply_checked_precision(
-    owner: _Switchable,
-    model: torch.nn.Module,
-    precision: Precision,
-    run: Callable[[], np.ndarray],
-    check: Check,
-) -> CalibrationResult | None:
-    owner.precision = precision
-    if not precision.mixed:
-        return None
+def _check_mixed(
+    owner: _Switchable, model: torch.nn.Module, precision: Precision, run: Outputs, check: Check
+) -> CalibrationResult:
+    """Mixed bf16 against float32 on the calibration inputs: kept, or float32 again."""
     owner.precision = FLOAT32_CPU
     reference = run()
     originals = cast_linear_layers(model, precision.dtype)
