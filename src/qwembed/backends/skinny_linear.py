@@ -312,12 +312,7 @@ def _layers_to_time(model: torch.nn.Module, dtype: torch.dtype) -> list[torch.Te
         if not isinstance(module, torch.nn.Linear) or module is head:
             continue
         weight = module.weight.detach()
-        out_features, in_features = weight.shape
-        if (
-            _fits(weight, dtype, (out_features, in_features))
-            and in_features % IN_MULTIPLE == 0
-            and out_features % OUT_MULTIPLE == 0
-        ):
+        if _takes(weight, dtype):
             weights.append(weight)
             total += weight.numel() * weight.element_size()
             if total >= CALIBRATION_BYTES:
@@ -332,6 +327,19 @@ def _fits(tensor: torch.Tensor | None, dtype: torch.dtype, shape: tuple[int, ...
         and tensor.device.type == "cpu"
         and tensor.is_contiguous()
         and not (torch.is_grad_enabled() and tensor.requires_grad)
+    )
+
+
+def _takes(weight: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether the kernel reads ``weight`` as a Linear layer's in ``dtype``: in it, contiguous on the
+    CPU, of widths the C code takes."""
+    if weight.dim() != 2:
+        return False
+    out_features, in_features = weight.shape
+    return (
+        in_features % IN_MULTIPLE == 0
+        and out_features % OUT_MULTIPLE == 0
+        and _fits(weight, dtype, (out_features, in_features))
     )
 
 
@@ -351,9 +359,7 @@ def linear(
     out_features, in_features = weight.shape
     x = x.contiguous()  # (a few rows: the copy, where there is one, costs nothing)
     fits = (
-        in_features % IN_MULTIPLE == 0
-        and out_features % OUT_MULTIPLE == 0
-        and _fits(weight, weight.dtype, (out_features, in_features))
+        _takes(weight, weight.dtype)
         and _fits(x, weight.dtype, (len(x), in_features))
         and _fits(bias, weight.dtype, (out_features,))
         and _fits(other, weight.dtype, (len(x), out_features))
