@@ -325,8 +325,8 @@ def _run(args: argparse.Namespace, prepare: Callable[[], Task]) -> int:
     try:
         for spec in args.model:
             check_spec(spec)
+        _quiet_libraries(args)  # (before prepare, which may load a reranker)
         task = prepare()
-        _quiet_libraries(args)
         for i, spec in enumerate(args.model, start=1):
             _say(args, f"[{i}/{len(args.model)}] loading {spec}")
             start = time.perf_counter()
