@@ -57,10 +57,15 @@ MOST_ROWS = CALIBRATION_ROWS[-1]
 #: small model's all fit, and are read from the caches in both)
 CALIBRATION_BYTES = 128 << 20
 
-#: passes over those layers by each side at each row count, the faster counting; after the
-#: first, only unless the kernel was the faster by this factor
-CALIBRATION_ROUNDS = 2
-CLEAR_MARGIN = 1.25
+#: passes over those layers by each side at each row count, alternating; each layer counts with
+#: its fastest call. Another process taking a core stretches calls by milliseconds (a whole pass
+#: of MiniLM's 37 layers takes 0.5-2 ms): on a VM busy with other processes, whole passes compared
+#: against each other put the kernel at 0.01× oneDNN's speed at one row, where call by call it was
+#: 2-3× faster. At least MIN_ROUNDS; more while a round still lowers either side's sum by SETTLED,
+#: up to MAX_ROUNDS; the whole measurement within BUDGET_S (a count it leaves unsettled ends it)
+MIN_ROUNDS, MAX_ROUNDS = 3, 12
+SETTLED = 0.03
+BUDGET_S = 2.0
 
 #: the cut-off where no model has measured one (a layer called on its own): the Zen 4 figures above
 DEFAULT_MAX_ROWS = {torch.bfloat16: 48, torch.float32: 16}
@@ -192,14 +197,21 @@ def measure(
     library: Library,
     weights: Sequence[torch.Tensor],
     rows_tried: Sequence[int] = CALIBRATION_ROWS,
-    rounds: int = CALIBRATION_ROUNDS,
+    rounds: tuple[int, int] = (MIN_ROUNDS, MAX_ROUNDS),
+    budget_s: float | None = None,
 ) -> dict[int, tuple[float, float]]:
     """Seconds of a pass over ``weights`` (Linear layers in the library's precision), by
     ``library`` and by oneDNN (what ``fused_linear.py`` calls otherwise), at each of ``rows_tried``
-    in turn until oneDNN is the faster: rows → (kernel, oneDNN), the faster of up to ``rounds``
-    passes each, the two sides alternating."""
+    in turn until oneDNN is the faster: rows → (kernel, oneDNN), each the sum of each layer's
+    fastest call over passes that alternate between the sides, at least ``rounds[0]`` each and more
+    until a round changes neither sum (up to ``rounds[1]``). Whole passes, so that each layer's
+    weights come from memory, as in a forward pass, not from the cache that its call before left
+    them in. A row count still unsettled when ``budget_s`` (``BUDGET_S``) runs out is left out, and
+    ends it."""
     generator = torch.Generator().manual_seed(0)
     widths = sorted({weight.shape[1] for weight in weights})
+    least, most = rounds
+    deadline = time.perf_counter() + (BUDGET_S if budget_s is None else budget_s)
 
     def kernel(x: torch.Tensor, weight: torch.Tensor) -> object:
         return library.linear(x, weight)
@@ -207,11 +219,13 @@ def measure(
     def onednn(x: torch.Tensor, weight: torch.Tensor) -> object:
         return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
 
-    def one_pass(multiply: Callable[[torch.Tensor, torch.Tensor], object], inputs: dict) -> float:
-        start = time.perf_counter()
+    def one_pass(multiply: Callable[[torch.Tensor, torch.Tensor], object], inputs: dict) -> list[float]:
+        seconds = []
         for weight in weights:
+            start = time.perf_counter()
             multiply(inputs[weight.shape[1]], weight)
-        return time.perf_counter() - start
+            seconds.append(time.perf_counter() - start)
+        return seconds
 
     seconds: dict[int, tuple[float, float]] = {}
     with torch.inference_mode():
@@ -220,15 +234,21 @@ def measure(
             for weight in {tuple(w.shape): w for w in weights}.values():
                 kernel(inputs[weight.shape[1]], weight)  # (oneDNN builds its kernel for a new shape here)
                 onednn(inputs[weight.shape[1]], weight)
-            best = {kernel: math.inf, onednn: math.inf}
-            for round_ in range(rounds):
+            fastest = {side: [math.inf] * len(weights) for side in (kernel, onednn)}
+            totals = {side: math.inf for side in fastest}
+            for round_ in range(most):
+                settled = True
                 for side in (kernel, onednn) if round_ % 2 == 0 else (onednn, kernel):
-                    best[side] = min(best[side], one_pass(side, inputs))
-                if CLEAR_MARGIN * best[kernel] < best[onednn]:
-                    break  # a second pass would not change the winner (a loss is always retried:
-                    # a neighbour's burst during one pass must not cost lone queries the kernel)
-            seconds[rows] = (best[kernel], best[onednn])
-            if best[kernel] > best[onednn]:
+                    fastest[side] = list(map(min, fastest[side], one_pass(side, inputs)))
+                    total = sum(fastest[side])
+                    settled = settled and total > (1 - SETTLED) * totals[side]
+                    totals[side] = total
+                if round_ + 1 >= least and settled:
+                    break
+                if time.perf_counter() > deadline:
+                    return seconds  # (a busy CPU: this count is not known, nor any above it)
+            seconds[rows] = (totals[kernel], totals[onednn])
+            if totals[kernel] > totals[onednn]:
                 break
     return seconds
 
@@ -270,7 +290,9 @@ def _pinned_max_rows() -> int | None:
 
 def settle(model: torch.nn.Module, dtype: torch.dtype) -> None:
     """Measure where the kernel beats oneDNN on ``model``'s Linear layers in ``dtype``, once per
-    precision and process (a fraction of a second); pinned, take the pin."""
+    precision and process (a fraction of a second; on a busy CPU up to ``BUDGET_S``, and where not
+    even one row could be timed, the default stays until the next model's load); pinned, take the
+    pin."""
     if dtype in _settled:
         return
     pinned = _pinned_max_rows()
@@ -289,15 +311,32 @@ def settle(model: torch.nn.Module, dtype: torch.dtype) -> None:
             return  # none the kernel takes: the default stands for layers called on their own
         start = time.perf_counter()
         seconds = measure(library, weights)
-        most = _settled[dtype] = cut_off(seconds)
+        if seconds:
+            _settled[dtype] = cut_off(seconds)
+    took = time.perf_counter() - start
+    name = str(dtype).removeprefix("torch.")
+    if not seconds:
+        log.warning(
+            "%s Linear layers: the CPU was too busy to time the skinny kernel against oneDNN in "
+            "%.1f s; up to %d rows go to the kernel until a model loads on a quieter CPU (%s pins "
+            "the count)",
+            name,
+            took,
+            max_rows(dtype),
+            ENV_MAX_ROWS,
+        )
+        return
+    last_won = seconds[max(seconds)][0] <= seconds[max(seconds)][1]
+    unsettled = last_won and max(seconds) < MOST_ROWS  # (the budget ran out before a loss)
     log.info(
         "%s Linear layers of up to %d rows go to the skinny kernel on this CPU (its speed against "
-        "oneDNN's on %d of the model's layers, measured in %.2f s: %s; %s pins the count)",
-        str(dtype).removeprefix("torch."),
-        most,
+        "oneDNN's on %d of the model's layers, measured in %.2f s: %s%s; %s pins the count)",
+        name,
+        _settled[dtype],
         len(weights),
-        time.perf_counter() - start,
+        took,
         ", ".join(f"{onednn / kernel:.2f}× at {rows}" for rows, (kernel, onednn) in seconds.items()),
+        "; the CPU was too busy to time more rows" if unsettled else "",
         ENV_MAX_ROWS,
     )
 
