@@ -100,6 +100,32 @@ def test_st_peer_is_sentence_transformers_on_the_same_model(minilm_dir):
     peer = open_embedder("st:minilm", device="cpu")
     texts = ["a peer for speed comparisons", "银行卡"]
     assert peer.name == "st:minilm" and peer.dimension == 384
-    ours = Embedder.load("minilm", device="cpu", dtype="float32").embed(texts)
-    np.testing.assert_allclose(peer.embed(texts), ours, atol=1e-5)
+    embedder = Embedder.load("minilm", device="cpu", dtype="float32")
+    np.testing.assert_allclose(peer.embed(texts), embedder.embed(texts), atol=1e-5)
+    assert peer.compute == embedder.compute == "float32 on cpu"  # (recorded with each result)
     assert peer.embed(texts, dimensions=64).shape == (2, 64)
+
+
+def test_a_benchmarking_child_that_dies_is_an_error_not_a_wait():
+    """A child killed for memory never answers: the parent notices it ended instead of waiting."""
+    import multiprocessing
+    import os
+
+    from qwembed.eval import bench
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=os._exit, args=(3,))
+    proc.start()
+    with pytest.raises(EvalError, match=r"ended without a result \(exit code 3\)"):
+        bench._answer(queue, proc, "some-model")
+    proc.join()
+
+
+def test_bench_failures_are_one_line_and_keep_the_earlier_results(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    argv = ["bench", "--quiet", "--batch-sizes", "1", "--repeats", "1", "--out", str(out)]
+    code = main([*argv, "--model", "hashing", "--model", "http://127.0.0.1:9/v1#x"])  # (port 9: discard)
+    err = capsys.readouterr().err
+    assert code == 1 and "qwembed bench: endpoint error:" in err and "Traceback" not in err
+    assert [r["model"] for r in json.loads(out.read_text(encoding="utf-8"))["records"]] == ["hashing"]

@@ -143,6 +143,8 @@ def test_usage_errors_exit_2(tmp_path, capsys, argv, expected):
         ("st:no-such-model", "--model 'st:no-such-model'"),
         ("hashing:x", "expected hashing:DIM"),
         ("http://", "not an http(s) URL"),
+        ("a/b/c", "unknown model 'a/b/c'"),  # neither a folder nor a hub id (owner/name)
+        ("htp://typo", "unknown model 'htp://typo'"),
     ],
 )
 def test_every_model_is_checked_before_the_first_runs(tmp_path, capsys, monkeypatch, spec, expected):
@@ -180,3 +182,94 @@ def test_a_later_model_failing_to_load_keeps_the_earlier_results(tmp_path, capsy
     assert code == 2 and "--model 'no-such-owner/no-such-model': cannot load" in err
     assert "the results of the 1 model(s) before the error were written" in err
     assert [r["model"] for r in records(out)] == ["hashing:64"]
+
+
+def test_any_load_failure_is_one_line_and_keeps_the_earlier_results(tmp_path, capsys, monkeypatch):
+    """Not only a missing model: torch's assertion for a GPU it lacks, bad weights, memory."""
+    from qwembed.engine.embedder import Embedder
+
+    def fails(*args, **kwargs):
+        raise AssertionError("Torch not compiled with CUDA enabled")
+
+    monkeypatch.setattr(Embedder, "load", fails)
+    out = tmp_path / "o.json"
+    argv = ["eval", "retrieval", "--quiet", "--data", "builtin:zh-hard", "--out", str(out)]
+    code = main([*argv, "--model", "hashing:64", "--model", "minilm"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "--model 'minilm': cannot load: AssertionError: Torch not compiled with CUDA enabled" in err
+    assert [r["model"] for r in records(out)] == ["hashing:64"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_a_device_the_machine_lacks_fails_before_any_model_runs(tmp_path, capsys):
+    out = tmp_path / "o.json"
+    argv = ["eval", "retrieval", "--quiet", "--data", "builtin:zh-hard", "--out", str(out), "--device"]
+    assert main([*argv, "cuda", "--model", "hashing:64", "--model", "minilm"]) == 2
+    err = capsys.readouterr().err
+    assert "--device: device 'cuda': no CUDA GPU is usable here" in err and not out.exists()
+    assert main([*argv, "nonsense", "--model", "minilm"]) == 2
+    assert "unknown device 'nonsense'" in capsys.readouterr().err
+    # the hashing baseline and endpoints compute nowhere near --device: it is moot for them
+    assert main([*argv, "cuda", "--model", "hashing:64"]) == 0
+
+
+def test_a_reranker_that_is_no_model_is_one_line(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = ["eval", "retrieval", "--quiet", "--data", "builtin:zh-hard", "--model", "hashing"]
+    for rerank, expected in ((empty, "cannot load"), ("a/b/c", "unknown model 'a/b/c'")):
+        code = main([*argv, "--rerank", str(rerank), "--out", str(tmp_path / "o.json")])
+        err = capsys.readouterr().err
+        assert code == 2 and f"--rerank '{rerank}'" in err and expected in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("case", ["same file", "a folder", "unwritable"])
+def test_outputs_that_cannot_be_written_fail_before_any_model_runs(tmp_path, capsys, monkeypatch, case):
+    from qwembed.eval import models
+
+    monkeypatch.setattr(models, "open_embedder", lambda *a, **k: pytest.fail("a model was opened"))
+    out = tmp_path / "r.json"
+    outputs = {
+        "same file": ["--out", str(out), "--report", str(out)],
+        "a folder": ["--out", str(tmp_path)],
+        "unwritable": ["--out", "/proc/no-such-dir/r.json"],
+    }[case]
+    code = main(["eval", "sts", "--model", "minilm", "--data", "no-such.tsv", *outputs])
+    err = capsys.readouterr().err
+    expected = {"same file": "the same file", "a folder": "is a folder", "unwritable": "cannot be written"}
+    assert code == 2 and expected[case] in err and "Traceback" not in err
+
+
+def test_models_of_the_same_name_keep_apart(tmp_path, monkeypatch):
+    """Two folders both called ``model``: their records, report sections and transforms must not merge."""
+    from qwembed.eval import models
+    from qwembed.eval.hashing_embedder import HashingEmbedder
+
+    monkeypatch.setattr(models, "open_embedder", lambda spec, **options: HashingEmbedder(32, name="model"))
+    out, saved = tmp_path / "s.json", tmp_path / "t"
+    argv = ["eval", "sweep", "--quiet", "--data", "builtin:zh-hard", "--dims", "full", "--post", "whiten"]
+    argv += ["--model", "one/model", "--model", "other/model", "--save-transforms", str(saved)]
+    assert main([*argv, "--out", str(out), "--report", str(tmp_path / "s.md")]) == 0
+    assert [r["model"] for r in records(out)] == ["model", "model (other/model)"]
+    assert len(list(saved.glob("*.npz"))) == 2
+    assert main([*argv, "--model", "one/model", "--out", str(out)]) == 2  # the same value twice
+
+
+@needs_data
+def test_pairs_limit_and_shots_beyond_the_training_set(tmp_path):
+    out = tmp_path / "p.json"
+    data = str(DATA / "LCQMC" / "LCQMC.test.data")
+    argv = ["eval", "pairs", "--quiet", "--model", "hashing:32", "--train", data, "--data", data]
+    assert main([*argv, "--limit", "60", "--shots", "20,99999,all", "--seeds", "2", "--out", str(out)]) == 0
+    record = records(out)[0]
+    assert record["data"]["train_pairs"] == record["data"]["pairs"] == 60  # --limit caps both
+    rows = record["details"]["shots"]
+    assert [(r["shots"], r["train_size"]) for r in rows] == [(20, 20), ("all", 60)]
+
+
+def test_a_retrieval_set_given_to_a_pair_task_says_so(tmp_path, capsys):
+    code = main(
+        ["eval", "sts", "--model", "hashing", "--data", "builtin:zh-hard", "--out", str(tmp_path / "o")]
+    )
+    assert code == 2 and "is a retrieval set; this task takes a pair file" in capsys.readouterr().err

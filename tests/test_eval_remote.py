@@ -149,8 +149,11 @@ def test_cli_against_the_server_matches_local(server, tmp_path):
     ]
     assert main(argv) == 0
     remote, local = json.loads(out.read_text(encoding="utf-8"))["records"]
-    assert remote["model"] == local["model"] == "use-multilingual"
+    # one model, served and local: the second is labelled with its --model value, so that the
+    # report's rows and plots keep the two apart
+    assert (remote["model"], local["model"]) == ("use-multilingual", "use-multilingual (--model 2)")
     assert remote["model_spec"].startswith("http://127.0.0.1")
+    assert local["config"]["compute"] == "float32 on cpu" and "compute" not in remote["config"]
     assert remote["metrics"] == pytest.approx(local["metrics"])
 
 

@@ -371,13 +371,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .backends.registry import hide_loading_progress
 
         hide_loading_progress()
-    from .backends import InputTooLongError, ModelNotFoundError
+    from .backends import DeviceError, InputTooLongError, ModelNotFoundError, resolve_device
     from .engine import InvalidDimensionsError
     from .engine.inputs import InvalidTextError
 
     try:
+        if getattr(args, "device", "auto") != "auto" and args.command not in ("eval", "bench"):
+            resolve_device(args.device)  # a device this machine lacks fails before any model loads
+            # (eval and bench check it where a local model would use it: models.check_device)
         return int(args.func(args) or 0)
     except (
+        DeviceError,
         ModelNotFoundError,
         InputTooLongError,
         InvalidDimensionsError,

@@ -11,8 +11,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
-from ..backends import InputTooLongError, InvalidTokenIdsError
+from ..backends import InputTooLongError, InvalidTokenIdsError, PromptTooLongError
 from ..engine import InvalidDimensionsError, OverloadedError, WorkerStoppedError
 from ..engine.inputs import InstructionWithTokenIdsError, InvalidTextError
 from ..engine.pool import ModelRequiredError, UnknownModelError
@@ -45,7 +46,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
         408: "The request body did not arrive within --body-timeout",
         409: "Conflict with the stored state (e.g. a collection's settings)",
         413: "Body larger than --max-body-bytes, or more inputs than --max-client-batch-size",
-        415: "Content type other than application/json",
+        415: "Content type other than application/json, or a compressed body (Content-Encoding)",
         429: "Queue full: retry after the Retry-After header",
         500: "Inference failed",
         503: "Not ready or shutting down",
@@ -85,8 +86,18 @@ def error_response(
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
+def client_closed_response() -> Response:
+    """nginx's 499 for a client that closed its connection before the answer (mid-upload, or while
+    its request waited). Nobody reads it: the status and code are what the metrics count."""
+    return error_response(
+        499, "the client closed the connection before the answer was ready", "client_closed_request"
+    )
+
+
 def from_engine_error(error: Exception) -> APIError:
     """Translate the engine's exceptions; anything unknown is a 500 that names no internals."""
+    if isinstance(error, PromptTooLongError):  # (the text was never the problem)
+        return APIError(400, str(error), "input_too_long", "instruction" if error.instruction else "model")
     if isinstance(error, InputTooLongError):
         return APIError(400, str(error), "input_too_long", "input")
     if isinstance(error, InvalidDimensionsError):
@@ -119,6 +130,14 @@ def _validation_message(error: RequestValidationError) -> tuple[str, str | None,
     kinds = {e.get("type") for e in errors}
     if first.get("type") == "json_invalid":
         return "the request body is not valid JSON", None, "invalid_json"
+    unicode_error = next((e for e in errors if e.get("type") == "string_unicode"), None)
+    if unicode_error is not None:
+        # named like the engine's "input[3]": the field and its list indices (a union's member
+        # names, which pydantic puts in the location too, are left out)
+        loc = [part for part in unicode_error.get("loc", ()) if part != "body"]
+        name = str(loc[0]) if loc else "text"
+        where = name + "".join(f"[{part}]" for part in loc[1:] if isinstance(part, int))
+        return f"{where} contains a lone UTF-16 surrogate and is not valid Unicode text", name, "invalid_text"
     if first.get("type") == "missing" and field:
         return f"{'.'.join(location)} is required", field, "missing_field"
     if field in ("documents", "texts", "query") and kinds & {"string_too_short", "too_short"}:
@@ -127,12 +146,6 @@ def _validation_message(error: RequestValidationError) -> tuple[str, str | None,
         # `input` is a union of four shapes: pydantic reports a failure per shape, so name them all
         if kinds & {"string_too_short", "too_short"}:
             return "input must not be empty (no empty list, no empty string)", "input", "empty_input"
-        if "string_unicode" in kinds:
-            return (
-                "input contains a lone UTF-16 surrogate and is not valid Unicode text",
-                "input",
-                "invalid_text",
-            )
         return (
             "input must be a string, a list of strings, a list of token ids (integers ≥ 0) "
             "or a list of non-empty token-id lists",
@@ -143,13 +156,18 @@ def _validation_message(error: RequestValidationError) -> tuple[str, str | None,
     return (f"{'.'.join(location)}: {detail}" if location else detail), field, "invalid_request"
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
 def _allowed_methods(request: Request) -> list[str]:
-    methods: set[str] = set()
-    for route in request.app.routes:
-        regex = getattr(route, "path_regex", None)
-        if regex is not None and regex.match(request.url.path) and getattr(route, "methods", None):
-            methods |= set(route.methods)
-    return sorted(methods)
+    # asked of the router itself, method by method: FastAPI keeps included routers' routes behind
+    # an opaque wrapper, so reading each route's path and methods found none of them
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
 
 
 def install_error_handlers(app: FastAPI) -> None:

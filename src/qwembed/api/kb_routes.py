@@ -18,6 +18,7 @@ from ..kb.errors import KBError
 from ..kb.ingest import Failure, confine, read_paths
 from ..kb.manager import KnowledgeBaseManager
 from ..kb.search import hit_json
+from .checked_route import CheckedRoute
 from .errors import ERROR_RESPONSES, APIError, from_engine_error
 
 MAX_DOCUMENTS_PER_REQUEST = 2048
@@ -86,6 +87,7 @@ async def _call(func, *args, **kwargs):
 
 def build_kb_router(manager: KnowledgeBaseManager, key_dependency) -> APIRouter:
     router = APIRouter(
+        route_class=CheckedRoute,  # the key before the body, and the body's errors as documented
         prefix="/v1/kb",
         tags=["knowledge base"],
         dependencies=[Depends(key_dependency)],

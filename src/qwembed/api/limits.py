@@ -35,10 +35,10 @@ class BodyLimits:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._refusal()(scope, receive, send)
-            return
-
+        # Refused from Content-Length at the first read, not here: the route checks the API key
+        # before it reads (checked_route.py), and a client without one learns nothing of the body's
+        # fate. Either way nothing of the body has been read (nor a 100 Continue sent).
+        too_large = declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes
         received = 0
         body_complete = False
         deadline = time.monotonic() + self.body_timeout
@@ -56,6 +56,8 @@ class BodyLimits:
             nonlocal received, body_complete
             if answered:
                 return {"type": "http.disconnect"}
+            if too_large:
+                return await answer_instead(self._refusal())
             if body_complete:  # later receives wait for a disconnect: no deadline for those
                 return await receive()
             try:

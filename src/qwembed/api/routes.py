@@ -13,8 +13,9 @@ from starlette.responses import Response
 from ..engine.inputs import EmbedOptions
 from ..engine.pool import Kind, ModelPool, ModelRequiredError, UnknownModelError
 from .auth import KeyChecker
+from .checked_route import CheckedRoute
 from .encoding import embeddings_body
-from .errors import ERROR_RESPONSES, APIError, from_engine_error
+from .errors import ERROR_RESPONSES, APIError, client_closed_response, from_engine_error
 from .metrics import Metrics
 from .schemas import (
     EmbeddingRequest,
@@ -67,28 +68,24 @@ def _normalise_input(raw: object) -> list[str] | list[list[int]]:
     return raw  # type: ignore[return-value]
 
 
-async def require_json(request: Request) -> None:
-    """Bodies are JSON and must say so. A missing content type is refused too: browsers send such
-    bodies cross-site without a CORS preflight, so reading them as JSON would open the server to
-    request forgery from any web page (FastAPI's strict content-type rule)."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
-        raise APIError(
-            415,
-            f"content type {media or 'missing'!r} is not supported; send Content-Type: application/json",
-            "unsupported_media_type",
-        )
+#: how a count of each request field's items reads in a message: "1 input", "5000 inputs"
+_NOUNS = {"input": ("input", "inputs"), "documents": ("document", "documents"), "texts": ("text", "texts")}
+
+
+def _count_of(count: int, param: str) -> str:
+    singular, plural = _NOUNS.get(param, (param, param))
+    return f"{count} {singular if count == 1 else plural}"
 
 
 def build_router(
     pool: ModelPool, settings: ServerSettings, metrics: Metrics, state: dict, keys: KeyChecker
 ) -> APIRouter:
-    router = APIRouter()
+    # CheckedRoute: the key, then the content type and coding, then the body (checked_route.py)
+    router = APIRouter(route_class=CheckedRoute)
     protected = [Depends(keys)]
-    json_body = [*protected, Depends(require_json)]
 
     def resolve_model(name: str | None, kind: Kind) -> str:
-        try:
+        try:  # (UnknownModelError covers a request of a kind nothing served is: NoModelOfKindError)
             return pool.resolve(name, kind)
         except (UnknownModelError, ModelRequiredError) as error:
             raise from_engine_error(error) from None
@@ -101,7 +98,8 @@ def build_router(
         if count > settings.max_client_batch_size:
             raise APIError(
                 413,
-                f"{count} {param} exceed --max-client-batch-size {settings.max_client_batch_size}",
+                f"{_count_of(count, param)} {'exceeds' if count == 1 else 'exceed'} "
+                f"--max-client-batch-size {settings.max_client_batch_size}",
                 "too_many_inputs",
                 param,
             )
@@ -111,7 +109,7 @@ def build_router(
         try:
             return await _unless_disconnected(request, work)
         except ClientGoneError:
-            return Response(status_code=499)
+            return client_closed_response()
         except APIError:
             raise
         except Exception as error:
@@ -121,7 +119,7 @@ def build_router(
         "/v1/embeddings",
         response_model=EmbeddingResponse,
         responses=ERROR_RESPONSES,
-        dependencies=json_body,
+        dependencies=protected,
         summary="Create embeddings (OpenAI-compatible)",
     )
     async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
@@ -137,7 +135,7 @@ def build_router(
         if isinstance(result, Response):
             return result
         return Response(
-            embeddings_body(result.vectors, model, result.total_tokens, body.encoding_format),
+            embeddings_body(result.vectors, model, result.total_tokens, body.encoding_format or "float"),
             media_type="application/json",
         )
 
@@ -145,7 +143,7 @@ def build_router(
         "/v1/rerank",
         response_model=RerankResponse,
         responses=ERROR_RESPONSES,
-        dependencies=json_body,
+        dependencies=protected,
         summary="Rerank documents for a query (Cohere / Jina / Infinity shape)",
     )
     async def rerank(body: RerankRequest, request: Request) -> Response:
@@ -174,7 +172,7 @@ def build_router(
         "/rerank",
         response_model=list[TEIRerankItem],
         responses=ERROR_RESPONSES,
-        dependencies=json_body,
+        dependencies=protected,
         summary="Rerank in text-embeddings-inference's shape",
     )
     async def rerank_tei(body: TEIRerankRequest, request: Request) -> Response:
@@ -197,17 +195,31 @@ def build_router(
             TEIRerankList(items).model_dump_json(exclude_none=True), media_type="application/json"
         )
 
+    def model_objects() -> list[ModelObject]:
+        return [
+            ModelObject(id=card.name, kind=card.kind, dimension=card.dimension, max_tokens=card.max_tokens)
+            for card in pool.cards()
+        ]
+
     @router.get("/v1/models", response_model=ModelList, dependencies=protected, summary="Served models")
     async def list_models() -> ModelList:
-        return ModelList(
-            data=[
-                ModelObject(
-                    id=card.name, kind=card.kind, dimension=card.dimension, max_tokens=card.max_tokens
-                )
-                for card in pool.cards()
-            ]
-        )
+        return ModelList(data=model_objects())
 
+    @router.get(
+        "/v1/models/{model_id:path}",  # served names may contain '/' (org/name)
+        response_model=ModelObject,
+        responses={401: ERROR_RESPONSES[401], 404: ERROR_RESPONSES[404]},
+        dependencies=protected,
+        summary="One served model (OpenAI's models.retrieve)",
+    )
+    async def retrieve_model(model_id: str) -> ModelObject:
+        found = next((model for model in model_objects() if model.id == model_id), None)
+        if found is None:
+            raise from_engine_error(UnknownModelError(model_id, pool.names))
+        return found
+
+    # Probes: GET, and HEAD for load balancers that probe with it (FastAPI, unlike Starlette, does
+    # not answer HEAD for a GET route). HEAD is left out of the spec: it is GET without the body.
     @router.get("/health", response_model=Health, summary="Liveness: the process answers")
     async def health() -> Health:
         return Health(status="ok")
@@ -223,6 +235,9 @@ def build_router(
         return Response(
             Health(status=status).model_dump_json(), status_code=code, media_type="application/json"
         )
+
+    router.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
+    router.add_api_route("/ready", ready, methods=["HEAD"], include_in_schema=False)
 
     @router.get(
         "/metrics",

@@ -4,10 +4,26 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel
+from pydantic_core import PydanticCustomError
+
+
+def _valid_unicode(text: str) -> str:
+    """JSON may escape a lone UTF-16 surrogate (``"\\ud800"``), which is no Unicode text a tokenizer
+    can take. Length-constrained strings are refused by pydantic itself (``string_unicode``); plain
+    ``str`` fields are not, so they get the same error here and every text field answers alike."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError("string_unicode", "lone UTF-16 surrogate") from None
+    return text
+
 
 TokenList = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+#: a non-empty text (pydantic refuses lone surrogates in length-constrained strings)
 Text = Annotated[str, Field(min_length=1)]
+#: any text that reaches a model, possibly empty
+UnicodeText = Annotated[str, AfterValidator(_valid_unicode)]
 
 
 class EmbeddingRequest(BaseModel):
@@ -18,8 +34,9 @@ class EmbeddingRequest(BaseModel):
         description="A text, a list of texts, a list of token ids, or a list of token-id lists."
     )
     model: str | None = Field(None, description="A served model's name; optional when one model is served.")
-    encoding_format: Literal["float", "base64"] = Field(
-        "float", description="`base64`: each vector as little-endian float32 bytes."
+    # every optional field takes null for its default, as OpenAI's API does
+    encoding_format: Literal["float", "base64"] | None = Field(
+        "float", description="`base64`: each vector as little-endian float32 bytes; null means `float`."
     )
     dimensions: int | None = Field(
         None,
@@ -33,7 +50,7 @@ class EmbeddingRequest(BaseModel):
         description="`query` gets the model's query prompt (Qwen3: `Instruct: {task}\\nQuery:`), "
         "`document` never gets one. Absent: the text is embedded as given unless `instruction` is set.",
     )
-    instruction: str | None = Field(
+    instruction: UnicodeText | None = Field(
         None, description="Task description for queries, e.g. `Given a question, retrieve FAQ answers`."
     )
     truncate: bool | None = Field(
@@ -75,7 +92,7 @@ class ModelList(BaseModel):
 
 
 class RerankDocument(BaseModel):
-    text: str
+    text: UnicodeText
 
 
 class RerankRequest(BaseModel):
@@ -85,10 +102,10 @@ class RerankRequest(BaseModel):
 
     model: str | None = Field(None, description="A served reranker; optional when only one is served.")
     query: Text
-    documents: Annotated[list[str | RerankDocument], Field(min_length=1)]
+    documents: Annotated[list[UnicodeText | RerankDocument], Field(min_length=1)]
     top_n: Annotated[int, Field(ge=1)] | None = Field(None, description="Return only the best N.")
-    return_documents: bool = False
-    instruction: str | None = Field(
+    return_documents: bool | None = Field(False, description="Echo each document's text; null means false.")
+    instruction: UnicodeText | None = Field(
         None,
         description="Qwen3-Reranker task, default `Given a web search query, retrieve relevant passages "
         "that answer the query`; ignored by cross-encoders.",
@@ -115,9 +132,9 @@ class TEIRerankRequest(BaseModel):
 
     model: str | None = None
     query: Text
-    texts: Annotated[list[str], Field(min_length=1)]
-    raw_scores: bool = False
-    return_text: bool = False
+    texts: Annotated[list[UnicodeText], Field(min_length=1)]
+    raw_scores: bool | None = Field(False, description="Logits instead of probabilities; null means false.")
+    return_text: bool | None = Field(False, description="Echo each text; null means false.")
 
 
 class TEIRerankItem(BaseModel):

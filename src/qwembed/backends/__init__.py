@@ -1,10 +1,21 @@
 """Model families behind one small interface: :class:`Encoder` (embeddings) and :class:`Reranker`."""
 
-from .base import Encoder, InputTooLongError, InputType, InvalidTokenIdsError, ModelCard, Reranker, TokenIds
+from .base import (
+    Encoder,
+    InputTooLongError,
+    InputType,
+    InvalidTokenIdsError,
+    ModelCard,
+    PromptTooLongError,
+    Reranker,
+    TokenIds,
+)
+from .device import DeviceError, resolve_device
 from .registry import BUNDLED, LoadOptions, ModelNotFoundError, check_model_name, load_encoder, load_reranker
 
 __all__ = [
     "BUNDLED",
+    "DeviceError",
     "Encoder",
     "InputTooLongError",
     "InputType",
@@ -12,9 +23,11 @@ __all__ = [
     "LoadOptions",
     "ModelCard",
     "ModelNotFoundError",
+    "PromptTooLongError",
     "Reranker",
     "TokenIds",
     "check_model_name",
     "load_encoder",
     "load_reranker",
+    "resolve_device",
 ]

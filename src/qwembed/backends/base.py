@@ -29,14 +29,35 @@ TokenIds = list[int]
 class InputTooLongError(ValueError):
     """A text has more tokens than the model accepts and truncation was not allowed."""
 
-    def __init__(self, n_tokens: int, max_tokens: int, index: int | None = None):
+    def __init__(self, n_tokens: int, max_tokens: int, index: int | None = None, message: str | None = None):
         self.n_tokens = n_tokens
         self.max_tokens = max_tokens
         self.index = index
         where = f"input[{index}]" if index is not None else "input"
         super().__init__(
-            f"{where} has {n_tokens} tokens but the model accepts at most {max_tokens} "
+            message
+            or f"{where} has {n_tokens} tokens but the model accepts at most {max_tokens} "
             "(the end token included); shorten it or set truncate=true"
+        )
+
+
+class PromptTooLongError(InputTooLongError):
+    """The prompt around a text (an instruction, a model's query prompt, a reranker's template)
+    takes so many of the model's tokens that none is left for the text itself. Truncation cuts
+    only the text, so this is an error whether or not truncation was allowed."""
+
+    def __init__(self, n_tokens: int, max_tokens: int, *, instruction: bool, room_for: str = "the text"):
+        #: whether the request's instruction is to blame (else the model's own prompt)
+        self.instruction = instruction
+        if instruction:
+            what, advice = "the instruction, with the template and special tokens,", "shorten the instruction"
+        else:
+            what, advice = "the model's prompt, with its special tokens,", "raise the model's --max-tokens"
+        super().__init__(
+            n_tokens,
+            max_tokens,
+            message=f"{what} takes {n_tokens} tokens of the model's limit of {max_tokens}, leaving no "
+            f"room for {room_for}; {advice}",
         )
 
 
@@ -65,6 +86,12 @@ class Encoder(ABC):
     #: tokens rather than ``rows × longest`` (see backends/packing.py)
     packed: bool = False
 
+    @property
+    def compute(self) -> str:
+        """What the forward pass computes in, and where (results depend on it: bf16 matmuls move
+        a retrieval score in its third decimal)."""
+        return "float32 on cpu"
+
     def __init__(self, name: str, source: str, dimension: int, max_tokens: int, vocab_size: int):
         self.name = name
         self.source = source
@@ -77,7 +104,8 @@ class Encoder(ABC):
     # ---- text → token ids -------------------------------------------------------------
     @abstractmethod
     def format(self, text: str, input_type: InputType | None, instruction: str | None) -> str:
-        """Apply the model's prompt for this input type (documents never get an instruction)."""
+        """Apply the model's prompt for this input type (documents never get an instruction): the
+        prompt goes before the text, so that truncation, which cuts the tail, cuts only the text."""
 
     @abstractmethod
     def tokenize(self, texts: Sequence[str]) -> list[TokenIds]:
@@ -89,8 +117,17 @@ class Encoder(ABC):
         return self.framing.fit(ids)
 
     def truncate(self, ids: TokenIds) -> TokenIds:
-        """Cut a tokenised input to ``max_tokens`` while keeping its required special tokens."""
+        """Cut a tokenised input to ``max_tokens`` while keeping its required special tokens.
+
+        Prompts come first (``format``), so cutting the tail cuts the text, never the prompt, as
+        long as the prompt leaves room for some text (``prompt_tokens``; the engine checks)."""
         return self.framing.truncate(ids, self.max_tokens)
+
+    def prompt_tokens(self, input_type: InputType | None, instruction: str | None) -> int:
+        """Tokens an input takes besides its text: the prompt ``format`` puts before every text of
+        this input type, with the special tokens. Every family's prompt is a prefix (``format`` is
+        ``prompt + text``), so this is the formatted empty text's length."""
+        return len(self.tokenize([self.format("", input_type, instruction)])[0])
 
     # ---- token ids → vectors ----------------------------------------------------------
     @abstractmethod
@@ -122,8 +159,10 @@ class Reranker(ABC):
 
     @abstractmethod
     def tokenize_pairs(self, query: str, documents: Sequence[str], instruction: str | None) -> list[TokenIds]:
-        """One token sequence per pair, already fitted to ``max_tokens`` (documents are cut,
-        never the template around them)."""
+        """One token sequence per pair, already fitted to ``max_tokens``: an over-long pair is cut
+        longest first (tokens come off the longer of query and document until it fits), never the
+        template around them; a template (with its instruction) that leaves no room for both is a
+        :class:`PromptTooLongError`."""
 
     @abstractmethod
     def score_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:

@@ -149,14 +149,14 @@ class CrossEncoderReranker(Reranker):
         # CrossEncoder.predict would ignore it.
         if not documents:
             return []
-        query_len = len(self.tokenizer(query, add_special_tokens=False, verbose=False)["input_ids"])
-        overhead = self.tokenizer.num_special_tokens_to_add(pair=True)
-        # Cut the document, never the query, unless the query alone leaves no room for any of it.
-        strategy = "only_second" if query_len + overhead < self.max_tokens else "longest_first"
+        # An over-long pair loses tokens from the longer of query and document until it fits, as in
+        # CrossEncoder.predict (and TEI): a query up to half the limit stays whole, and a long one
+        # leaves the document half the room (cutting only the document, as this did before, left a
+        # 508-token query one token of document in 512).
         encoded = self.tokenizer(
             [query] * len(documents),
             list(documents),
-            truncation=strategy,
+            truncation="longest_first",
             max_length=self.max_tokens,
             verbose=False,
         )

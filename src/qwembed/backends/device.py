@@ -4,12 +4,40 @@ from __future__ import annotations
 
 import torch
 
+#: device types a model can be loaded on
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+class DeviceError(ValueError):
+    """A device this machine or this torch build cannot run a model on."""
+
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` → the first CUDA device when there is one, else the CPU."""
+    """``auto`` → the first CUDA device when there is one, else the CPU. Any other name is checked
+    here, so that ``--device cuda`` on a machine without one fails with a sentence that says so,
+    not with torch's assertion halfway through loading the weights."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {device!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = f"with CUDA {torch.version.cuda}" if torch.version.cuda else "for the CPU only"
+            raise DeviceError(
+                f"device {device!r}: no CUDA GPU is usable here (torch {torch.__version__}, built {build})"
+            )
+        if resolved.index is not None and resolved.index >= count:
+            raise DeviceError(
+                f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
+            )
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {device!r}: Apple's Metal (MPS) is not available here")
+    elif resolved.type not in DEVICE_TYPES:
+        raise DeviceError(f"device {device!r}: models run on {', '.join(DEVICE_TYPES)}")
+    return resolved
 
 
 def load_transformers_model(

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from .base import Reranker, TokenIds
+from .base import PromptTooLongError, Reranker, TokenIds
 from .device import load_transformers_model, resolve_device
 from .fused_pointwise import fuse_in_background
 from .packed_qwen3 import packed_qwen3_pooled, supports_packing
@@ -60,9 +60,23 @@ DEFAULT_MAX_TOKENS = 8192
 
 
 def format_body(query: str, document: str, instruction: str | None = None) -> str:
-    """The user turn between prefix and suffix; the document comes last so cutting the tail
-    of the body shortens the document first."""
+    """The user turn between prefix and suffix; the document comes last, so cutting the tail of
+    the body shortens the document."""
     return f"<Instruct>: {instruction or DEFAULT_INSTRUCTION}\n<Query>: {query}\n<Document>: {document}"
+
+
+def longest_first(first: int, second: int, budget: int) -> tuple[int, int]:
+    """How many tokens of two texts to keep within ``budget``: tokens come off the longer one, one
+    at a time, the second on ties, until both fit (the tokenizers' ``longest_first``, which
+    sentence-transformers' cross-encoders and TEI use). A text no longer than half the budget is
+    kept whole."""
+    if first + second <= budget:
+        return first, second
+    if 2 * first <= budget:
+        return first, budget - first
+    if 2 * second <= budget:
+        return budget - second, second
+    return budget - budget // 2, budget // 2
 
 
 class Qwen3Reranker(Reranker):
@@ -167,10 +181,62 @@ class Qwen3Reranker(Reranker):
         if self.prefix_cache is not None:
             self.prefix_cache.remember(self.instruction_prefix(instruction or DEFAULT_INSTRUCTION))
         bodies = [format_body(query, document, instruction) for document in documents]
-        encoded = self.tokenizer(bodies, add_special_tokens=False, verbose=False)["input_ids"]
-        # Cutting the body's tail is what the reference's ``truncation=True`` does; the prefix and
-        # suffix are added after, so the question the model answers always survives.
-        return [[*self.prefix_ids, *ids[: self.body_budget], *self.suffix_ids] for ids in encoded]
+        encoded = self._encode(bodies)
+        query_offsets: list[tuple[int, int]] | None = None  # the query's tokens, once one is needed
+        for index, ids in enumerate(encoded):
+            if len(ids) > self.body_budget:
+                if query_offsets is None:
+                    query_offsets = self._offsets(query)
+                encoded[index] = self._fit(ids, query, query_offsets, documents[index], instruction)
+        # the prefix and suffix are added after, so the question the model answers always survives
+        return [[*self.prefix_ids, *ids, *self.suffix_ids] for ids in encoded]
+
+    def _encode(self, bodies: list[str]) -> list[TokenIds]:
+        return self.tokenizer(bodies, add_special_tokens=False, verbose=False)["input_ids"]
+
+    def _offsets(self, text: str) -> list[tuple[int, int]]:
+        """Where each of ``text``'s tokens begins and ends, in characters, tokenised alone."""
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        return encoded["offset_mapping"]
+
+    def _fit(
+        self,
+        body: TokenIds,
+        query: str,
+        query_offsets: list[tuple[int, int]],
+        document: str,
+        instruction: str | None,
+    ) -> TokenIds:
+        """An over-long pair's body cut to ``body_budget``, longest first: the longer of query and
+        document loses tokens until both fit, so a long query never pushes the document out (nor a
+        long document the query), and the template — instruction included — is never cut.
+
+        Where the query is kept whole this is the reference's cut (``truncation=True`` on the
+        body: the document's tail). Where the query is cut too, it is cut as text, after the last
+        token it keeps, and the body tokenised again and cut as the reference cuts: the pair is
+        then exactly the official recipe's tokens for the shortened query, not ids spliced across
+        the template's boundaries (BPE merges a query's last characters with the newline after
+        it). A whole document that the new body no longer fits gives the query another token or
+        two instead."""
+        n_query, n_document = len(query_offsets), len(self._offsets(document))
+        template = len(body) - n_query - n_document  # (± a token where the parts merge)
+        room = self.body_budget - template
+        if room < 2:  # not one token each of query and document
+            total = len(self.prefix_ids) + template + len(self.suffix_ids)
+            raise PromptTooLongError(
+                total, self.max_tokens, instruction=instruction is not None, room_for="the query and document"
+            )
+        keep_query, keep_document = longest_first(n_query, n_document, room)
+        if keep_query >= n_query:
+            return body[: self.body_budget]
+        while True:
+            cut = query[: query_offsets[keep_query - 1][1]] if keep_query > 0 else ""
+            (ids,) = self._encode([format_body(cut, document, instruction)])
+            over = len(ids) - self.body_budget
+            # the document's tail goes where it was to be cut anyway; a whole document stays whole
+            if over <= 0 or keep_document < n_document or keep_query == 0:
+                return ids[: self.body_budget]
+            keep_query = max(0, keep_query - over)
 
     @torch.inference_mode()
     def score_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:

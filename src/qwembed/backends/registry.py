@@ -115,12 +115,24 @@ def check_model_name(name_or_path: str) -> None:
     """Raise ModelNotFoundError, without loading anything, for a name that can name no model: not
     bundled, no folder, and no ``owner/name`` hub id. Commands that load several models check every
     name first, so a typo in the last one does not fail after the first has run for an hour."""
-    if name_or_path in BUNDLED or _check_folder(name_or_path) is not None or "/" in name_or_path:
+    if name_or_path in BUNDLED or _check_folder(name_or_path) is not None or _is_hub_id(name_or_path):
         return
     raise ModelNotFoundError(
         f"unknown model {name_or_path!r}: give a bundled name ({', '.join(BUNDLED)}), "
         "a local folder or a Hugging Face id such as Qwen/Qwen3-Embedding-0.6B"
     )
+
+
+def _is_hub_id(name: str) -> bool:
+    """``owner/name`` as the hub spells repositories (not ``a/b/c``, not a URL)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return name.count("/") == 1
 
 
 def load_encoder(

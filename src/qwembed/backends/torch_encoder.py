@@ -24,6 +24,10 @@ class TorchEncoder(Encoder):
     calibration: CalibrationResult | None = None
     compiled: bool = False
 
+    @property
+    def compute(self) -> str:
+        return f"{self.precision.describe()} on {self.precision.device_type}"
+
     def prepare(
         self, model: torch.nn.Module, precision: Precision, *, compile: bool, min_bf16_cosine: float
     ) -> None:

@@ -74,6 +74,11 @@ class Embedder:
     def max_tokens(self) -> int:
         return self.encoder.max_tokens
 
+    @property
+    def compute(self) -> str:
+        """What the model computes in, and where: ``"bfloat16 matmuls, float32 elsewhere on cpu"``."""
+        return self.encoder.compute
+
     def tokenize(
         self,
         texts: Sequence[str],

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..backends import Encoder, InputTooLongError, InputType, TokenIds
+from ..backends.base import PromptTooLongError
 
 # What the OpenAI API accepts as ``input``: a text, texts, token ids, or lists of token ids.
 RawInput = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
@@ -30,35 +31,52 @@ class InvalidTextError(ValueError):
     """Text that is not valid Unicode (JSON allows lone surrogate escapes such as ``\\ud800``)."""
 
 
-def check_texts(texts: Sequence[str]) -> None:
-    for index, text in enumerate(texts):
+def check_texts(texts: Sequence[str], start: int = 0, name: str = "input") -> None:
+    """``start``: the first text's index in its request, ``name`` the request's field (for the
+    error message; a field of one text, such as a query, is named without an index)."""
+    for index, text in enumerate(texts, start):
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
+            where = name if name == "query" else f"{name}[{index}]"
             raise InvalidTextError(
-                f"input[{index}] contains a lone UTF-16 surrogate and is not valid Unicode text"
+                f"{where} contains a lone UTF-16 surrogate and is not valid Unicode text"
             ) from None
 
 
-def tokenize_texts(encoder: Encoder, texts: Sequence[str], options: EmbedOptions) -> list[TokenIds]:
-    check_texts(texts)
+def tokenize_texts(
+    encoder: Encoder, texts: Sequence[str], options: EmbedOptions, start: int = 0
+) -> list[TokenIds]:
+    """``start``: the first text's index in its request, when a request is tokenised in parts."""
+    check_texts(texts, start)
     formatted = [encoder.format(text, options.input_type, options.instruction) for text in texts]
-    return fit_to_limit(encoder, encoder.tokenize(formatted), options.truncate)
+    batch = encoder.tokenize(formatted)
+    if any(len(ids) > encoder.max_tokens for ids in batch):
+        # Truncation cuts the tail, which is the text (prompts come first): it keeps the prompt
+        # whole as long as the prompt leaves room for some text. A prompt that leaves none is an
+        # error even with truncation, which would otherwise embed the prompt alone, the same
+        # vector whatever the text.
+        prompt = encoder.prompt_tokens(options.input_type, options.instruction)
+        if prompt >= encoder.max_tokens:
+            raise PromptTooLongError(prompt, encoder.max_tokens, instruction=options.instruction is not None)
+    return fit_to_limit(encoder, batch, options.truncate, start)
 
 
-def tokenize_ids(encoder: Encoder, inputs: Sequence[Sequence[int]], options: EmbedOptions) -> list[TokenIds]:
+def tokenize_ids(
+    encoder: Encoder, inputs: Sequence[Sequence[int]], options: EmbedOptions, start: int = 0
+) -> list[TokenIds]:
     if options.instruction is not None or options.input_type is not None:
         raise InstructionWithTokenIdsError()
     for ids in inputs:
         encoder.check_token_ids(ids)
-    return fit_to_limit(encoder, [encoder.fit_token_ids(ids) for ids in inputs], options.truncate)
+    return fit_to_limit(encoder, [encoder.fit_token_ids(ids) for ids in inputs], options.truncate, start)
 
 
-def fit_to_limit(encoder: Encoder, batch: list[TokenIds], truncate: bool) -> list[TokenIds]:
+def fit_to_limit(encoder: Encoder, batch: list[TokenIds], truncate: bool, start: int = 0) -> list[TokenIds]:
     """Never cut silently: too long is an error unless the caller allowed truncation."""
     for index, ids in enumerate(batch):
         if len(ids) > encoder.max_tokens:
             if not truncate:
-                raise InputTooLongError(len(ids), encoder.max_tokens, index)
+                raise InputTooLongError(len(ids), encoder.max_tokens, start + index)
             batch[index] = encoder.truncate(ids)
     return batch

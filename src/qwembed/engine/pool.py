@@ -1,8 +1,10 @@
 """The models a server runs, each behind its own batching worker, and the pipelines they share.
 
-A route hands the pool a parsed request; the pool turns texts into token ids (off the event loop),
-queues them on the model's worker, waits, and post-processes (``dimensions`` for embeddings,
-ordering for reranking). That is the whole path from request to answer.
+A route hands the pool a parsed request; the pool has the model's worker admit it (or refuse it at
+once when its queue is full), turns texts into token ids (off the event loop) part by part, the
+worker counting each part's tokens against its queue, queues them, waits, and post-processes
+(``dimensions`` for embeddings, ordering for reranking). That is the whole path from request to
+answer.
 """
 
 from __future__ import annotations
@@ -22,9 +24,16 @@ from .openmp import release_thread_pool
 from .postprocess import check_dimensions, truncate_dimensions
 from .rerank import RerankResult, rank
 from .streams import Streams
-from .worker import BatchObserver, BatchWorker
+from .worker import Admission, BatchObserver, BatchWorker
 
 Kind = Literal["embedding", "reranker"]
+
+#: a request is tokenised in parts of at most this many inputs and characters, the worker checking
+#: its admission after each (``BatchWorker.hold``): one that would wait too long stops there rather
+#: than after all its inputs (2,048 texts of ~360 tokens took seconds). Parts this size cost the
+#: tokenizer little more than one call for all.
+TOKENIZE_PART_ITEMS = 256
+TOKENIZE_PART_CHARS = 65536
 
 
 class UnknownModelError(LookupError):
@@ -32,6 +41,16 @@ class UnknownModelError(LookupError):
         what = f"{kind} models" if kind else "models"
         served_text = ", ".join(served) or "none"
         super().__init__(f"model {name!r} is not served here; served {what}: {served_text}")
+        self.served = list(served)
+
+
+class NoModelOfKindError(UnknownModelError):
+    """Nothing of the kind a request needs is served (a reranking request to an embedding server)."""
+
+    def __init__(self, kind: Kind, served: Sequence[str]):
+        LookupError.__init__(
+            self, f"no {kind} model is served here; served models: {', '.join(served) or 'none'}"
+        )
         self.served = list(served)
 
 
@@ -133,6 +152,8 @@ class ModelPool:
     def resolve(self, name: str | None, kind: Kind) -> str:
         """The served model a request means: the one named, or the only one of its kind."""
         candidates = self.names_of(kind)
+        if not candidates:
+            raise NoModelOfKindError(kind, [f"{card.name} ({card.kind})" for card in self.cards()])
         if not name:
             if len(candidates) == 1:
                 return candidates[0]
@@ -156,12 +177,27 @@ class ModelPool:
 
     # ---- embeddings ---------------------------------------------------------------------------
     def tokenize(
-        self, name: str, inputs: Sequence[str] | Sequence[Sequence[int]], options: EmbedOptions
+        self,
+        name: str,
+        inputs: Sequence[str] | Sequence[Sequence[int]],
+        options: EmbedOptions,
+        admission: Admission | None = None,
     ) -> list[list[int]]:
+        """Token ids for a request's inputs; with an ``admission``, part by part, each part's tokens
+        held on the model's worker (which may refuse the request there: ``OverloadedError``)."""
         encoder = self.encoder(name)
-        if inputs and isinstance(inputs[0], str):
-            return tokenize_texts(encoder, inputs, options)  # type: ignore[arg-type]
-        return tokenize_ids(encoder, inputs, options)  # type: ignore[arg-type]
+        worker = self._models[name].worker
+        texts = bool(inputs) and isinstance(inputs[0], str)
+        ids: list[list[int]] = []
+        for start, end in _parts(inputs) if admission is not None else [(0, len(inputs))]:
+            if texts:
+                part = tokenize_texts(encoder, inputs[start:end], options, start)  # type: ignore[arg-type]
+            else:
+                part = tokenize_ids(encoder, inputs[start:end], options, start)  # type: ignore[arg-type]
+            if admission is not None:
+                worker.hold(admission, sum(map(len, part)))
+            ids.extend(part)
+        return ids
 
     async def embed(
         self,
@@ -172,9 +208,12 @@ class ModelPool:
     ) -> Embeddings:
         encoder = self.encoder(name)
         check_dimensions(dimensions, encoder.dimension)
-        # Tokenising a large request takes milliseconds: keep it off the event loop.
-        ids = await asyncio.to_thread(self.tokenize, name, inputs, options)
-        vectors = await self._models[name].worker.run(ids)
+        worker = self._models[name].worker
+        # Admitted (or refused) before tokenising, which for a large request takes seconds.
+        with worker.admitted(len(inputs)) as admission:
+            # Tokenising a large request takes milliseconds to seconds: keep it off the event loop.
+            ids = await asyncio.to_thread(self.tokenize, name, inputs, options, admission)
+            vectors = await worker.run(ids, admission)
         return Embeddings(truncate_dimensions(vectors, dimensions), [len(x) for x in ids])
 
     # ---- reranking ----------------------------------------------------------------------------
@@ -188,13 +227,21 @@ class ModelPool:
         top_n: int | None = None,
     ) -> Ranking:
         reranker = self.reranker(name)
+        worker = self._models[name].worker
 
-        def tokenize() -> list[list[int]]:
-            check_texts([query, *documents])
-            return reranker.tokenize_pairs(query, documents, instruction)
+        def tokenize(admission: Admission) -> list[list[int]]:
+            check_texts([query], name="query")
+            check_texts(documents, name="documents")
+            sequences: list[list[int]] = []
+            for start, end in _parts(documents, len(query)):
+                part = reranker.tokenize_pairs(query, documents[start:end], instruction)
+                worker.hold(admission, sum(map(len, part)))
+                sequences.extend(part)
+            return sequences
 
-        sequences = await asyncio.to_thread(tokenize)
-        scores = await self._models[name].worker.run(sequences)
+        with worker.admitted(len(documents)) as admission:  # as for embeddings
+            sequences = await asyncio.to_thread(tokenize, admission)
+            scores = await worker.run(sequences, admission)
         return Ranking(rank(scores, top_n), sum(len(ids) for ids in sequences))
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -226,3 +273,20 @@ class _WorkerEmbedder(Embedder):
 
     def _run(self, ids: list[list[int]]) -> np.ndarray:
         return self._worker.run_sync(ids)
+
+
+def _parts(inputs: Sequence[str] | Sequence[Sequence[int]], extra: int = 0) -> list[tuple[int, int]]:
+    """``inputs`` cut into ``(start, end)`` parts of at most ``TOKENIZE_PART_ITEMS`` inputs and,
+    but for a single long one, ``TOKENIZE_PART_CHARS`` characters (token ids count as characters);
+    ``extra``: characters every input brings besides its own (a reranker's query)."""
+    parts: list[tuple[int, int]] = []
+    start, chars = 0, 0
+    for index, item in enumerate(inputs):
+        size = len(item) + extra
+        if index > start and (index - start >= TOKENIZE_PART_ITEMS or chars + size > TOKENIZE_PART_CHARS):
+            parts.append((start, index))
+            start, chars = index, 0
+        chars += size
+    if start < len(inputs):
+        parts.append((start, len(inputs)))
+    return parts

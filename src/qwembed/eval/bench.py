@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from queue import Empty
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,8 @@ from .results import EvalRecord
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 DEFAULT_REPEATS = 10
+#: how often the parent looks whether a benchmarking child still lives while it waits for it
+CHILD_POLL_S = 1.0
 
 
 def parse_batch_sizes(text: str) -> list[int]:
@@ -139,6 +142,7 @@ def bench_model(
     return {
         "name": model.name,
         "dimension": int(model.dimension),
+        "compute": getattr(model, "compute", None),
         "load_s": load_s,
         "peak_rss_mib": None if remote else _peak_rss_mib(),
         "cuda_peak_mib": None if remote else _cuda_peak_mib(),
@@ -165,13 +169,30 @@ def bench_isolated(
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(queue, (spec, list(texts), list(batch_sizes)), kwargs))
     proc.start()
-    status, payload = queue.get()
+    status, payload = _answer(queue, proc, spec)
     proc.join()
     if status == "error":
         raise EvalError(payload)
     if status == "crash":
-        raise RuntimeError(f"benchmarking {spec!r} failed: {payload}")
+        raise EvalError(f"benchmarking {spec!r} failed: {payload}")
     return payload
+
+
+def _answer(queue: Any, proc: Any, spec: str) -> tuple[str, Any]:
+    """The child's answer; EvalError if it died without one (killed for memory, a crash in native
+    code), instead of waiting for it for ever."""
+    while True:
+        try:
+            return queue.get(timeout=CHILD_POLL_S)
+        except Empty:
+            if proc.is_alive():
+                continue
+        try:  # (an answer put just before the child exited may still be on its way)
+            return queue.get(timeout=CHILD_POLL_S)
+        except Empty:
+            code = proc.exitcode
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            raise EvalError(f"benchmarking {spec!r}: its process ended without a result ({how})") from None
 
 
 def run_bench(
@@ -195,6 +216,7 @@ def run_bench(
             "batch_sizes": list(batch_sizes),
             "repeats": kwargs.get("repeats", DEFAULT_REPEATS),
             "concurrency": kwargs.get("concurrency", 1),
+            **({"compute": result["compute"]} if result["compute"] else {}),
         },
         timing={
             "load_s": round(result["load_s"], 3),

@@ -75,7 +75,12 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         help="re-order the embedder's top documents with a reranker (Qwen3-Reranker or cross-encoder "
         "folder / hub id); the report shows metrics before and after",
     )
-    ret.add_argument("--rerank-top-k", type=_positive_int, default=100, help="documents reranked per query")
+    ret.add_argument(
+        "--rerank-top-k",
+        type=_positive_int,
+        default=100,
+        help="documents reranked per query (default: %(default)s)",
+    )
     ret.add_argument("--rerank-instruction", help="Qwen3-Reranker task (default: web search)")
     ret.set_defaults(func=cmd_retrieval)
 
@@ -116,7 +121,9 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
         "(default: %(default)s, its queries and documents)",
     )
     bench.add_argument("--batch-sizes", default="1,8,32", help="(default: %(default)s)")
-    bench.add_argument("--repeats", type=_positive_int, default=10, help="timed calls per batch size")
+    bench.add_argument(
+        "--repeats", type=_positive_int, default=10, help="timed calls per batch size (default: %(default)s)"
+    )
     bench.add_argument(
         "--concurrency",
         type=_positive_int,
@@ -143,11 +150,15 @@ def _common(batch_size: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, metavar="R.json", help="results JSON")
     p.add_argument("--report", type=Path, metavar="R.md", help="Markdown report; PNG plots go beside it")
     p.add_argument(
-        "--limit", type=_positive_int, metavar="N", help="only the first N pairs / queries (quick runs)"
+        "--limit",
+        type=_positive_int,
+        metavar="N",
+        help="quick runs: only the first N pairs / queries (pairs: of the training pairs too; bench: texts)",
     )
-    p.add_argument(
-        "--batch-size", type=_positive_int, default=64, help="texts per embed call (default: %(default)s)"
-    )
+    if batch_size:  # (bench sets its own sizes: --batch-sizes)
+        p.add_argument(
+            "--batch-size", type=_positive_int, default=64, help="texts per embed call (default: %(default)s)"
+        )
     p.add_argument(
         "--device", default="auto", help="local models: auto, cpu, cuda, mps (default: %(default)s)"
     )
@@ -183,7 +194,7 @@ def cmd_pairs(args: argparse.Namespace) -> int:
         from .pairs_data import load_pairs
 
         shots = parse_shots(args.shots)
-        train, test = load_pairs(args.train), load_pairs(args.data).head(args.limit)
+        train, test = load_pairs(args.train).head(args.limit), load_pairs(args.data).head(args.limit)
         train.binary_labels(), test.binary_labels()  # fail on a bad label before loading any model
         return lambda m: [
             run_pairs(
@@ -203,15 +214,12 @@ def cmd_pairs(args: argparse.Namespace) -> int:
 
 def cmd_retrieval(args: argparse.Namespace) -> int:
     def prepare() -> Task:
+        from .models import open_reranker
         from .retrieval import run_retrieval_stages
         from .retrieval_data import load_retrieval
 
         sets = [load_retrieval(spec, split=args.split).head(args.limit) for spec in args.data]
-        reranker = None
-        if args.rerank:
-            from ..backends import LoadOptions, load_reranker
-
-            reranker = load_reranker(args.rerank, options=LoadOptions(device=args.device, dtype=args.dtype))
+        reranker = open_reranker(args.rerank, device=args.device, dtype=args.dtype) if args.rerank else None
         return lambda m: [
             record
             for s in sets
@@ -258,36 +266,30 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import parse_batch_sizes, run_bench
-    from .models import check_spec
+    def prepare() -> ModelRun:
+        from .bench import parse_batch_sizes, run_bench
 
-    try:
-        for spec in args.model:
-            check_spec(spec)
         sizes = parse_batch_sizes(args.batch_sizes)
         texts, dataset, meta = _bench_texts(args.data, args.limit)
-        records = []
-        for i, spec in enumerate(args.model, start=1):
-            _say(args, f"[{i}/{len(args.model)}] benchmarking {spec}")
-            records.append(
-                run_bench(
-                    spec,
-                    texts,
-                    dataset,
-                    meta,
-                    sizes,
-                    repeats=args.repeats,
-                    concurrency=args.concurrency,
-                    device=args.device,
-                    dtype=args.dtype,
-                    compile=args.compile,
-                )
+
+        def bench(spec: str) -> list[EvalRecord]:
+            record = run_bench(
+                spec,
+                texts,
+                dataset,
+                meta,
+                sizes,
+                repeats=args.repeats,
+                concurrency=args.concurrency,
+                device=args.device,
+                dtype=args.dtype,
+                compile=args.compile,
             )
-        _write(args, records)
-    except EvalError as exc:
-        print(f"qwembed bench: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    return 0
+            return [record]
+
+        return bench
+
+    return _drive(args, "bench", "benchmarking", prepare)
 
 
 def _bench_texts(spec: str, limit: int | None) -> tuple[list[str], str, dict[str, object]]:
@@ -318,59 +320,136 @@ def _bench_texts(spec: str, limit: int | None) -> tuple[list[str], str, dict[str
 
 
 # ---- the shared driver -----------------------------------------------------------------------
+#: one ``--model`` value → its records
+ModelRun = Callable[[str], list[EvalRecord]]
+
+
 def _run(args: argparse.Namespace, prepare: Callable[[], Task]) -> int:
-    from .models import check_spec, open_embedder
+    """``eval``: each ``--model`` loaded in this process in turn, ``prepare``'s task run on it."""
+
+    def evaluate_each() -> ModelRun:
+        task = prepare()
+        labels: dict[str, str] = {}
+        return lambda spec: _evaluate(args, spec, task, labels)
+
+    return _drive(args, "eval", "loading", evaluate_each)
+
+
+def _drive(args: argparse.Namespace, command: str, doing: str, prepare: Callable[[], ModelRun]) -> int:
+    """Check every option, model name and output path, prepare the data, then run each ``--model``
+    in turn and write ``--out`` (and ``--report``). Whatever stops a run part-way, the records of
+    the models before it are written: an evaluation can take hours."""
+    from .models import check_device, check_spec
 
     records: list[EvalRecord] = []
     try:
+        _check_outputs(args)
         for spec in args.model:
             check_spec(spec)
+        if len(set(args.model)) < len(args.model):
+            raise EvalError(f"--model: a model is given twice: {', '.join(args.model)}")
+        check_device(args.device, args.model)
         _quiet_libraries(args)  # (before prepare, which may load a reranker)
-        task = prepare()
+        run_model = prepare()
+        labels: dict[str, str] = {}  # model name → the --model value that used it first
         for i, spec in enumerate(args.model, start=1):
-            _say(args, f"[{i}/{len(args.model)}] loading {spec}")
-            start = time.perf_counter()
-            model = open_embedder(spec, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
-            load_s = time.perf_counter() - start
-            try:
-                for record in task(model):
-                    record.model_spec = spec
-                    record.timing = {
-                        "load_s": round(load_s, 3),
-                        **record.timing,
-                        "peak_rss_mib": _peak_rss_mib(),
-                    }
-                    records.append(record)
-            finally:
-                close = getattr(model, "close", None)
-                if callable(close):
-                    close()
-                del model
-                gc.collect()  # free one model before loading the next
+            _say(args, f"[{i}/{len(args.model)}] {doing} {spec}")
+            for record in run_model(spec):
+                record.model_spec = spec
+                record.model = _distinct_label(record.model, spec, args.model, labels)
+                records.append(record)
         _write(args, records)
     except EvalError as exc:
-        _write_partial(args, records)
-        print(f"qwembed eval: error: {exc}", file=sys.stderr)
+        _write_partial(args, command, records)
+        print(f"qwembed {command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:
-        # the remote client's failures are the user's endpoint, not a bug: one line, exit 1
+        _write_partial(args, command, records)
         from ..engine.remote import RemoteError
 
-        if isinstance(exc, RemoteError):
-            _write_partial(args, records)
-            print(f"qwembed eval: endpoint error: {exc}", file=sys.stderr)
+        if isinstance(exc, RemoteError):  # the user's endpoint failed, not qwembed: one line
+            print(f"qwembed {command}: endpoint error: {exc}", file=sys.stderr)
             return EXIT_FAILED
         raise
     return 0
 
 
-def _write_partial(args: argparse.Namespace, records: list[EvalRecord]) -> None:
-    """Keep what the models before a failing one measured: an evaluation can run for hours."""
+def _evaluate(args: argparse.Namespace, spec: str, task: Task, labels: dict[str, str]) -> list[EvalRecord]:
+    """Load ``spec``, run ``task`` on it (under a label of its own where an earlier model had its
+    name: the files the task writes are named after it), free it before the next model loads."""
+    from .models import open_embedder
+
+    start = time.perf_counter()
+    model: TextEmbedder = open_embedder(
+        spec, device=args.device, dtype=args.dtype, batch_size=args.batch_size
+    )
+    load_s = time.perf_counter() - start
+    compute = getattr(model, "compute", None)
+    label = _distinct_label(model.name, spec, args.model, labels)
+    if label != model.name:
+        model = _Labelled(model, label)
+    try:
+        records = task(model)
+    finally:
+        close = getattr(model, "close", None)
+        if callable(close):
+            close()
+        del model
+        gc.collect()
+    for record in records:
+        record.timing = {"load_s": round(load_s, 3), **record.timing, "peak_rss_mib": _peak_rss_mib()}
+        if compute is not None:  # (an endpoint's is its server's business)
+            record.config["compute"] = compute
+    return records
+
+
+def _distinct_label(name: str, spec: str, specs: list[str], labels: dict[str, str]) -> str:
+    """``name``, or where an earlier ``--model`` value's model had that name (two folders both
+    called ``model``, a model and its server) ``name (spec)`` (``name (--model N)`` where ``spec`` is
+    the name): their rows, report sections, plots and saved transforms must not merge."""
+    first = labels.setdefault(name, spec)
+    if first == spec:
+        return name
+    return f"{name} ({spec})" if spec != name else f"{name} (--model {specs.index(spec) + 1})"
+
+
+class _Labelled:
+    """A model under another name; everything else is the model's own."""
+
+    def __init__(self, model: TextEmbedder, name: str):
+        self._model = model
+        self.name = name
+
+    def __getattr__(self, attribute: str) -> object:
+        return getattr(self._model, attribute)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Fail before any model runs where the results could not be written afterwards."""
+    outputs = [("--out", args.out), *([("--report", args.report)] if args.report else [])]
+    if args.report and args.report.resolve() == args.out.resolve():
+        raise EvalError(f"--out and --report are the same file ({args.out}): give the report its own")
+    for option, path in outputs:
+        if path.is_dir():
+            raise EvalError(f"{option} {path}: is a folder; give a file name")
+        existed = path.exists()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a"):  # (appends nothing: the file is written whole at the end)
+                pass
+        except OSError as exc:
+            raise EvalError(f"{option} {path}: cannot be written ({exc.strerror or exc})") from None
+        if not existed:
+            path.unlink()
+
+
+def _write_partial(args: argparse.Namespace, command: str, records: list[EvalRecord]) -> None:
+    """Keep what the models before a failing one measured."""
     if records:
         _write(args, records)
         models = len({record.model_spec for record in records})
         print(
-            f"qwembed eval: the results of the {models} model(s) before the error were written",
+            f"qwembed {command}: the results of the {models} model(s) before the error were written",
             file=sys.stderr,
         )
 

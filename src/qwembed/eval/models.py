@@ -12,10 +12,16 @@ Specs:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from . import st_peer
 from .errors import EvalError
 from .hashing_embedder import HashingEmbedder
 from .protocol import TextEmbedder
+
+if TYPE_CHECKING:
+    from ..backends import Reranker
 
 HASHING = "hashing"
 
@@ -79,5 +85,45 @@ def open_embedder(
         from ..engine.embedder import Embedder
 
         return Embedder.load(spec, device=device, dtype=dtype, compile=compile)
-    except (OSError, ValueError) as exc:  # ModelNotFoundError is a ValueError
-        raise EvalError(f"--model {spec!r}: cannot load: {exc}") from None
+    except Exception as exc:  # bad files, no safetensors, out of memory …: the earlier models' results stay
+        raise EvalError(f"--model {spec!r}: cannot load: {_reason(exc)}") from None
+
+
+def open_reranker(spec: str, *, device: str = "auto", dtype: str = "auto") -> Reranker:
+    """The reranker ``--rerank`` names; EvalError where it names none or fails to load."""
+    from ..backends import LoadOptions, ModelNotFoundError, check_model_name, load_reranker
+
+    try:
+        check_model_name(spec)
+        return load_reranker(spec, options=LoadOptions(device=device, dtype=dtype))
+    except ModelNotFoundError as exc:
+        raise EvalError(f"--rerank {spec!r}: {exc}") from None
+    except Exception as exc:
+        raise EvalError(f"--rerank {spec!r}: cannot load: {_reason(exc)}") from None
+
+
+def check_device(device: str, specs: Sequence[str]) -> None:
+    """Raise EvalError for a ``--device`` this machine lacks, where a local model would use it."""
+    if device == "auto" or all(_runs_elsewhere(spec) for spec in specs):
+        return
+    from ..backends import DeviceError, resolve_device
+
+    try:
+        resolve_device(device)
+    except DeviceError as exc:
+        raise EvalError(f"--device: {exc}") from None
+
+
+def _runs_elsewhere(spec: str) -> bool:
+    """An endpoint (computed by its server) or the hashing baseline (no model): ``--device`` is moot."""
+    return spec.startswith(("http://", "https://")) or spec == HASHING or spec.startswith(HASHING + ":")
+
+
+def _reason(error: Exception) -> str:
+    """A load failure's message, with its kind where the message alone would not say (a KeyError's
+    is only the key); a missing model's is already a sentence."""
+    from ..backends import ModelNotFoundError
+
+    if isinstance(error, ModelNotFoundError | OSError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"

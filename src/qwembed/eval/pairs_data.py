@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import DataError
 from .hashing import sha256_path
+from .retrieval_data import BUILTIN_PREFIX
 from .textfile import iter_jsonl, iter_lines, require_str
 
 _JSON_SUFFIXES = {".jsonl", ".json", ".ndjson"}
@@ -85,6 +86,8 @@ def load_pairs(path: str | Path) -> PairSet:
     if it literally names the columns (``sentence1 sentence2 label``), so that a typo in the
     first data line is still reported instead of silently skipped.
     """
+    if str(path).startswith(BUILTIN_PREFIX):
+        raise DataError(path, "is a retrieval set; this task takes a pair file (TSV or JSONL)")
     path = Path(path)
     if not path.exists():
         raise DataError(path, "no such file")

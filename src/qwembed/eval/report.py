@@ -280,4 +280,6 @@ def _provenance(records: Sequence[Record]) -> str:
     versions = sorted({r["qwembed_version"] for r in records})
     hashes = sorted({(r["dataset"], r["data"]["sha256"][:12]) for r in records})
     data = ", ".join(f"{d} (sha256 {h}…)" for d, h in hashes)
-    return f"_qwembed {', '.join(versions)}; data: {data}._"
+    computes = {r["model"]: r["config"]["compute"] for r in records if r["config"].get("compute")}
+    computed = "; computed in: " + ", ".join(f"{m}: {c}" for m, c in computes.items()) if computes else ""
+    return f"_qwembed {', '.join(versions)}; data: {data}{computed}._"

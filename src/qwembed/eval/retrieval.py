@@ -87,12 +87,16 @@ def rerank_top(
     return reordered
 
 
+#: the category row of queries that have none
+UNCATEGORISED = "(no category)"
+
+
 def by_category(data: RetrievalSet, per_query: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
-    """Mean metrics per query category, categories in order of first appearance."""
+    """Mean metrics per query category, categories in order of first appearance; queries without
+    one (in a set where others have one) under ``UNCATEGORISED``, so that the rows add up."""
     groups: dict[str, list[str]] = {}
     for qid in data.queries:
-        if qid in data.categories:
-            groups.setdefault(data.categories[qid], []).append(qid)
+        groups.setdefault(data.categories.get(qid, UNCATEGORISED), []).append(qid)
     return {cat: {**mean_scores(per_query, qids), "queries": len(qids)} for cat, qids in groups.items()}
 
 

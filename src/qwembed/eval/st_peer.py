@@ -30,6 +30,10 @@ class SentenceTransformersPeer:
     def dimension(self) -> int:
         return int(self.model.get_embedding_dimension())
 
+    @property
+    def compute(self) -> str:
+        return f"{str(self.model.dtype).removeprefix('torch.')} on {self.model.device.type}"
+
     def embed(
         self,
         texts: Sequence[str],
