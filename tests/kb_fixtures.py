@@ -42,6 +42,8 @@ class StubEmbedder:
         single = isinstance(texts, str)
         rows = []
         for text in [texts] if single else texts:
+            if not truncate and len(self._words(text)) + 2 > self.max_tokens:
+                raise ValueError("too long")  # (as the real embedder's InputTooLongError)
             vector = np.full(self.dimension, 1e-3, dtype=np.float32)
             for word in self._words(text):
                 vector[zlib.crc32(word.encode()) % self.dimension] += 1.0

@@ -84,6 +84,28 @@ def test_server_side_files_are_confined(client):
     client.put("/v1/kb/faq", json={"model": "stub"})
     files = client.files
     ok = client.post("/v1/kb/faq/documents", json={"paths": [str(files / "files" / "faq.md")]})
-    assert ok.status_code == 200 and ok.json()["added"] == ["faq.md"]
+    # a file's document id is its absolute path
+    assert ok.status_code == 200 and ok.json()["added"] == [(files / "files" / "faq.md").resolve().as_posix()]
     for path in [files / "outside.txt", files / "files" / ".." / "outside.txt"]:
         _error(client.post("/v1/kb/faq/documents", json={"paths": [str(path)]}), 403, "path_not_allowed")
+
+
+def test_search_options_warnings_and_dropping_a_collection(client):
+    client.put("/v1/kb/faq", json={"model": "stub", "chunking": {"chunk_tokens": 16, "overlap_tokens": 0}})
+    long_text = " ".join(f"password reset step {i} of the account page." for i in range(12))
+    client.post("/v1/kb/faq/documents", json={"documents": [{"id": "long", "text": long_text}]})
+    client.post("/v1/kb/faq/documents", json={"documents": [{"id": "other", "text": "gravity and apples"}]})
+
+    def search(**options):
+        return client.post("/v1/kb/faq/search", json={"query": "password reset", "k": 3, **options}).json()
+
+    assert [hit["document_id"] for hit in search()["results"]] == ["long", "other"]  # a document once
+    chunks = search(per_document=False, fusion="rrf")["results"]
+    assert [hit["document_id"] for hit in chunks] == ["long"] * 3  # one document's chunks
+    _error(client.post("/v1/kb/faq/search", json={"query": "x", "fusion": "max"}), 400, "invalid_request")
+    answer = search(query="password " * 400, mode="dense")  # over the stub's 128 tokens
+    assert answer["results"] and "longer than the model's 128 tokens" in answer["warnings"][0]
+    assert "warnings" not in search()
+    assert client.delete("/v1/kb/faq").json() == {"name": "faq", "dropped": True}
+    _error(client.get("/v1/kb/faq"), 404, "collection_not_found")
+    _error(client.delete("/v1/kb/faq"), 404, "collection_not_found")

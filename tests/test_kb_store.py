@@ -178,7 +178,9 @@ def test_files_good_and_bad_are_reported_per_file(manager, tmp_path):
     (folder / "records.jsonl").write_text('{"id": "r1", "text": "a record"}\nnot json\n')
 
     items = list(read_paths([folder]))
-    documents = {d.id: d for d in items if not isinstance(d, Failure)}
+    # a file's id is its absolute path (JSONL records keep their own)
+    root = folder.resolve().as_posix() + "/"
+    documents = {d.id.removeprefix(root): d for d in items if not isinstance(d, Failure)}
     failures = {Path(f.item).name.split(":")[0]: f.reason for f in items if isinstance(f, Failure)}
     assert set(documents) == {"a.txt", "sub/b.md", "c.html", "d.docx", "e.pdf", "r1"}
     assert documents["c.html"].text == "Hello bold world.\n\nNext."

@@ -67,6 +67,10 @@ class SearchBody(_Strict):
     mode: Literal["dense", "keyword", "hybrid"] = "hybrid"
     filter: dict[str, Any] | None = None
     rerank: str | None = None
+    #: only each document's best chunk (false: chunks, so one document can take several places)
+    per_document: bool = True
+    #: how hybrid mode merges the dense and keyword lists (kb/search.py)
+    fusion: Literal["dbsf", "relative_score", "rrf"] = "dbsf"
 
 
 def _api_error(error: Exception) -> APIError:
@@ -146,9 +150,25 @@ def build_kb_router(manager: KnowledgeBaseManager, key_dependency) -> APIRouter:
     @router.post("/{name}/search")
     async def search(name: str, body: SearchBody) -> dict[str, Any]:
         hits = await _call(
-            manager.search, name, body.query, k=body.k, mode=body.mode, filter=body.filter, rerank=body.rerank
+            manager.search,
+            name,
+            body.query,
+            k=body.k,
+            mode=body.mode,
+            filter=body.filter,
+            rerank=body.rerank,
+            per_document=body.per_document,
+            fusion=body.fusion,
         )
-        return {"results": [hit_json(hit) for hit in hits]}
+        answer: dict[str, Any] = {"results": [hit_json(hit) for hit in hits]}
+        if hits.warnings:  # (a query cut to the model's limit says so)
+            answer["warnings"] = hits.warnings
+        return answer
+
+    @router.delete("/{name}")
+    async def drop_collection(name: str) -> dict[str, Any]:
+        await _call(manager.drop, name)
+        return {"name": name, "dropped": True}
 
     @router.delete("/{name}/documents/{document_id:path}")
     async def delete_document(name: str, document_id: str) -> dict[str, Any]:

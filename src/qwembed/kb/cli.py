@@ -1,4 +1,4 @@
-"""``qwembed kb create|add|search|delete|list|stats``: the knowledge base from the command line.
+"""``qwembed kb create|add|search|delete|list|stats|drop``: the knowledge base from the command line.
 
 Registered by ``qwembed.cli`` through :func:`add_kb_parser`. ``add`` prints one ``added``/
 ``replaced`` line per document only after its batch is committed, so what is printed is durable.
@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
-from .errors import KBError
-from .manager import KnowledgeBaseManager, default_kb_dir
-from .search import MODES, hit_json
+from .errors import CollectionNotFoundError, KBError
+from .manager import KnowledgeBaseManager, UnavailableCollection, default_kb_dir
+from .search import FUSIONS, MODES, hit_json
+
+_ID_HELP = (
+    "document ids, as `kb list NAME` shows them: a JSONL record's own id, a file's absolute path "
+    "(a path to an existing file may be given as it is typed, e.g. docs/guide.md)"
+)
 
 
 def _manager(args: argparse.Namespace) -> KnowledgeBaseManager:
@@ -51,7 +57,7 @@ def _add(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .documents import Document
-    from .ingest import Failure, read_paths
+    from .ingest import Failure, Skipped, read_paths
 
     manager = _manager(args)
     manager.open(args.name)  # fail fast on a missing collection or a mismatched model
@@ -60,7 +66,7 @@ def _add(args: argparse.Namespace) -> int:
     for item in tqdm(read_paths(args.paths), desc="reading", unit="file", disable=args.quiet, leave=False):
         if isinstance(item, Failure):
             print(f"skipped {item.item}: {item.reason}", file=sys.stderr)
-            failures += 1
+            failures += not isinstance(item, Skipped)  # unsupported files in a folder: by design
         else:
             documents.append(item)
     progress = tqdm(total=len(documents), desc="adding", unit="doc", disable=args.quiet)
@@ -89,7 +95,11 @@ def _search(args: argparse.Namespace) -> int:
         mode=args.mode,
         filter=json.loads(args.filter) if args.filter else None,
         rerank=args.rerank,
+        per_document=not args.all_chunks,
+        fusion=args.fusion,
     )
+    for warning in hits.warnings:
+        print(f"qwembed kb search: {warning}", file=sys.stderr)
     for rank, hit in enumerate(hits, start=1):
         if args.json:
             row = {"rank": rank, "score": hit.score, **hit_json(hit)}
@@ -101,20 +111,51 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
+    from .ingest import file_document_id
+
     collection = _manager(args).get(args.name)
-    for doc_id in args.ids:
-        collection.delete(doc_id)
+    present = collection.existing(args.ids)
+    # an id the collection lacks that names an existing file is that file's id (its absolute path)
+    ids = [i if i in present or not Path(i).is_file() else file_document_id(i) for i in args.ids]
+    collection.delete_many(ids)  # all or none
+    for doc_id in dict.fromkeys(ids):
         print(f"deleted {doc_id}")
+    return 0
+
+
+def _drop(args: argparse.Namespace) -> int:
+    manager = _manager(args)
+    if not args.yes:
+        if args.name not in manager.names():
+            raise CollectionNotFoundError(f"no collection named {args.name!r}", "name")
+        try:
+            documents = f"{manager.get(args.name).stats().documents} documents"
+        except Exception:  # a broken collection can be dropped too
+            documents = "documents"
+        print(
+            f"qwembed kb drop: this deletes collection {args.name!r} and its {documents} for good; "
+            "run again with --yes",
+            file=sys.stderr,
+        )
+        return 2
+    manager.drop(args.name)
+    print(f"dropped {args.name}")
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
     manager = _manager(args)
     if args.name is None:
+        unavailable = 0
         for stats in manager.all_stats():
+            if isinstance(stats, UnavailableCollection):
+                model = stats.settings.model if stats.settings else "-"
+                print(f"{stats.name}\t{model}\tunavailable: {stats.message}")
+                unavailable += 1
+                continue
             s = stats.settings
             print(f"{s.name}\t{s.model}\t{stats.documents} documents\t{stats.chunks} chunks")
-        return 0
+        return 1 if unavailable else 0
     for info in manager.get(args.name).documents(limit=args.limit, offset=args.offset):
         print(f"{info.document_id}\t{info.chunks} chunks\t{info.source or '-'}")
     return 0
@@ -125,8 +166,18 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet() -> None:
+    """``--quiet``: warnings and errors only, no model-loading progress bars."""
+    from ..backends.registry import hide_loading_progress
+
+    logging.getLogger().setLevel(logging.WARNING)
+    hide_loading_progress()
+
+
 def _guarded(func):
     def run(args: argparse.Namespace) -> int:
+        if args.quiet:
+            _quiet()
         try:
             return func(args)
         except KBError as error:
@@ -149,6 +200,9 @@ def add_kb_parser(subparsers) -> None:
             "--kb-dir", type=Path, default=default_kb_dir(), help="collections folder (default: %(default)s)"
         )
         parser.add_argument("--device", default="auto", help="auto, cpu, cuda …")
+        parser.add_argument(
+            "--quiet", action="store_true", help="no progress bars, no INFO logs (warnings and errors only)"
+        )
         parser.set_defaults(func=_guarded(func))
         return parser
 
@@ -165,29 +219,51 @@ def add_kb_parser(subparsers) -> None:
     create.add_argument("--overlap-tokens", type=int, default=None, help="overlap (default chunk/8)")
     create.add_argument("--instruction", default=None, help="query instruction (default: the model's own)")
 
-    add = command("add", "add files, folders or JSONL records (re-adding replaces)", _add)
+    add = command(
+        "add",
+        "add files, folders or JSONL records (re-adding replaces); a file's document id is its "
+        "absolute path, a JSONL record's its own id",
+        _add,
+    )
     add.add_argument("name")
-    add.add_argument("paths", nargs="+", help=".txt .md .html .pdf .docx .jsonl files or folders")
+    add.add_argument(
+        "paths", nargs="+", help=".txt .md .html .pdf .docx .jsonl files, or folders (other types skipped)"
+    )
     add.add_argument("--batch-documents", type=int, default=64, help="documents per commit")
-    add.add_argument("--quiet", action="store_true", help="no progress bar")
 
     search = command("search", "search a collection", _search)
     search.add_argument("name")
     search.add_argument("query")
-    search.add_argument("-k", "--k", type=int, default=5)
-    search.add_argument("--mode", choices=MODES, default="hybrid")
+    search.add_argument("-k", "--k", type=int, default=5, help="results to show, 1-1000 (default 5)")
+    search.add_argument("--mode", choices=MODES, default="hybrid", help="default hybrid: dense + keyword")
+    search.add_argument(
+        "--all-chunks",
+        action="store_true",
+        help="rank chunks, so a document can appear more than once (default: its best chunk only)",
+    )
+    search.add_argument(
+        "--fusion",
+        choices=FUSIONS,
+        default="dbsf",
+        help="how hybrid mode merges the two lists: dbsf (default; distribution-based score fusion), "
+        "relative_score (min-max, 0.75 dense), rrf (reciprocal rank fusion, k=60)",
+    )
     search.add_argument("--filter", default=None, help='JSON, e.g. \'{"lang": "zh"}\'')
     search.add_argument("--rerank", default=None, metavar="MODEL", help="rerank the candidates with MODEL")
     search.add_argument("--json", action="store_true", help="JSON lines")
 
-    delete = command("delete", "delete documents by id", _delete)
+    delete = command("delete", "delete documents by id (all or none: a missing id deletes nothing)", _delete)
     delete.add_argument("name")
-    delete.add_argument("ids", nargs="+")
+    delete.add_argument("ids", nargs="+", help=_ID_HELP)
 
     listing = command("list", "list collections, or a collection's documents", _list)
-    listing.add_argument("name", nargs="?")
-    listing.add_argument("--limit", type=int, default=1000)
-    listing.add_argument("--offset", type=int, default=0)
+    listing.add_argument("name", nargs="?", help="a collection: list its documents (id, chunks, source)")
+    listing.add_argument("--limit", type=int, default=1000, help="documents to list (default 1000)")
+    listing.add_argument("--offset", type=int, default=0, help="documents to skip first (default 0)")
+
+    drop = command("drop", "delete a whole collection (asks for --yes)", _drop)
+    drop.add_argument("name")
+    drop.add_argument("--yes", action="store_true", help="really delete it, with all its documents")
 
     stats = command("stats", "document and chunk counts, settings", _stats)
     stats.add_argument("name")

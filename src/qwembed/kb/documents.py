@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +31,16 @@ class Document:
             raise BadDocumentError(f"document id must be a non-empty string of at most {MAX_ID_LENGTH} chars")
         if not isinstance(self.metadata, dict):
             raise BadDocumentError("metadata must be an object")
+        bad = _non_finite(self.metadata, "metadata")
+        if bad is not None:
+            # JSON has no NaN or infinity; stored, they break every filter on the field
+            raise BadDocumentError(f"{bad} is not a finite number (NaN, Infinity or out of range)")
+        if not isinstance(self.source, str):
+            raise BadDocumentError("source must be a string")
         texts = [self.text] if self.chunks is None else [text for text, _ in self.chunks]
         for text in texts:
+            if not isinstance(text, str):
+                raise BadDocumentError(f"text must be a string, not {type(text).__name__}")
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError:
@@ -40,10 +49,19 @@ class Document:
             raise BadDocumentError("the document is empty")
         if self.chunks is not None and not self.chunks:
             raise BadDocumentError("chunks is an empty list")
+        for _, vector in self.chunks or ():
+            try:
+                array = np.asarray(vector, dtype=np.float32)
+            except (TypeError, ValueError):
+                raise BadDocumentError("a precomputed embedding is not a list of numbers") from None
+            if array.ndim != 1:
+                raise BadDocumentError("a precomputed embedding must be a flat list of numbers")
 
     def metadata_json(self) -> str:
         try:
-            return json.dumps(self.metadata, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+            return json.dumps(
+                self.metadata, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+            )
         except (TypeError, ValueError) as error:
             raise BadDocumentError(f"metadata is not JSON: {error}") from None
 
@@ -57,6 +75,19 @@ class Document:
             digest.update(text.encode("utf-8"))
             digest.update(np.asarray(vector, dtype=np.float32).tobytes())
         return digest.hexdigest()
+
+
+def _non_finite(value: Any, where: str) -> str | None:
+    """The path (``metadata.a.b[2]``) of the first NaN or infinite number in ``value``, if any."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    if isinstance(value, dict):
+        items = ((f"{where}.{key}", item) for key, item in value.items())
+    elif isinstance(value, list | tuple):
+        items = ((f"{where}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    return next((found for path, item in items if (found := _non_finite(item, path)) is not None), None)
 
 
 @dataclass

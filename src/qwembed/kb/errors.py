@@ -62,6 +62,21 @@ class RerankUnavailableError(KBError):
     param = "rerank"
 
 
+class CollectionDamagedError(KBError):
+    """A collection's ``collection.json`` cannot be read (edited by hand, truncated by a tool)."""
+
+    status = 500
+    code = "collection_damaged"
+
+
+class StoreUnavailableError(KBError):
+    """The collection's store cannot be reached or opened (a Milvus server down, a Milvus Lite file
+    held by another process); nothing was read or written."""
+
+    status = 503
+    code = "store_unavailable"
+
+
 class StorageFullError(KBError):
     """The disk under the knowledge base is full or over quota. Each write is one commit, so the
     failed one left nothing behind, and what was stored before is intact."""
@@ -76,8 +91,11 @@ _OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 def is_out_of_space(error: BaseException) -> bool:
     """``error`` (or an error it was raised from) says the disk is full. Python's own writes raise
-    ``OSError`` with the errno; LanceDB's Rust core raises ``RuntimeError("… (os error 28) …")``."""
-    while error is not None:
+    ``OSError`` with the errno; LanceDB's Rust core raises ``RuntimeError("… (os error 28) …")``.
+    The chain is walked once per error: gRPC's errors are their own ``__cause__`` (a cycle)."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
         if isinstance(error, OSError) and error.errno in _OUT_OF_SPACE:
             return True
         if any(f"(os error {number})" in str(error) for number in _OUT_OF_SPACE):

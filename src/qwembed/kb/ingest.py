@@ -1,15 +1,26 @@
-"""Paths → documents: folders walked, each file parsed; JSONL records; bad inputs reported, skipped."""
+"""Paths → documents: folders walked, each file parsed; JSONL records; bad inputs reported, skipped.
+
+A file's document id is its absolute path (symlinks resolved, ``/`` separators), whether it was
+named alone or found inside a folder, from the CLI or through the server: one file is one document
+however it is reached, and two files never share an id. (Before, a lone file was keyed by its name
+and a folder's files by their path inside the folder, so ``a/notes.txt`` and ``b/notes.txt``
+overwrote each other.) JSONL records carry their own ids.
+"""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .documents import Document
 from .errors import BadDocumentError, PathNotAllowedError
 from .parsers import PARSERS, parse_file
+
+_LISTED_SKIPS = 10  # unsupported files named in a folder's skip report; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -18,6 +29,11 @@ class Failure:
 
     item: str
     reason: str
+
+
+@dataclass(frozen=True)
+class Skipped(Failure):
+    """Files of unsupported types inside a folder: left out by design, reported, not an error."""
 
 
 def confine(path: str | Path, roots: Sequence[Path]) -> Path:
@@ -30,14 +46,61 @@ def confine(path: str | Path, roots: Sequence[Path]) -> Path:
     return resolved
 
 
-def _files(path: Path) -> Iterator[tuple[Path, str]]:
-    """(file, document id): a folder's files get ids relative to it, a lone file its name."""
-    if path.is_dir():
-        for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            if file.suffix.lower() in PARSERS or file.suffix.lower() == ".jsonl":
-                yield file, file.relative_to(path).as_posix()
-    else:
-        yield path, path.name
+def file_document_id(path: str | Path) -> str:
+    """The document id of a file: its absolute path, symlinks resolved (see the module docstring)."""
+    return Path(path).expanduser().resolve().as_posix()
+
+
+def _ingestible(path: Path) -> bool:
+    return path.suffix.lower() in PARSERS or path.suffix.lower() == ".jsonl"
+
+
+def _walk(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(files to read, unsupported files) under ``folder``; hidden files and folders are left out."""
+    files: list[Path] = []
+    unsupported: list[Path] = []
+    for path in sorted(folder.rglob("*")):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
+            continue
+        (files if _ingestible(path) else unsupported).append(path)
+    return files, unsupported
+
+
+def _skip_report(folder: Path, unsupported: list[Path]) -> Skipped:
+    kinds = Counter(path.suffix.lower() or "(none)" for path in unsupported)
+    names = ", ".join(path.relative_to(folder).as_posix() for path in unsupported[:_LISTED_SKIPS])
+    more = f" and {len(unsupported) - _LISTED_SKIPS} more" if len(unsupported) > _LISTED_SKIPS else ""
+    types = ", ".join(f"{suffix} ×{count}" for suffix, count in sorted(kinds.items()))
+    return Skipped(str(folder), f"{len(unsupported)} files of unsupported types ({types}): {names}{more}")
+
+
+def _string(record: dict[str, Any], key: str, default: str) -> str:
+    """A record's text field: absent or null → ``default``; anything but a string is an error
+    (``str()`` would index ``null`` as the word "None" and ``12`` as the text "12")."""
+    value = record.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise ValueError(f"{key!r} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _record_id(record: dict[str, Any]) -> str:
+    value = record.get("id")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # numeric ids are common in exports; 12 and "12" are the same document
+    if not isinstance(value, str):
+        raise ValueError("a record needs an 'id' (a string or an integer)")
+    return value
+
+
+def _chunks(record: dict[str, Any]) -> list[tuple[str, list[float]]] | None:
+    chunks = record.get("chunks")
+    if chunks is None:
+        return None
+    if not isinstance(chunks, list) or not all(isinstance(c, dict) for c in chunks):
+        raise ValueError('\'chunks\' must be a list of {"text", "embedding"} objects')
+    return [(_string(c, "text", ""), c["embedding"]) for c in chunks]
 
 
 def read_jsonl(path: Path) -> Iterator[Document | Failure]:
@@ -49,16 +112,17 @@ def read_jsonl(path: Path) -> Iterator[Document | Failure]:
                     continue
                 where = f"{path}:{number}"
                 try:
+                    # Python's json reads NaN, Infinity and 1e400 (→ inf): Document.validate
+                    # rejects them in metadata under the document's id, like any bad document
                     record = json.loads(line)
-                    if not isinstance(record, dict) or "id" not in record:
-                        raise ValueError("a record needs an 'id'")
-                    chunks = record.get("chunks")
+                    if not isinstance(record, dict):
+                        raise ValueError("a record must be an object")
                     yield Document(
-                        id=str(record["id"]),
-                        text=str(record.get("text", "")),
+                        id=_record_id(record),
+                        text=_string(record, "text", ""),
                         metadata=record.get("metadata") or {},
-                        source=str(record.get("source", where)),
-                        chunks=[(c["text"], c["embedding"]) for c in chunks] if chunks is not None else None,
+                        source=_string(record, "source", where),
+                        chunks=_chunks(record),
                     )
                 except (ValueError, KeyError, TypeError) as error:
                     yield Failure(where, f"bad JSONL record: {error}")
@@ -67,12 +131,24 @@ def read_jsonl(path: Path) -> Iterator[Document | Failure]:
 
 
 def read_paths(paths: Sequence[str | Path], metadata: dict | None = None) -> Iterator[Document | Failure]:
+    """Documents and failures, in order; a file reached twice (alone and in a folder) is read once."""
+    seen: set[Path] = set()
     for raw in paths:
-        path = Path(raw)
+        path = Path(raw).expanduser()
         if not path.exists():
             yield Failure(str(path), "no such file or folder")
             continue
-        for file, doc_id in _files(path):
+        if path.is_dir():
+            files, unsupported = _walk(path)
+            if unsupported:
+                yield _skip_report(path, unsupported)
+        else:
+            files = [path]
+        for file in files:
+            resolved = file.resolve()
+            if resolved in seen:
+                continue
+            seen.add(resolved)
             if file.suffix.lower() == ".jsonl":
                 yield from read_jsonl(file)
                 continue
@@ -81,4 +157,5 @@ def read_paths(paths: Sequence[str | Path], metadata: dict | None = None) -> Ite
             except BadDocumentError as error:
                 yield Failure(str(file), str(error))
                 continue
-            yield Document(id=doc_id, text=text, metadata=dict(metadata or {}), source=str(file))
+            doc_id = resolved.as_posix()
+            yield Document(id=doc_id, text=text, metadata=dict(metadata or {}), source=doc_id)

@@ -350,5 +350,8 @@ class LanceStore:
             self._maintenance.release()
         return done
 
+    def drop(self) -> None:
+        self._db.drop_table(TABLE)
+
     def close(self) -> None:
         pass

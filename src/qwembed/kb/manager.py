@@ -23,6 +23,7 @@ from .chunking import TokenCounter, chunk_text, embedder_token_counter
 from .documents import AddReport, Document
 from .errors import (
     BadDocumentError,
+    CollectionDamagedError,
     CollectionNotFoundError,
     DocumentNotFoundError,
     KBError,
@@ -31,20 +32,33 @@ from .errors import (
     out_of_space_as_storage_full,
 )
 from .filters import parse_filter
-from .keywords import segment
-from .search import MODES, Mode, candidates_for, reciprocal_rank_fusion, rerank_hits
+from .keywords import index_terms, segment
+from .search import (
+    FUSIONS,
+    MODES,
+    Fusion,
+    Mode,
+    SearchResults,
+    best_per_document,
+    candidates_for,
+    fuse,
+    rerank_hits,
+)
 from .settings import (
+    SETTINGS_FILE,
     ChunkingSettings,
     CollectionSettings,
     check_name,
+    check_store,
     default_chunking,
     read_settings,
     write_settings,
 )
-from .store import ChunkBatch, ChunkStore, DocumentInfo, Hit
+from .store import ChunkBatch, ChunkStore, DocumentInfo
 
 log = logging.getLogger("qwembed.kb")
 
+_MAX_DEPTH = 4000  # candidates per list at most, when one document's chunks crowd the top
 EmbedderFactory = Callable[[str], Any]  # model → qwembed.engine.Embedder (or the same interface)
 RerankerFactory = Callable[[str], Any]  # model → qwembed.backends.Reranker
 _PROBE = "qwembed fingerprint: the quick brown fox jumps over the lazy dog. 敏捷的棕色狐狸跳过了懒狗。"
@@ -95,6 +109,26 @@ class Stats:
             "documents": self.documents,
             "chunks": self.chunks,
             "settings": self.settings.public(),
+        }
+
+
+@dataclass(frozen=True)
+class UnavailableCollection:
+    """A collection that could not be opened or counted, in a listing of all of them: one broken
+    collection (a Milvus server down, a damaged settings file) must not hide the others."""
+
+    name: str
+    code: str
+    message: str
+    settings: CollectionSettings | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "documents": None,
+            "chunks": None,
+            "settings": self.settings.public() if self.settings else None,
+            "error": {"code": self.code, "message": self.message},
         }
 
 
@@ -186,7 +220,7 @@ class Collection:
                 for row, vector in zip(embed_rows, embedded, strict=True):
                     vectors[row] = vector
             batch.vectors = np.stack(vectors).astype(np.float32)
-            batch.keywords = [segment(text) for text in batch.text]
+            batch.keywords = [index_terms(text) for text in batch.text]
             with out_of_space_as_storage_full("none of these documents was stored"):
                 self.store.replace_documents(written, batch)
             report.chunks = len(batch)
@@ -215,11 +249,29 @@ class Collection:
         return [(chunk.text, None) for chunk in chunks]
 
     def delete(self, document_id: str) -> None:
-        with self._write, out_of_space_as_storage_full("the document was not deleted"):
-            if not self.store.delete_documents([document_id]):
+        self.delete_many([document_id])
+
+    def delete_many(self, document_ids: Sequence[str]) -> None:
+        """All or nothing: when any id is missing, nothing is deleted and the error names every
+        missing one; otherwise all go in one commit (LanceDB) or one delete (Milvus)."""
+        ids = list(dict.fromkeys(document_ids))
+        with self._write:
+            present = self.existing(ids)
+            missing = [i for i in ids if i not in present]
+            if missing:
+                names = ", ".join(repr(i) for i in missing)
+                plural = "s" if len(missing) > 1 else ""
+                nothing = "; nothing was deleted" if len(ids) > 1 else ""
                 raise DocumentNotFoundError(
-                    f"no document {document_id!r} in collection {self.settings.name!r}", "id"
+                    f"no document{plural} {names} in collection {self.settings.name!r}{nothing}", "id"
                 )
+            outcome = "nothing was deleted" if len(ids) > 1 else "the document was not deleted"
+            with out_of_space_as_storage_full(outcome):
+                self.store.delete_documents(ids)
+
+    def existing(self, document_ids: Sequence[str]) -> set[str]:
+        """Which of ``document_ids`` the collection holds."""
+        return set(self.store.document_hashes(list(dict.fromkeys(document_ids))))
 
     # ---- reads ----------------------------------------------------------------------------
     def search(
@@ -230,33 +282,65 @@ class Collection:
         mode: Mode = "hybrid",
         filter: dict[str, Any] | None = None,
         rerank: str | Any | None = None,
-    ) -> list[Hit]:
-        """``rerank``: a model name (loaded by the manager's reranker factory) or a reranker object."""
+        per_document: bool = True,
+        fusion: Fusion = "dbsf",
+    ) -> SearchResults:
+        """Best first. ``per_document``: only each document's best chunk (else chunks, so one
+        document can fill several places). ``rerank``: a model name (loaded by the manager's
+        reranker factory) or a reranker object. A query longer than the model's limit is cut to
+        it for the dense side (the keyword side reads all of it) and ``warnings`` says so."""
         if mode not in MODES:
             raise KBError(f"mode must be one of {', '.join(MODES)}", "mode")
+        if fusion not in FUSIONS:
+            raise KBError(f"fusion must be one of {', '.join(FUSIONS)}", "fusion")
         if not 1 <= k <= 1000:
             raise KBError("k must be between 1 and 1000", "k")
         if not query.strip():
             raise KBError("query is empty", "query")
         where = parse_filter(filter)
         reranker = self._manager.reranker(rerank) if isinstance(rerank, str) else rerank
-        depth = candidates_for(k, reranker is not None)
-        lists: list[list[Hit]] = []
-        if mode in ("dense", "hybrid"):
-            vector = self._manager.run_embed(
-                self.embedder(),
-                [query],
-                input_type="query",
-                instruction=self.settings.query_instruction,
-                dimensions=self.settings.dimensions,
-            )[0]
-            lists.append(self.store.dense_search(vector, depth, where))
-        if mode in ("keyword", "hybrid"):
-            lists.append(self.store.keyword_search(segment(query), depth, where))
-        hits = lists[0] if len(lists) == 1 else reciprocal_rank_fusion(lists, depth)
+        warnings: list[str] = []
+        vector = self._query_vector(query, warnings) if mode in ("dense", "hybrid") else None
+        terms = segment(query)
+        # one document per result: read deeper from the start (documents have several chunks)
+        depth = candidates_for(k, reranker is not None or per_document)
+        while True:
+            dense = self.store.dense_search(vector, depth, where) if vector is not None else []
+            keyword = self.store.keyword_search(terms, depth, where) if mode != "dense" else []
+            hits = fuse(fusion, dense, keyword, 2 * depth) if mode == "hybrid" else dense or keyword
+            if per_document:
+                hits = best_per_document(hits)
+            wanted = 4 * k if reranker is not None else k
+            # one document's chunks can crowd a list: read deeper until k documents are found
+            # or the lists have nothing more to give
+            exhausted = len(dense) < depth and len(keyword) < depth
+            if len(hits) >= wanted or exhausted or depth >= _MAX_DEPTH:
+                break
+            depth = min(depth * 4, _MAX_DEPTH)
         if reranker is not None:
-            return rerank_hits(reranker, query, hits, k)
-        return hits[:k]
+            hits = rerank_hits(reranker, query, hits[: candidates_for(k, True)], k)
+        return SearchResults(hits[:k], warnings)
+
+    def _query_vector(self, query: str, warnings: list[str]) -> np.ndarray:
+        embedder = self.embedder()
+        options = {
+            "input_type": "query",
+            "instruction": self.settings.query_instruction,
+            "dimensions": self.settings.dimensions,
+        }
+        try:
+            return self._manager.run_embed(embedder, [query], **options)[0]
+        except ValueError as error:  # InputTooLongError; any other error fails again below
+            reason = str(error)
+        vector = self._manager.run_embed(embedder, [query], truncate=True, **options)[0]
+        # only truncation differed between the two calls, so the first one failed on length
+        message = (
+            f"the query is longer than the model's {embedder.max_tokens} tokens: the dense search "
+            "read its beginning only (the keyword search all of it)"
+        )
+        log.warning("%s (%s)", message, reason)
+        warnings.append(message)
+        return vector
 
     def documents(self, limit: int = 100, offset: int = 0) -> list[DocumentInfo]:
         return self.store.list_documents(limit, offset)
@@ -340,6 +424,7 @@ class KnowledgeBaseManager:
         """Create, or accept an existing collection with the same settings; → (settings, created)."""
         if isinstance(chunking, dict):
             chunking = ChunkingSettings(**chunking)
+        check_store(store)  # before a model loads: a typo fails at once
         directory = self._directory(name)
         with self._lock:
             existing = read_settings(directory)
@@ -415,25 +500,49 @@ class KnowledgeBaseManager:
         return collection
 
     def names(self) -> list[str]:
-        return (
-            sorted(p.name for p in self.root.iterdir() if read_settings(p) is not None)
-            if self.root.is_dir()
-            else []
-        )
+        """Every folder with a settings file, readable or not (``all_stats`` reports the latter)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / SETTINGS_FILE).is_file())
 
-    def all_stats(self) -> list[Stats]:
-        return [self.get(name).stats() for name in self.names()]
+    def all_stats(self) -> list[Stats | UnavailableCollection]:
+        """Every collection's counts; one that cannot be opened or counted is listed with its error
+        instead of failing the listing."""
+        listing: list[Stats | UnavailableCollection] = []
+        for name in self.names():
+            try:
+                listing.append(self.get(name).stats())
+            except Exception as error:
+                code = error.code if isinstance(error, KBError) else "collection_unavailable"
+                message = str(error) if isinstance(error, KBError) else f"{type(error).__name__}: {error}"
+                log.info("collection %r is unavailable: %s", name, message)
+                try:
+                    settings = read_settings(self._directory(name))
+                except KBError:
+                    settings = None
+                listing.append(UnavailableCollection(name, code, message.splitlines()[0], settings))
+        return listing
 
     def drop(self, name: str) -> None:
+        """Delete a collection: its documents, vectors and settings (a Milvus collection is
+        dropped on its server first; if that fails, nothing is removed)."""
         directory = self._directory(name)
         with self._lock:
-            if read_settings(directory) is None:
+            try:
+                settings = read_settings(directory)
+            except CollectionDamagedError:  # unreadable settings: its folder can still go
+                log.warning("dropping %r without reading its settings: a Milvus collection stays", name)
+                settings = None
+            if settings is None and not (directory / SETTINGS_FILE).is_file():
                 raise CollectionNotFoundError(f"no collection named {name!r}", "name")
             collection = self._collections.pop(name, None)
-            if collection is not None:
+            if settings is not None and settings.store != "lance":  # Lance lives in the folder
+                store = collection.store if collection else open_store(settings, directory)
+                store.drop()
+            elif collection is not None:
                 collection.store.close()
             # the settings file goes first so a crash mid-removal leaves no half collection
-            (directory / "collection.json").unlink()
+            (directory / SETTINGS_FILE).unlink()
             shutil.rmtree(directory, ignore_errors=True)
             self._fingerprints_checked.discard(name)
 
@@ -455,5 +564,5 @@ class KnowledgeBaseManager:
         if pending:
             yield collection.add(pending)
 
-    def search(self, name: str, query: str, **options) -> list[Hit]:
+    def search(self, name: str, query: str, **options) -> SearchResults:
         return self.open(name).search(query, **options)

@@ -15,13 +15,17 @@ half-replaced document never shows mixed versions in results.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .errors import StoreUnavailableError
 from .filters import Condition
+from .settings import check_store
 from .store import ChunkBatch, DocumentInfo, Hit
 
 _OUTPUT = ["chunk_id", "document_id", "position", "text", "source", "metadata", "content_hash"]
@@ -30,17 +34,80 @@ _OPS = {"$eq": "==", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": 
 # Milvus Lite and servers ship it (Milvus Lite has no "whitespace" tokenizer).
 ANALYZER = {"tokenizer": "jieba", "filter": ["lowercase"]}
 _MAX_TEXT = 65535
+# Seconds to wait for a Milvus server to answer before "cannot connect" (pymilvus's own default is
+# 10 s; a refused connection fails at once either way, a silent host takes the whole wait).
+CONNECT_TIMEOUT = 5.0
 
 
 def milvus_uri(store: str, directory: Path) -> str:
+    check_store(store)
     if store.startswith("milvus-lite:"):
         path = Path(store.removeprefix("milvus-lite:") or "milvus.db")
         return str(path if path.is_absolute() else directory / path)
     if store.startswith("milvus://"):
         return "http://" + store.removeprefix("milvus://")
-    if store.startswith(("http://", "https://")):
-        return store
-    raise ValueError(f"unknown store {store!r}: use lance, milvus-lite:FILE.db or milvus://HOST:PORT")
+    return store
+
+
+def _held_by_another_process(database: Path) -> bool:
+    """Milvus Lite keeps an exclusive ``flock`` on ``FILE.db/LOCK`` while a process has it open."""
+    import fcntl
+
+    lock = database / "LOCK"
+    if not lock.is_file():
+        return False
+    descriptor = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)  # closing releases the lock if we got it
+    return False
+
+
+class _QuietLockFailure(logging.Filter):
+    """Milvus Lite logs a traceback when another process holds the file; we raise a one-line
+    ``StoreUnavailableError`` that says so instead, so that traceback is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return type(error).__name__ != "DataDirLockedError"
+
+
+class _QuietMissingTimestamp(logging.Filter):
+    """pymilvus 3 asks for a timestamp (``AllocTimestamp``) while waiting for a new index; Milvus
+    Lite's gRPC server lacks that call, logs a traceback, and pymilvus carries on without it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or not isinstance(record.exc_info[1], NotImplementedError):
+            return True
+        frames = traceback.extract_tb(record.exc_info[2])
+        return not any(frame.name == "AllocTimestamp" for frame in frames)
+
+
+logging.getLogger("milvus_lite.server_manager").addFilter(_QuietLockFailure())
+logging.getLogger("grpc._server").addFilter(_QuietMissingTimestamp())
+
+
+def _connect(uri: str):
+    from pymilvus import MilvusClient
+    from pymilvus.exceptions import MilvusException
+
+    try:
+        return MilvusClient(uri, token=os.environ.get("QWEMBED_MILVUS_TOKEN", ""), timeout=CONNECT_TIMEOUT)
+    except MilvusException as error:
+        if not uri.startswith("http"):
+            if _held_by_another_process(Path(uri)):
+                raise StoreUnavailableError(
+                    f"the Milvus Lite file {uri} is open in another process (a running server?); "
+                    "Milvus Lite lets one process at a time use a file: stop that process, or go "
+                    "through its /v1/kb routes"
+                ) from None
+            raise StoreUnavailableError(f"cannot open the Milvus Lite file {uri}: {error.message}") from None
+        raise StoreUnavailableError(
+            f"cannot connect to Milvus at {uri} within {CONNECT_TIMEOUT:g} s: {error.message}"
+        ) from None
 
 
 def _literal(value) -> str:
@@ -69,14 +136,19 @@ def _in(field: str, values: Sequence[str]) -> str:
 
 class MilvusStore:
     def __init__(self, uri: str, collection: str, dimension: int):
-        from pymilvus import DataType, Function, FunctionType, MilvusClient
+        from pymilvus import DataType, Function, FunctionType
+        from pymilvus.client.types import LoadState
 
         self.dimension = dimension
         self.collection = collection
         if not uri.startswith("http"):
             Path(uri).parent.mkdir(parents=True, exist_ok=True)
-        self._client = MilvusClient(uri, token=os.environ.get("QWEMBED_MILVUS_TOKEN", ""))
+        self._client = _connect(uri)
         if self._client.has_collection(collection):
+            # Milvus Lite starts every process with its collections released (a server keeps
+            # them loaded); searches, queries and counts need them loaded
+            if self._client.get_load_state(collection)["state"] != LoadState.Loaded:
+                self._client.load_collection(collection)
             return
         schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("chunk_id", DataType.VARCHAR, is_primary=True, max_length=1024)
@@ -217,6 +289,10 @@ class MilvusStore:
 
     def maintain(self) -> list[str]:
         return []  # Milvus builds and merges its indexes itself
+
+    def drop(self) -> None:
+        self._client.drop_collection(self.collection)
+        self.close()
 
     def close(self) -> None:
         self._client.close()

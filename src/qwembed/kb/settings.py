@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidNameError, SettingsMismatchError
+from .errors import CollectionDamagedError, InvalidNameError, KBError, SettingsMismatchError
 
 SCHEMA_VERSION = 1
 SETTINGS_FILE = "collection.json"
@@ -29,6 +29,20 @@ def check_name(name: str) -> str:
             "name",
         )
     return name
+
+
+def check_store(store: str) -> str:
+    """``lance``, ``milvus-lite:FILE.db`` (bare ``milvus-lite:``: ``milvus.db`` in the collection's
+    folder), ``milvus://HOST:PORT`` or ``http(s)://HOST:PORT``."""
+    lite = store.removeprefix("milvus-lite:")
+    server = store.removeprefix("milvus://").removeprefix("http://").removeprefix("https://")
+    if (
+        store == "lance"
+        or (store.startswith("milvus-lite:") and (lite == "" or (lite.endswith(".db") and len(lite) > 3)))
+        or (store.startswith(("milvus://", "http://", "https://")) and server.strip("/"))
+    ):
+        return store
+    raise KBError(f"unknown store {store!r}: use lance, milvus-lite:FILE.db or milvus://HOST:PORT", "store")
 
 
 @dataclass(frozen=True)
@@ -141,4 +155,7 @@ def read_settings(directory: Path) -> CollectionSettings | None:
     path = directory / SETTINGS_FILE
     if not path.is_file():
         return None
-    return CollectionSettings.from_json(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        return CollectionSettings.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise CollectionDamagedError(f"{path} is unreadable: {error}") from None

@@ -81,4 +81,7 @@ class ChunkStore(Protocol):
     def maintain(self) -> list[str]:
         """Index upkeep off the request path (ANN build past a size, FTS merge); what it did."""
 
+    def drop(self) -> None:
+        """Delete every chunk and the table/collection itself (``KnowledgeBaseManager.drop``)."""
+
     def close(self) -> None: ...
