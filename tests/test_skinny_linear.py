@@ -310,28 +310,32 @@ def test_a_neighbours_time_slices_do_not_decide_the_measurement(monkeypatch):
 
 
 class _Warming:
-    """A stand-in kernel whose calls get faster pass by pass (10 ms / pass number + 1 ms)."""
+    """Stand-ins for both sides, equally fast, whose calls get 15 % faster round by round: no
+    winner, and every round lowers the sums."""
 
     def __init__(self, dtype: torch.dtype, layers: int):
         self.dtype, self.layers, self.calls = dtype, layers, 0
 
     def linear(self, x, weight, *args):
         self.calls += 1
-        time.sleep(0.001 + 0.01 / (1 + self.calls // self.layers))
+        time.sleep(0.002 * 0.85 ** ((self.calls - 1) // (2 * self.layers)))
         return x
 
 
-def test_rounds_go_on_while_they_change_the_sums_and_a_busy_cpu_keeps_the_default(monkeypatch, caplog):
+def test_rounds_go_on_until_the_sums_settle_or_a_clear_winner_holds(monkeypatch, caplog):
     if not fused_linear.onednn_available():
         pytest.skip("this torch has no oneDNN Linear to measure against")
     monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *args: time.sleep(0.002))
     weights = [torch.randn(64, 32) for _ in range(3)]
-    steady = _SlowAbove(0, FLOAT32)  # 5 ms a layer, every call: settled after the least rounds
-    skinny_linear.measure(steady, weights, rows_tried=(8,), rounds=(3, 12))
-    assert steady.calls.count(8) == 1 + 3 * 3  # (one shape: one warm-up call)
-    warming = _Warming(FLOAT32, len(weights))  # each round lowers its sum: rounds up to the most
-    skinny_linear.measure(warming, weights, rows_tried=(8,), rounds=(3, 12))
-    assert warming.calls == 1 + 12 * 3
+    steady = _SlowAbove(0, FLOAT32)  # 5 ms a layer against 2: the same clear winner twice
+    skinny_linear.measure(steady, weights, rows_tried=(8,), rounds=(2, 12))
+    assert steady.calls.count(8) == 1 + 2 * 3  # (one shape: one warm-up call)
+    warming = _Warming(FLOAT32, len(weights))  # neither settled nor a clear winner: up to the most
+    monkeypatch.setattr(
+        torch.ops.mkldnn, "_linear_pointwise", lambda x, weight, *args: warming.linear(x, weight)
+    )
+    skinny_linear.measure(warming, weights, rows_tried=(8,), rounds=(2, 12))
+    assert warming.calls == 2 * (1 + 12 * 3)
     # a CPU too busy to settle even one row in the budget: nothing measured, the default stays
     monkeypatch.setattr(skinny_linear, "_settled", {})
     monkeypatch.setattr(skinny_linear, "BUDGET_S", 0.0)

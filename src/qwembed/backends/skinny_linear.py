@@ -62,9 +62,11 @@ CALIBRATION_BYTES = 128 << 20
 #: of MiniLM's 37 layers takes 0.5-2 ms): on a VM busy with other processes, whole passes compared
 #: against each other put the kernel at 0.01× oneDNN's speed at one row, where call by call it was
 #: 2-3× faster. At least MIN_ROUNDS; more while a round still lowers either side's sum by SETTLED,
-#: up to MAX_ROUNDS; the whole measurement within BUDGET_S (a count it leaves unsettled ends it)
-MIN_ROUNDS, MAX_ROUNDS = 3, 12
+#: unless the winner, by CLEAR_MARGIN or more, is the same as the round before; up to MAX_ROUNDS;
+#: the whole measurement within BUDGET_S (a count it leaves unsettled ends it)
+MIN_ROUNDS, MAX_ROUNDS = 2, 12
 SETTLED = 0.03
+CLEAR_MARGIN = 1.1
 BUDGET_S = 2.0
 
 #: the cut-off where no model has measured one (a layer called on its own): the Zen 4 figures above
@@ -204,7 +206,8 @@ def measure(
     ``library`` and by oneDNN (what ``fused_linear.py`` calls otherwise), at each of ``rows_tried``
     in turn until oneDNN is the faster: rows → (kernel, oneDNN), each the sum of each layer's
     fastest call over passes that alternate between the sides, at least ``rounds[0]`` each and more
-    until a round changes neither sum (up to ``rounds[1]``). Whole passes, so that each layer's
+    until a round changes neither sum or leaves the same clear winner (up to ``rounds[1]``). Whole
+    passes, so that each layer's
     weights come from memory, as in a forward pass, not from the cache that its call before left
     them in. A row count still unsettled when ``budget_s`` (``BUDGET_S``) runs out is left out, and
     ends it."""
@@ -236,6 +239,7 @@ def measure(
                 onednn(inputs[weight.shape[1]], weight)
             fastest = {side: [math.inf] * len(weights) for side in (kernel, onednn)}
             totals = {side: math.inf for side in fastest}
+            winner = None
             for round_ in range(most):
                 settled = True
                 for side in (kernel, onednn) if round_ % 2 == 0 else (onednn, kernel):
@@ -243,7 +247,9 @@ def measure(
                     total = sum(fastest[side])
                     settled = settled and total > (1 - SETTLED) * totals[side]
                     totals[side] = total
-                if round_ + 1 >= least and settled:
+                clear = max(totals.values()) >= CLEAR_MARGIN * min(totals.values())
+                last_winner, winner = winner, min(totals, key=totals.__getitem__)
+                if round_ + 1 >= least and (settled or (clear and winner is last_winner)):
                     break
                 if time.perf_counter() > deadline:
                     return seconds  # (a busy CPU: this count is not known, nor any above it)
