@@ -309,38 +309,53 @@ def test_a_neighbours_time_slices_do_not_decide_the_measurement(monkeypatch):
     assert skinny_linear.cut_off(seconds) == 8
 
 
-class _Warming:
-    """Stand-ins for both sides, equally fast, whose calls get 15 % faster round by round: no
-    winner, and every round lowers the sums."""
+class _Clock:
+    """The measurement's clock, moved only by the stand-ins below: what they take is exact."""
 
-    def __init__(self, dtype: torch.dtype, layers: int):
-        self.dtype, self.layers, self.calls = dtype, layers, 0
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class _Side:
+    """A stand-in for one side (kernel or oneDNN) whose calls take ``seconds(pass number)``, its
+    first call (the warm-up) as pass 0."""
+
+    def __init__(self, clock: _Clock, layers: int, seconds, dtype: torch.dtype = FLOAT32):
+        self.clock, self.layers, self.seconds, self.dtype, self.calls = clock, layers, seconds, dtype, 0
 
     def linear(self, x, weight, *args):
+        self.clock.now += self.seconds(max(0, self.calls - 1) // self.layers)
         self.calls += 1
-        time.sleep(0.002 * 0.85 ** ((self.calls - 1) // (2 * self.layers)))
         return x
 
 
 def test_rounds_go_on_until_the_sums_settle_or_a_clear_winner_holds(monkeypatch, caplog):
     if not fused_linear.onednn_available():
         pytest.skip("this torch has no oneDNN Linear to measure against")
-    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *args: time.sleep(0.002))
+    clock = _Clock()
+    monkeypatch.setattr(skinny_linear, "time", clock)
     weights = [torch.randn(64, 32) for _ in range(3)]
-    steady = _SlowAbove(0, FLOAT32)  # 5 ms a layer against 2: the same clear winner twice
-    skinny_linear.measure(steady, weights, rows_tried=(8,), rounds=(2, 12))
-    assert steady.calls.count(8) == 1 + 2 * 3  # (one shape: one warm-up call)
-    warming = _Warming(FLOAT32, len(weights))  # neither settled nor a clear winner: up to the most
-    monkeypatch.setattr(
-        torch.ops.mkldnn, "_linear_pointwise", lambda x, weight, *args: warming.linear(x, weight)
-    )
-    skinny_linear.measure(warming, weights, rows_tried=(8,), rounds=(2, 12))
-    assert warming.calls == 2 * (1 + 12 * 3)
+
+    def measure(kernel_seconds, onednn_seconds) -> tuple[int, int]:
+        """Calls of each side in a measurement at one row count, sides timed as given."""
+        kernel, onednn = _Side(clock, 3, kernel_seconds), _Side(clock, 3, onednn_seconds)
+        monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda x, w, *a: onednn.linear(x, w))
+        skinny_linear.measure(kernel, weights, rows_tried=(8,), rounds=(2, 12), budget_s=60.0)
+        return kernel.calls, onednn.calls
+
+    # (each side: one warm-up call for the one shape, then 3 layers a round)
+    assert measure(lambda n: 0.005, lambda n: 0.002) == (1 + 2 * 3,) * 2  # the same clear winner twice
+    assert measure(lambda n: 0.002, lambda n: 0.002) == (1 + 2 * 3,) * 2  # settled: no sum moved
+    # neither: equal sides, each round 15 % faster: rounds up to the most
+    assert measure(lambda n: 0.002 * 0.85**n, lambda n: 0.002 * 0.85**n) == (1 + 12 * 3,) * 2
     # a CPU too busy to settle even one row in the budget: nothing measured, the default stays
     monkeypatch.setattr(skinny_linear, "_settled", {})
     monkeypatch.setattr(skinny_linear, "BUDGET_S", 0.0)
     monkeypatch.setattr(skinny_linear, "_takes", lambda weight, dtype: True)
-    monkeypatch.setattr(skinny_linear.BUILDS[FLOAT32], "get", lambda: _Warming(FLOAT32, 3))
+    monkeypatch.setattr(skinny_linear.BUILDS[FLOAT32], "get", lambda: _Side(clock, 3, lambda n: 0.002))
     model = torch.nn.Sequential(*(torch.nn.Linear(32, 64) for _ in range(3)))
     with caplog.at_level(logging.WARNING, logger="qwembed.skinny_linear"):
         skinny_linear.settle(model, FLOAT32)
