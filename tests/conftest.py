@@ -65,3 +65,11 @@ def qwen3_reranker_dir(tmp_path_factory) -> Path:
     from rerank_fixtures import build_tiny_qwen3_reranker
 
     return build_tiny_qwen3_reranker(tmp_path_factory.mktemp("qwen3-reranker"))
+
+
+@pytest.fixture(scope="session")
+def cross_encoder_dir(minilm_dir, tmp_path_factory) -> Path:
+    """A MiniLM cross-encoder (random head on the bundled MiniLM) for the rerank tests."""
+    from rerank_fixtures import build_minilm_cross_encoder
+
+    return build_minilm_cross_encoder(tmp_path_factory.mktemp("minilm-ce"))

@@ -22,10 +22,8 @@ from qwembed.backends import InputTooLongError, LoadOptions, load_encoder
 from qwembed.backends.base import PromptTooLongError
 from qwembed.backends.cross_encoder import CrossEncoderReranker
 from qwembed.backends.qwen3_reranker import Qwen3Reranker, longest_first
-from qwembed.backends.registry import ModelNotFoundError, bundled_minilm_path
 from qwembed.engine import Embedder
 from qwembed.engine.pool import ModelPool
-from rerank_fixtures import build_minilm_cross_encoder
 
 # The model card's template and truncation, spelled out independently of qwembed's constants.
 REF_PREFIX = (
@@ -178,16 +176,7 @@ def test_the_rerank_route_refuses_an_instruction_that_leaves_no_room(rerank_clie
     )
 
 
-@pytest.fixture(scope="module")
-def cross_dir(tmp_path_factory):
-    try:
-        bundled_minilm_path()
-    except ModelNotFoundError as missing:
-        pytest.skip(str(missing))
-    return build_minilm_cross_encoder(tmp_path_factory.mktemp("qa-minilm-ce"))
-
-
-def test_a_cross_encoder_cuts_the_longer_side_as_predict_does(cross_dir):
+def test_a_cross_encoder_cuts_the_longer_side_as_predict_does(cross_encoder_dir):
     from sentence_transformers import CrossEncoder
 
     limit = 48
@@ -197,7 +186,7 @@ def test_a_cross_encoder_cuts_the_longer_side_as_predict_does(cross_dir):
         "and in which districts did most of them live and work?"
     )
     document = " ".join(["Berlin is the capital and largest city of Germany by area and population."] * 4)
-    cross = CrossEncoderReranker.load(str(cross_dir), device="cpu", dtype="float32", max_tokens=limit)
+    cross = CrossEncoderReranker.load(str(cross_encoder_dir), device="cpu", dtype="float32", max_tokens=limit)
     (ids,) = cross.tokenize_pairs(query, [document], None)
     tokenizer = cross.tokenizer
     n_query = len(tokenizer(query, add_special_tokens=False)["input_ids"])
@@ -205,7 +194,8 @@ def test_a_cross_encoder_cuts_the_longer_side_as_predict_does(cross_dir):
     kept_document = limit - kept_query - 3
     # the query is over half the room: cut to about half, leaving the document the other half
     assert len(ids) == limit and kept_query < n_query and abs(kept_query - kept_document) <= 1
-    expected = CrossEncoder(str(cross_dir), device="cpu", max_length=limit).predict([(query, document)])
+    reference = CrossEncoder(str(cross_encoder_dir), device="cpu", max_length=limit)
+    expected = reference.predict([(query, document)])
     np.testing.assert_allclose(cross.score_token_ids([ids]), expected, atol=1e-5, rtol=0)
 
 

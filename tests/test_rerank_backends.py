@@ -18,7 +18,7 @@ from qwembed.backends.registry import ModelNotFoundError, bundled_minilm_path
 from qwembed.backends.shared_prefixes import SharedPrefixes
 from qwembed.engine.rerank import RerankResult, rerank, score_pairs
 from qwen3_fixtures import qwen_tokenizer_files
-from rerank_fixtures import build_minilm_cross_encoder, build_tiny_qwen3_reranker
+from rerank_fixtures import build_tiny_qwen3_reranker
 from xlmr_fixtures import build_xlmr_cross_encoder
 
 # The model card's template, spelled out here independently of qwembed's constants.
@@ -225,17 +225,8 @@ def test_rerank_orders_and_cuts(reranker):
 
 
 @pytest.fixture(scope="module")
-def cross_dir(tmp_path_factory):
-    try:
-        bundled_minilm_path()
-    except ModelNotFoundError as missing:
-        pytest.skip(str(missing))
-    return build_minilm_cross_encoder(tmp_path_factory.mktemp("minilm-ce"))
-
-
-@pytest.fixture(scope="module")
-def cross(cross_dir):
-    return CrossEncoderReranker.load(str(cross_dir), device="cpu", dtype="float32")
+def cross(cross_encoder_dir):
+    return CrossEncoderReranker.load(str(cross_encoder_dir), device="cpu", dtype="float32")
 
 
 CE_QUERY = "How many people live in Berlin?"
@@ -248,10 +239,11 @@ CE_DOCS = [
 ]
 
 
-def test_cross_encoder_matches_predict(cross, cross_dir):
+def test_cross_encoder_matches_predict(cross, cross_encoder_dir):
     from sentence_transformers import CrossEncoder
 
-    expected = CrossEncoder(str(cross_dir), device="cpu").predict([(CE_QUERY, doc) for doc in CE_DOCS])
+    reference = CrossEncoder(str(cross_encoder_dir), device="cpu")
+    expected = reference.predict([(CE_QUERY, doc) for doc in CE_DOCS])
     scores = cross.score_token_ids(cross.tokenize_pairs(CE_QUERY, CE_DOCS, None))
     np.testing.assert_allclose(scores, expected, atol=1e-5, rtol=0)
     assert expected.std() > 0.02
@@ -321,12 +313,12 @@ def test_cross_encoder_token_types_and_truncation(cross):
 
 @pytest.mark.parametrize("bar, mixed", [(1.0, True), (-1.0, False)], ids=["check-passes", "check-fails"])
 def test_cross_encoder_auto_dtype_is_mixed_bf16_only_where_its_check_passes(
-    cross, cross_dir, monkeypatch, bar, mixed
+    cross, cross_encoder_dir, monkeypatch, bar, mixed
 ):
     monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: True)  # autocast runs on any CPU
     monkeypatch.setattr(cross_encoder, "score_check", lambda: precision.score_check(bar))
     expected = cross.score_token_ids(cross.tokenize_pairs(CE_QUERY, CE_DOCS, None))
-    auto = CrossEncoderReranker.load(str(cross_dir), device="cpu")
+    auto = CrossEncoderReranker.load(str(cross_encoder_dir), device="cpu")
     assert auto.precision.mixed is mixed and auto.calibration.fell_back is not mixed
     classifier = auto.model.model.classifier
     assert classifier.weight.dtype == (torch.bfloat16 if mixed else torch.float32)
