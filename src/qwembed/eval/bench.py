@@ -128,10 +128,10 @@ def bench_model(
     compile: bool = False,
 ) -> dict[str, Any]:
     """Load ``spec`` and measure it, in the calling process; returns a plain dict."""
-    from .models import open_embedder
+    from .models import is_endpoint, open_embedder, runs_elsewhere
 
-    remote = spec.startswith(("http://", "https://"))
-    if not remote and not spec.startswith("hashing"):
+    remote = is_endpoint(spec)
+    if not runs_elsewhere(spec):
         # import the engine (torch, transformers) first: load time is the model's, not the libraries'
         import qwembed.engine.embedder  # noqa: F401
 
@@ -163,7 +163,9 @@ def bench_isolated(
     spec: str, texts: Sequence[str], batch_sizes: Sequence[int], **kwargs: Any
 ) -> dict[str, Any]:
     """``bench_model`` in a fresh ``spawn`` child for local models (clean memory figures)."""
-    if spec.startswith(("http://", "https://")) or spec.startswith("hashing"):
+    from .models import runs_elsewhere
+
+    if runs_elsewhere(spec):
         return bench_model(spec, list(texts), batch_sizes, **kwargs)
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()

@@ -13,6 +13,7 @@ import gc
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from .errors import EvalError
@@ -272,7 +273,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sizes = parse_batch_sizes(args.batch_sizes)
         texts, dataset, meta = _bench_texts(args.data, args.limit)
 
-        def bench(spec: str) -> list[EvalRecord]:
+        def bench(spec: str, label: Label) -> list[EvalRecord]:
             record = run_bench(
                 spec,
                 texts,
@@ -285,6 +286,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 dtype=args.dtype,
                 compile=args.compile,
             )
+            record.model = label(record.model)
             return [record]
 
         return bench
@@ -320,8 +322,10 @@ def _bench_texts(spec: str, limit: int | None) -> tuple[list[str], str, dict[str
 
 
 # ---- the shared driver -----------------------------------------------------------------------
-#: one ``--model`` value → its records
-ModelRun = Callable[[str], list[EvalRecord]]
+#: a model's name → the label its records carry (``_distinct_label``)
+Label = Callable[[str], str]
+#: one ``--model`` value, and the labeller of its model's name → its records
+ModelRun = Callable[[str, Label], list[EvalRecord]]
 
 
 def _run(args: argparse.Namespace, prepare: Callable[[], Task]) -> int:
@@ -329,8 +333,7 @@ def _run(args: argparse.Namespace, prepare: Callable[[], Task]) -> int:
 
     def evaluate_each() -> ModelRun:
         task = prepare()
-        labels: dict[str, str] = {}
-        return lambda spec: _evaluate(args, spec, task, labels)
+        return lambda spec, label: _evaluate(args, spec, task, label)
 
     return _drive(args, "eval", "loading", evaluate_each)
 
@@ -354,9 +357,9 @@ def _drive(args: argparse.Namespace, command: str, doing: str, prepare: Callable
         labels: dict[str, str] = {}  # model name → the --model value that used it first
         for i, spec in enumerate(args.model, start=1):
             _say(args, f"[{i}/{len(args.model)}] {doing} {spec}")
-            for record in run_model(spec):
+            label = partial(_distinct_label, spec=spec, specs=args.model, labels=labels)
+            for record in run_model(spec, label):
                 record.model_spec = spec
-                record.model = _distinct_label(record.model, spec, args.model, labels)
                 records.append(record)
         _write(args, records)
     except EvalError as exc:
@@ -374,7 +377,7 @@ def _drive(args: argparse.Namespace, command: str, doing: str, prepare: Callable
     return 0
 
 
-def _evaluate(args: argparse.Namespace, spec: str, task: Task, labels: dict[str, str]) -> list[EvalRecord]:
+def _evaluate(args: argparse.Namespace, spec: str, task: Task, label: Label) -> list[EvalRecord]:
     """Load ``spec``, run ``task`` on it (under a label of its own where an earlier model had its
     name: the files the task writes are named after it), free it before the next model loads."""
     from .models import open_embedder
@@ -385,9 +388,9 @@ def _evaluate(args: argparse.Namespace, spec: str, task: Task, labels: dict[str,
     )
     load_s = time.perf_counter() - start
     compute = getattr(model, "compute", None)
-    label = _distinct_label(model.name, spec, args.model, labels)
-    if label != model.name:
-        model = _Labelled(model, label)
+    name = label(model.name)
+    if name != model.name:
+        model = _Labelled(model, name)
     try:
         records = task(model)
     finally:

@@ -26,6 +26,22 @@ if TYPE_CHECKING:
 HASHING = "hashing"
 
 
+def is_endpoint(spec: str) -> bool:
+    """An OpenAI-compatible endpoint: computed by its server, not here."""
+    return spec.startswith(("http://", "https://"))
+
+
+def is_hashing(spec: str) -> bool:
+    """The model-free hashing baseline."""
+    return spec == HASHING or spec.startswith(HASHING + ":")
+
+
+def runs_elsewhere(spec: str) -> bool:
+    """An endpoint or the hashing baseline: no local model, so ``--device`` is moot and there is
+    no model memory of its own to measure."""
+    return is_endpoint(spec) or is_hashing(spec)
+
+
 def split_endpoint_spec(spec: str) -> tuple[str, str | None]:
     """``"http://h:8000/v1#qwen3"`` → ``("http://h:8000/v1", "qwen3")``."""
     url, _, model = spec.partition("#")
@@ -35,7 +51,7 @@ def split_endpoint_spec(spec: str) -> tuple[str, str | None]:
 def check_spec(spec: str) -> None:
     """Raise EvalError for a ``--model`` value that can name no model, without loading it: the
     commands check every value before the first model loads."""
-    if spec.startswith(("http://", "https://")):
+    if is_endpoint(spec):
         from ..engine.remote import normalize_base_url
 
         try:
@@ -43,7 +59,7 @@ def check_spec(spec: str) -> None:
         except ValueError as exc:
             raise EvalError(f"--model {spec!r}: {exc}") from None
         return
-    if spec == HASHING or spec.startswith(HASHING + ":"):
+    if is_hashing(spec):
         dim = spec.partition(":")[2]
         if dim and not (dim.isdigit() and int(dim) > 0):
             raise EvalError(f"--model {spec!r}: expected hashing:DIM with a positive integer DIM")
@@ -66,7 +82,7 @@ def open_embedder(
 ) -> TextEmbedder:
     """Open the model a ``--model`` value names. Heavy imports (torch, httpx) happen only for
     the kind of model actually asked for."""
-    if spec.startswith(("http://", "https://")):
+    if is_endpoint(spec):
         from ..engine.remote import DEFAULT_BATCH_SIZE, RemoteEmbedder
 
         url, model = split_endpoint_spec(spec)
@@ -75,7 +91,7 @@ def open_embedder(
         except ValueError as exc:
             raise EvalError(f"--model {spec!r}: {exc}") from None
     check_spec(spec)
-    if spec == HASHING or spec.startswith(HASHING + ":"):
+    if is_hashing(spec):
         dim = spec.partition(":")[2]
         return HashingEmbedder(int(dim)) if dim else HashingEmbedder(name=HASHING)
 
@@ -104,7 +120,7 @@ def open_reranker(spec: str, *, device: str = "auto", dtype: str = "auto") -> Re
 
 def check_device(device: str, specs: Sequence[str]) -> None:
     """Raise EvalError for a ``--device`` this machine lacks, where a local model would use it."""
-    if device == "auto" or all(_runs_elsewhere(spec) for spec in specs):
+    if device == "auto" or all(runs_elsewhere(spec) for spec in specs):
         return
     from ..backends import DeviceError, resolve_device
 
@@ -112,11 +128,6 @@ def check_device(device: str, specs: Sequence[str]) -> None:
         resolve_device(device)
     except DeviceError as exc:
         raise EvalError(f"--device: {exc}") from None
-
-
-def _runs_elsewhere(spec: str) -> bool:
-    """An endpoint (computed by its server) or the hashing baseline (no model): ``--device`` is moot."""
-    return spec.startswith(("http://", "https://")) or spec == HASHING or spec.startswith(HASHING + ":")
 
 
 def _reason(error: Exception) -> str:
