@@ -132,7 +132,7 @@ def read_jsonl(path: Path) -> Iterator[Document | Failure]:
 
 def read_paths(paths: Sequence[str | Path], metadata: dict | None = None) -> Iterator[Document | Failure]:
     """Documents and failures, in order; a file reached twice (alone and in a folder) is read once."""
-    seen: set[Path] = set()
+    seen: set[str] = set()
     for raw in paths:
         path = Path(raw).expanduser()
         if not path.exists():
@@ -145,10 +145,10 @@ def read_paths(paths: Sequence[str | Path], metadata: dict | None = None) -> Ite
         else:
             files = [path]
         for file in files:
-            resolved = file.resolve()
-            if resolved in seen:
+            doc_id = file_document_id(file)
+            if doc_id in seen:
                 continue
-            seen.add(resolved)
+            seen.add(doc_id)
             if file.suffix.lower() == ".jsonl":
                 yield from read_jsonl(file)
                 continue
@@ -157,5 +157,4 @@ def read_paths(paths: Sequence[str | Path], metadata: dict | None = None) -> Ite
             except BadDocumentError as error:
                 yield Failure(str(file), str(error))
                 continue
-            doc_id = resolved.as_posix()
             yield Document(id=doc_id, text=text, metadata=dict(metadata or {}), source=doc_id)

@@ -12,7 +12,7 @@ only one that stays good when one side cannot read the text (MiniLM on Chinese).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -58,16 +58,24 @@ def candidates_for(k: int, deep: bool) -> int:
     return max(k * 4, 40) if deep else max(k * 2, 20)
 
 
-def reciprocal_rank_fusion(lists: Sequence[Sequence[Hit]], k: int, constant: int = RRF_K) -> list[Hit]:
-    """Score = Σ 1/(constant + rank) over the lists a chunk appears in; ties keep first-seen order."""
+def _summed(scored: Iterable[tuple[Sequence[Hit], Iterable[float]]], k: int) -> list[Hit]:
+    """Each chunk's contributions (a list's hits, and what each brings) summed over the lists it
+    is in; the ``k`` best, carrying their sums. Ties keep first-seen order, so the first list's
+    (dense) order breaks them."""
     scores: dict[str, float] = {}
     first: dict[str, Hit] = {}
-    for hits in lists:
-        for rank, hit in enumerate(hits, start=1):
-            scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + 1.0 / (constant + rank)
+    for hits, contributions in scored:
+        for hit, value in zip(hits, contributions, strict=True):
+            scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + value
             first.setdefault(hit.chunk_id, hit)
     order = sorted(scores, key=lambda chunk_id: -scores[chunk_id])
     return [replace(first[chunk_id], score=scores[chunk_id]) for chunk_id in order[:k]]
+
+
+def reciprocal_rank_fusion(lists: Sequence[Sequence[Hit]], k: int, constant: int = RRF_K) -> list[Hit]:
+    """Score = Σ 1/(constant + rank) over the lists a chunk appears in; ties keep first-seen order."""
+    ranked = ((hits, [1.0 / (constant + rank) for rank in range(1, len(hits) + 1)]) for hits in lists)
+    return _summed(ranked, k)
 
 
 def relative_score_fusion(
@@ -78,37 +86,31 @@ def relative_score_fusion(
     Normalising makes cosine and BM25 comparable; keeping the scores (not only ranks) lets a clear
     winner in the stronger list stay ahead. A list whose scores are all equal counts as 1 for each.
     """
-    scores: dict[str, float] = {}
-    first: dict[str, Hit] = {}
-    for weight, hits in ((alpha, dense), (1.0 - alpha, keyword)):
+
+    def weighted(hits: Sequence[Hit], weight: float) -> list[float]:
         if not hits:
-            continue
+            return []
         high = max(hit.score for hit in hits)
         low = min(hit.score for hit in hits)
-        for hit in hits:
-            normalised = (hit.score - low) / (high - low) if high > low else 1.0
-            scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + weight * normalised
-            first.setdefault(hit.chunk_id, hit)
-    order = sorted(scores, key=lambda chunk_id: -scores[chunk_id])  # stable: dense order breaks ties
-    return [replace(first[chunk_id], score=scores[chunk_id]) for chunk_id in order[:k]]
+        return [weight * ((hit.score - low) / (high - low) if high > low else 1.0) for hit in hits]
+
+    return _summed(((dense, weighted(dense, alpha)), (keyword, weighted(keyword, 1.0 - alpha))), k)
 
 
 def distribution_based_score_fusion(lists: Sequence[Sequence[Hit]], k: int) -> list[Hit]:
     """Σ over lists of (score − (μ − 3σ)) / 6σ, μ and σ over that list's candidates; a list whose
     scores are all equal gives each of its chunks 0.5 (its mean)."""
-    scores: dict[str, float] = {}
-    first: dict[str, Hit] = {}
-    for hits in lists:
+
+    def normalised(hits: Sequence[Hit]) -> list[float]:
         if not hits:
-            continue
+            return []
         values = np.array([hit.score for hit in hits], dtype=np.float64)
         mean, spread = float(values.mean()), float(values.std())
-        for hit, value in zip(hits, values, strict=True):
-            normalised = (value - (mean - 3 * spread)) / (6 * spread) if spread > 0 else 0.5
-            scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + float(normalised)
-            first.setdefault(hit.chunk_id, hit)
-    order = sorted(scores, key=lambda chunk_id: -scores[chunk_id])  # stable: dense order breaks ties
-    return [replace(first[chunk_id], score=scores[chunk_id]) for chunk_id in order[:k]]
+        if not spread > 0:
+            return [0.5] * len(hits)
+        return [float((value - (mean - 3 * spread)) / (6 * spread)) for value in values]
+
+    return _summed(((hits, normalised(hits)) for hits in lists), k)
 
 
 def fuse(fusion: Fusion, dense: Sequence[Hit], keyword: Sequence[Hit], k: int) -> list[Hit]:
