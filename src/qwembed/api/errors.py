@@ -15,7 +15,7 @@ from starlette.routing import Match
 
 from ..backends import InputTooLongError, InvalidTokenIdsError, PromptTooLongError
 from ..engine import InvalidDimensionsError, OverloadedError, WorkerStoppedError
-from ..engine.inputs import InstructionWithTokenIdsError, InvalidTextError
+from ..engine.inputs import InstructionWithTokenIdsError, InvalidTextError, lone_surrogate_message
 from ..engine.pool import ModelRequiredError, UnknownModelError
 from .schemas import ErrorResponse
 
@@ -137,7 +137,7 @@ def _validation_message(error: RequestValidationError) -> tuple[str, str | None,
         loc = [part for part in unicode_error.get("loc", ()) if part != "body"]
         name = str(loc[0]) if loc else "text"
         where = name + "".join(f"[{part}]" for part in loc[1:] if isinstance(part, int))
-        return f"{where} contains a lone UTF-16 surrogate and is not valid Unicode text", name, "invalid_text"
+        return lone_surrogate_message(where), name, "invalid_text"
     if first.get("type") == "missing" and field:
         return f"{'.'.join(location)} is required", field, "missing_field"
     if field in ("documents", "texts", "query") and kinds & {"string_too_short", "too_short"}:

@@ -31,6 +31,11 @@ class InvalidTextError(ValueError):
     """Text that is not valid Unicode (JSON allows lone surrogate escapes such as ``\\ud800``)."""
 
 
+def lone_surrogate_message(where: str) -> str:
+    """The one wording of the error, whether the engine or the HTTP schemas find it."""
+    return f"{where} contains a lone UTF-16 surrogate and is not valid Unicode text"
+
+
 def check_texts(texts: Sequence[str], start: int = 0, name: str = "input") -> None:
     """``start``: the first text's index in its request, ``name`` the request's field (for the
     error message; a field of one text, such as a query, is named without an index)."""
@@ -39,9 +44,7 @@ def check_texts(texts: Sequence[str], start: int = 0, name: str = "input") -> No
             text.encode("utf-8")
         except UnicodeEncodeError:
             where = name if name == "query" else f"{name}[{index}]"
-            raise InvalidTextError(
-                f"{where} contains a lone UTF-16 surrogate and is not valid Unicode text"
-            ) from None
+            raise InvalidTextError(lone_surrogate_message(where)) from None
 
 
 def tokenize_texts(
