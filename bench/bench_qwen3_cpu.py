@@ -83,26 +83,6 @@ def compiled_padded(embedder):
     return embedder
 
 
-def sentence_transformer(folder: Path, hidden: int, dtype=None):
-    """Last-token pooling with left padding, pinned to plain text (no chat template). ``dtype``
-    loads the weights in it, as ``model_kwargs={"dtype": …}`` does; a later ``.to(dtype)`` would
-    also round the rotary frequencies (``inv_freq``, float32 in the model) to bf16 and shift every
-    position's angle, lowering the cosine to float32 of a 36-layer model from 0.999 to 0.99."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-
-    transformer = Transformer(
-        str(folder),
-        model_kwargs={} if dtype is None else {"dtype": dtype},
-        modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
-        module_output_name="token_embeddings",
-        processor_kwargs={"padding_side": "left"},
-    )
-    return SentenceTransformer(
-        modules=[transformer, Pooling(hidden, pooling_mode="lasttoken"), Normalize()], device="cpu"
-    )
-
-
 def without(loader, call):
     """``call`` run with ``loader``'s kernel switched off (PyTorch's operators), then the loaded one
     restored: two engines that differ only there can take turns in one run."""
@@ -147,10 +127,11 @@ def main() -> int:
 
     from qwembed.backends import cpu_attention, rms_norm
     from qwembed.engine import Embedder
+    from qwembed.eval.st_peer import qwen3_sentence_transformer
 
     folder = random_qwen3_0_6b()
     peaks = {"fp32_gflops": gemm_peak("float32"), "bf16_gflops": gemm_peak("bfloat16")}
-    reference = sentence_transformer(folder, QWEN3_0_6B["hidden_size"])
+    reference = qwen3_sentence_transformer(folder)
     engines = {"qwembed auto": Embedder.load(str(folder), device="cpu")}
     if not args.no_compile:
         padded = compiled_padded(Embedder.load(str(folder), device="cpu"))

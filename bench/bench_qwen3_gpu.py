@@ -18,8 +18,8 @@ in a temporary folder (no Qwen3 weights can be downloaded; the speed does not de
 qwembed runs with ``dtype="auto"`` — bf16 throughout on CUDA, mixed bf16 on CPUs with bf16
 units — and its padding-free forward (packed sequences, attention per document). The reference is
 sentence-transformers with last-token pooling, left padding and normalisation (the model card's
-recipe, ``bench_qwen3_cpu.sentence_transformer``), loaded in bf16 (``--st-dtype``, through
-``model_kwargs``: a ``.to(bfloat16)`` would also round the rotary frequencies) and moved to the same
+recipe, ``qwembed.eval.st_peer.qwen3_sentence_transformer``), loaded in bf16 (``--st-dtype``,
+through ``model_kwargs``: a ``.to(bfloat16)`` would also round the rotary frequencies) and moved to the same
 device, ``--batch-size`` texts per batch. Two more rows use qwembed's loaded model: "qwembed eager
 steps", its packed forward with the eager element-wise steps instead of the fused GPU kernels
 (``fused_pointwise.py``), to show what fusing is worth; "qwembed padded", its left-padded forward
@@ -81,7 +81,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # the Qwen3 checkpoint builder the tests use
-from bench_qwen3_cpu import documents, sentence_transformer  # noqa: E402
+from bench_qwen3_cpu import documents  # noqa: E402
 from common import (  # noqa: E402
     DEFAULT_DATA,
     compare_engines,
@@ -276,10 +276,12 @@ def cosine_to_float32(folder: Path, hidden: int, device, corpora, vectors: dict[
 
 
 def reference_engine(folder: Path, hidden: int, device, dtype):
-    """``bench_qwen3_cpu.sentence_transformer`` loaded in ``dtype`` on the CPU (named: transformers
-    would otherwise load the bf16 checkpoint in bf16), then moved to ``device``."""
+    """``qwembed.eval.st_peer.qwen3_sentence_transformer`` loaded in ``dtype`` on the CPU (named:
+    transformers would otherwise load the bf16 checkpoint in bf16), then moved to ``device``."""
+    from qwembed.eval.st_peer import qwen3_sentence_transformer
+
     start = time.perf_counter()
-    model = sentence_transformer(folder, hidden, dtype).to(device=device).eval()
+    model = qwen3_sentence_transformer(folder, hidden, dtype).to(device=device).eval()
     synchronize(device)
     return model, time.perf_counter() - start
 

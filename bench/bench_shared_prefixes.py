@@ -89,13 +89,14 @@ def uncached(encoder, call):
 
 
 def embedder_rows(texts: list[str], repeats: int, lone: int) -> dict:
-    from bench_qwen3_cpu import QWEN3_0_6B, random_qwen3_0_6b, sentence_transformer
+    from bench_qwen3_cpu import random_qwen3_0_6b
     from qwembed.backends.qwen3 import query_prompt
     from qwembed.engine import Embedder
+    from qwembed.eval.st_peer import qwen3_sentence_transformer
 
     folder = random_qwen3_0_6b()
     ours = Embedder.load(str(folder), device="cpu")
-    reference = sentence_transformer(folder, QWEN3_0_6B["hidden_size"])
+    reference = qwen3_sentence_transformer(folder)
     instruction = query_prompt(ours.encoder.default_task, "")
     rows: dict = {"precision": ours.encoder.precision.describe()}
     for kind in ("query", "document"):

@@ -144,14 +144,15 @@ def lone_rows(label: str, ours, reference, texts: list[str], repeats: int, **kin
 
 
 def qwen3_rows(texts: list[str], repeats: int) -> dict:
-    from bench_qwen3_cpu import QWEN3_0_6B, random_qwen3_0_6b, sentence_transformer
+    from bench_qwen3_cpu import random_qwen3_0_6b
     from qwembed.backends import skinny_linear
     from qwembed.backends.qwen3 import query_prompt
     from qwembed.engine import Embedder
+    from qwembed.eval.st_peer import qwen3_sentence_transformer
 
     folder = random_qwen3_0_6b()
     ours = Embedder.load(str(folder), device="cpu")
-    reference = sentence_transformer(folder, QWEN3_0_6B["hidden_size"])
+    reference = qwen3_sentence_transformer(folder)
     instruction = query_prompt(ours.encoder.default_task, "")
     rows: dict = {"qwen3 precision": ours.encoder.precision.describe()}
     label = f"Qwen3-0.6B shape, {len(texts)} lone instructed queries"

@@ -50,10 +50,11 @@ def load_models(name: str):
     from qwembed.backends import load_encoder
 
     if name == QWEN3_SHAPE:
-        from bench_qwen3_cpu import QWEN3_0_6B, random_qwen3_0_6b, sentence_transformer
+        from bench_qwen3_cpu import random_qwen3_0_6b
+        from qwembed.eval.st_peer import qwen3_sentence_transformer
 
         folder = random_qwen3_0_6b()
-        return load_encoder(str(folder)), sentence_transformer(folder, QWEN3_0_6B["hidden_size"])
+        return load_encoder(str(folder)), qwen3_sentence_transformer(folder)
     from sentence_transformers import SentenceTransformer
 
     encoder = load_encoder(model_source(name))  # (also bench_embed's shape names)

@@ -367,3 +367,14 @@ def test_spec_says_null_is_accepted(client):
     assert {"type": "null"} in encoding["anyOf"] and encoding["default"] == "float"
     for model, field in (("RerankRequest", "return_documents"), ("TEIRerankRequest", "raw_scores")):
         assert {"type": "null"} in schemas[model]["properties"][field]["anyOf"]
+
+
+# ---- an empty instruction: refused, not silently the default task ------------------------------------
+
+
+@pytest.mark.parametrize("route", ["/v1/embeddings", "/v1/rerank"])
+def test_an_empty_instruction_is_a_400_naming_the_field(client, route):
+    body = {"input": ["x"]} if route == "/v1/embeddings" else {"query": "q", "documents": ["d"]}
+    error = error_of(client.post(route, json={**body, "instruction": ""}), 400, "invalid_request")
+    assert error["param"] == "instruction" and "instruction is empty" in error["message"]
+    still_serves(client)

@@ -108,6 +108,11 @@ def test_models_lists_both_kinds(client, models):
         ),
         ({"model": "nope", "query": QUERY, "documents": DOCUMENTS}, 404, "model_not_found"),
         ({"model": "minilm", "query": QUERY, "documents": DOCUMENTS}, 404, "model_not_found"),
+        (
+            {"model": "qwen3-reranker", "query": QUERY, "documents": DOCUMENTS, "instruction": " "},
+            400,
+            "invalid_request",
+        ),
     ],
     ids=[
         "two rerankers, no model",
@@ -118,6 +123,7 @@ def test_models_lists_both_kinds(client, models):
         "top_n 0",
         "unknown model",
         "embedding model",
+        "blank instruction",
     ],
 )
 def test_rerank_errors(client, body, status, code):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 
 import numpy as np
@@ -104,6 +105,28 @@ def test_st_peer_is_sentence_transformers_on_the_same_model(minilm_dir):
     np.testing.assert_allclose(peer.embed(texts), embedder.embed(texts), atol=1e-5)
     assert peer.compute == embedder.compute == "float32 on cpu"  # (recorded with each result)
     assert peer.embed(texts, dimensions=64).shape == (2, 64)
+
+
+def test_st_peer_of_a_plain_qwen3_folder_uses_the_official_recipe(qwen3_dirs, caplog):
+    """A Qwen3 folder without ``modules.json`` would be mean-pooled inside a chat template by
+    sentence-transformers 6; the peer sets it up as the official ST config does, and sends an
+    instruction in the official query form, so it measures what qwembed computes."""
+    from qwembed.engine import Embedder
+    from qwembed.eval.st_peer import SentenceTransformersPeer
+
+    folder = str(qwen3_dirs["appends"])
+    with caplog.at_level(logging.WARNING, logger="qwembed.eval.st_peer"):
+        peer = SentenceTransformersPeer(folder, device="cpu")
+    assert "no sentence-transformers config" in caplog.text and "does not append" not in caplog.text
+    embedder = Embedder.load(folder, device="cpu", dtype="float32")
+    texts = ["What is the capital of China?", "中国的首都是北京。"]
+    for options in ({}, {"input_type": "query"}, {"input_type": "query", "instruction": "Find FAQ answers"}):
+        np.testing.assert_allclose(peer.embed(texts, **options), embedder.embed(texts, **options), atol=1e-5)
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="qwembed.eval.st_peer"):
+        SentenceTransformersPeer(str(qwen3_dirs["plain"]), device="cpu")
+    assert "does not append <|endoftext|>" in caplog.text
 
 
 def test_a_benchmarking_child_that_dies_is_an_error_not_a_wait():

@@ -195,6 +195,17 @@ def test_unknown_store_is_a_one_line_error(tmp_path, manager, stub, monkeypatch,
             manager.create("c9", "stub", store=bad)
 
 
+def test_a_blank_query_instruction_is_refused_when_the_collection_is_made(tmp_path, manager, stub):
+    """Else every later search of the collection would fail on it."""
+    with pytest.raises(KBError, match="instruction is empty") as caught:
+        manager.create("c8", "stub", query_instruction=" ")
+    assert caught.value.param == "instruction"
+    assert "c8" not in manager.names()
+    client = TestClient(kb_app(manager), headers={"Authorization": "Bearer secret"})
+    response = client.put("/v1/kb/c8", json={"model": "stub", "instruction": ""})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "instruction"
+
+
 # ---- 6. and 7. JSONL values: null or numeric text, non-finite metadata ------------------------
 def test_jsonl_null_and_numeric_text_are_bad_documents(tmp_path, manager):
     records = tmp_path / "r.jsonl"

@@ -90,3 +90,23 @@ def test_token_id_inputs_get_the_end_token_once(embedder):
     from_ids = embedder.embed_token_ids([ids, [*ids, END_OF_TEXT_ID]])
     from_text = embedder.embed(["hello world"])
     np.testing.assert_allclose(from_ids, np.repeat(from_text, 2, axis=0), atol=1e-6)
+
+
+def test_text_ending_in_a_literal_end_token_keeps_it_as_the_model_card_does(embedder, qwen3_dirs):
+    """The official tokenizer reads a text's own ``<|endoftext|>`` as that token and appends
+    another; both tokenizer variants must give those ids, not take the text's for the appended one."""
+    text = "hello world<|endoftext|>"
+    (ids,) = embedder.tokenize([text])
+    assert ids[-2:] == [END_OF_TEXT_ID, END_OF_TEXT_ID]
+    expected = reference_embeddings(qwen3_dirs["appends"], [text]).numpy()
+    np.testing.assert_allclose(embedder.embed([text]), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("instruction", ["", "  \n"])
+def test_an_empty_instruction_is_refused_not_replaced_by_the_default(embedder, instruction):
+    from qwembed.engine.inputs import EmptyInstructionError
+
+    with pytest.raises(EmptyInstructionError, match="instruction is empty"):
+        embedder.embed(["x"], input_type="query", instruction=instruction)
+    # the backend itself is literal: the official format around whatever task it is given
+    assert embedder.encoder.format("x", "query", "") == "Instruct: \nQuery:x"

@@ -12,6 +12,7 @@ from pathlib import Path
 from . import __version__
 from .backends import BUNDLED
 from .backends.precision import DEFAULT_MIN_COSINE
+from .engine.inputs import instruction_option
 
 log = logging.getLogger("qwembed")
 
@@ -178,7 +179,7 @@ def _build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--file", type=Path, help="one text per line (UTF-8)")
     embed.add_argument("--dimensions", type=int, help="keep the first N components, re-normalised")
     embed.add_argument("--input-type", choices=["query", "document"], help="query gets the query prompt")
-    embed.add_argument("--instruction", help="task description for queries")
+    embed.add_argument("--instruction", type=instruction_option, help="task description for queries")
     embed.add_argument("--truncate", action="store_true", help="cut over-long texts instead of failing")
     embed.add_argument("--out", type=Path, help="F.jsonl or F.npy (default: JSON lines on stdout)")
     _add_model_options(embed)
@@ -189,7 +190,9 @@ def _build_parser() -> argparse.ArgumentParser:
     rerank.add_argument("--query", required=True)
     rerank.add_argument("documents", nargs="*", help="documents to score")
     rerank.add_argument("--file", type=Path, help="one document per line (UTF-8)")
-    rerank.add_argument("--instruction", help="task for Qwen3-Reranker (default: web search)")
+    rerank.add_argument(
+        "--instruction", type=instruction_option, help="task for Qwen3-Reranker (default: web search)"
+    )
     rerank.add_argument("--top-n", type=int, help="print only the best N")
     _add_model_options(rerank)
     rerank.set_defaults(func=_rerank)

@@ -15,7 +15,12 @@ from starlette.routing import Match
 
 from ..backends import InputTooLongError, InvalidTokenIdsError, PromptTooLongError
 from ..engine import InvalidDimensionsError, OverloadedError, WorkerStoppedError
-from ..engine.inputs import InstructionWithTokenIdsError, InvalidTextError, lone_surrogate_message
+from ..engine.inputs import (
+    EmptyInstructionError,
+    InstructionWithTokenIdsError,
+    InvalidTextError,
+    lone_surrogate_message,
+)
 from ..engine.pool import ModelRequiredError, UnknownModelError
 from .schemas import ErrorResponse
 
@@ -106,7 +111,7 @@ def from_engine_error(error: Exception) -> APIError:
         return APIError(400, str(error), "invalid_token_ids", "input")
     if isinstance(error, InvalidTextError):
         return APIError(400, str(error), "invalid_text", "input")
-    if isinstance(error, InstructionWithTokenIdsError):
+    if isinstance(error, InstructionWithTokenIdsError | EmptyInstructionError):
         return APIError(400, str(error), "invalid_request", "instruction")
     if isinstance(error, ModelRequiredError):
         return APIError(400, str(error), "model_required", "model")

@@ -51,7 +51,9 @@ class EmbeddingRequest(BaseModel):
         "`document` never gets one. Absent: the text is embedded as given unless `instruction` is set.",
     )
     instruction: UnicodeText | None = Field(
-        None, description="Task description for queries, e.g. `Given a question, retrieve FAQ answers`."
+        None,
+        description="Task description for queries, e.g. `Given a question, retrieve FAQ answers`; "
+        "null or absent: the model's default task; blank: 400.",
     )
     truncate: bool | None = Field(
         None, description="Cut inputs longer than the model's limit instead of answering 400."

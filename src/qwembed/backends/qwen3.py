@@ -84,7 +84,7 @@ class Qwen3Encoder(TorchEncoder):
         #: the tokens an instruction's queries begin with: the prompt's but its last (``:``), which
         #: merges with some texts' first characters (``:-``, ``:'``, a newline)
         self.instruction_prefix = TemplatePrefixes(
-            lambda task, text: tokenizer(query_prompt(task, text), add_special_tokens=True)["input_ids"]
+            lambda task, text: tokenizer(query_prompt(task, text), add_special_tokens=False)["input_ids"]
         )
 
     @classmethod
@@ -124,15 +124,18 @@ class Qwen3Encoder(TorchEncoder):
         if input_type == "document":
             return text
         if instruction is not None or input_type == "query":
-            task = instruction or self.default_task
+            task = self.default_task if instruction is None else instruction
             if self.prefix_cache is not None:
                 self.prefix_cache.remember(self.instruction_prefix(task))
             return query_prompt(task, text)
         return text
 
     def tokenize(self, texts: Sequence[str]) -> list[TokenIds]:
-        encoded = self.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
-        return [self.framing.fit(ids) for ids in encoded]
+        # The recipe is the text's tokens, then <|endoftext|>: appended here rather than by the
+        # tokenizer file, whose post-processor may or may not add it. (Fitting the tokenizer's
+        # output instead took a text's own trailing "<|endoftext|>" for the appended one.)
+        encoded = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+        return [[*ids, self.end_id] for ids in encoded]
 
     @torch.inference_mode()
     def embed_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:

@@ -62,7 +62,8 @@ DEFAULT_MAX_TOKENS = 8192
 def format_body(query: str, document: str, instruction: str | None = None) -> str:
     """The user turn between prefix and suffix; the document comes last, so cutting the tail of
     the body shortens the document."""
-    return f"<Instruct>: {instruction or DEFAULT_INSTRUCTION}\n<Query>: {query}\n<Document>: {document}"
+    task = DEFAULT_INSTRUCTION if instruction is None else instruction
+    return f"<Instruct>: {task}\n<Query>: {query}\n<Document>: {document}"
 
 
 def longest_first(first: int, second: int, budget: int) -> tuple[int, int]:
@@ -179,7 +180,9 @@ class Qwen3Reranker(Reranker):
         if not documents:
             return []
         if self.prefix_cache is not None:
-            self.prefix_cache.remember(self.instruction_prefix(instruction or DEFAULT_INSTRUCTION))
+            self.prefix_cache.remember(
+                self.instruction_prefix(DEFAULT_INSTRUCTION if instruction is None else instruction)
+            )
         bodies = [format_body(query, document, instruction) for document in documents]
         encoded = self._encode(bodies)
         query_offsets: list[tuple[int, int]] | None = None  # the query's tokens, once one is needed

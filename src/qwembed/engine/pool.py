@@ -19,7 +19,7 @@ import numpy as np
 from ..backends import Encoder, ModelCard, Reranker
 from .batching import default_batch_size, default_batch_tokens
 from .embedder import Embedder
-from .inputs import EmbedOptions, check_texts, tokenize_ids, tokenize_texts
+from .inputs import EmbedOptions, check_instruction, check_texts, tokenize_ids, tokenize_texts
 from .openmp import release_thread_pool
 from .postprocess import check_dimensions, truncate_dimensions
 from .rerank import RerankResult, rank
@@ -232,6 +232,7 @@ class ModelPool:
         def tokenize(admission: Admission) -> list[list[int]]:
             check_texts([query], name="query")
             check_texts(documents, name="documents")
+            check_instruction(instruction)
             sequences: list[list[int]] = []
             for start, end in _parts(documents, len(query)):
                 part = reranker.tokenize_pairs(query, documents[start:end], instruction)

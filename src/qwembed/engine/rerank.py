@@ -13,6 +13,7 @@ import numpy as np
 
 from ..backends.base import Reranker
 from .batching import default_batch_tokens, plan_batches
+from .inputs import check_instruction
 
 DEFAULT_MAX_BATCH_SIZE = 64
 
@@ -35,6 +36,7 @@ def score_pairs(
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
 ) -> np.ndarray:
     """float32 scores in the documents' order (what evaluation wants before sorting)."""
+    check_instruction(instruction)
     sequences = reranker.tokenize_pairs(query, documents, instruction)
     scores = np.zeros(len(sequences), dtype=np.float32)
     lengths = [len(ids) for ids in sequences]

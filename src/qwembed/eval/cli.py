@@ -16,6 +16,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from ..engine.inputs import instruction_option
 from .errors import EvalError
 from .protocol import TextEmbedder
 from .results import EvalRecord
@@ -45,7 +46,9 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         metavar="PAIRS",
         help="TSV (s1<TAB>s2<TAB>label) or JSONL (sentence1/sentence2/label); repeatable",
     )
-    sts.add_argument("--instruction", help="embed both sentences as queries with this instruction")
+    sts.add_argument(
+        "--instruction", type=instruction_option, help="embed both sentences as queries with this instruction"
+    )
     sts.set_defaults(func=cmd_sts)
 
     pairs = sub.add_parser(
@@ -57,7 +60,9 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     pairs.add_argument(
         "--seeds", type=_positive_int, default=5, help="repeats per size (default: %(default)s)"
     )
-    pairs.add_argument("--instruction", help="embed both sentences as queries with this instruction")
+    pairs.add_argument(
+        "--instruction", type=instruction_option, help="embed both sentences as queries with this instruction"
+    )
     pairs.set_defaults(func=cmd_pairs)
 
     ret = sub.add_parser("retrieval", help="Top-k accuracy, MRR@10, nDCG@10, Recall@k", parents=[_common()])
@@ -68,7 +73,11 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         metavar="SET",
         help="BEIR folder, simple JSONL, StackFAQ folder or builtin:zh-hard; repeatable",
     )
-    ret.add_argument("--instruction", help="query instruction (default: the model's own); documents get none")
+    ret.add_argument(
+        "--instruction",
+        type=instruction_option,
+        help="query instruction (default: the model's own); documents get none",
+    )
     ret.add_argument("--split", default="test", help="BEIR qrels split (default: %(default)s)")
     ret.add_argument(
         "--rerank",
@@ -82,7 +91,9 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         default=100,
         help="documents reranked per query (default: %(default)s)",
     )
-    ret.add_argument("--rerank-instruction", help="Qwen3-Reranker task (default: web search)")
+    ret.add_argument(
+        "--rerank-instruction", type=instruction_option, help="Qwen3-Reranker task (default: web search)"
+    )
     ret.set_defaults(func=cmd_retrieval)
 
     sweep = sub.add_parser(
@@ -94,7 +105,9 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         "--post", default="none,pca:128,whiten", help="none, pca:K, whiten, whiten:K (default: %(default)s)"
     )
     sweep.add_argument(
-        "--instruction", help="query instruction for the 'on' setting (default: the model's own)"
+        "--instruction",
+        type=instruction_option,
+        help="query instruction for the 'on' setting (default: the model's own)",
     )
     sweep.add_argument("--split", default="test", help="BEIR qrels split (default: %(default)s)")
     sweep.add_argument(

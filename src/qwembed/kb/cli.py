@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ..engine.inputs import instruction_option
 from .errors import CollectionNotFoundError, KBError
 from .manager import KnowledgeBaseManager, UnavailableCollection, default_kb_dir
 from .search import FUSIONS, MODES, hit_json
@@ -217,7 +218,12 @@ def add_kb_parser(subparsers) -> None:
         "--chunk-tokens", type=int, default=None, help="tokens per chunk (default min(256, limit))"
     )
     create.add_argument("--overlap-tokens", type=int, default=None, help="overlap (default chunk/8)")
-    create.add_argument("--instruction", default=None, help="query instruction (default: the model's own)")
+    create.add_argument(
+        "--instruction",
+        type=instruction_option,
+        default=None,
+        help="query instruction (default: the model's own)",
+    )
 
     add = command(
         "add",

@@ -425,6 +425,12 @@ class KnowledgeBaseManager:
         if isinstance(chunking, dict):
             chunking = ChunkingSettings(**chunking)
         check_store(store)  # before a model loads: a typo fails at once
+        from ..engine.inputs import EmptyInstructionError, check_instruction  # (torch, once needed)
+
+        try:
+            check_instruction(query_instruction)  # else every search of the collection would fail
+        except EmptyInstructionError as error:
+            raise KBError(str(error), "instruction") from None
         directory = self._directory(name)
         with self._lock:
             existing = read_settings(directory)
