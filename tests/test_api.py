@@ -217,6 +217,19 @@ def test_bad_input_gets_documented_error_and_server_recovers(client, body, heade
     assert post(client, GOOD).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"instruction": "t"}, "instruction"),
+        ({"input_type": "query"}, "input_type"),
+        ({"instruction": "t", "input_type": "query"}, "instruction"),
+    ],
+)
+def test_a_prompt_field_with_token_ids_is_named_in_param(client, extra, param):
+    response = post(client, {"model": "minilm", "input": [1, 2], **extra})
+    assert response.status_code == 400 and response.json()["error"]["param"] == param
+
+
 def test_unknown_model_lists_served_names(client):
     message = post(client, {**GOOD, "model": "gpt-4"}).json()["error"]["message"]
     assert "minilm" in message and "qwen3-tiny" in message

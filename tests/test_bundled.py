@@ -40,3 +40,25 @@ def test_unknown_short_name_is_a_clear_error():
 
     with pytest.raises(ModelNotFoundError, match="bundled name"):
         Embedder.load("not-a-model")
+
+
+@pytest.mark.parametrize("kind", ["encoder", "reranker"])
+def test_a_hub_id_that_cannot_be_fetched_is_a_one_line_model_not_found(monkeypatch, tmp_path, kind):
+    """transformers spreads an offline or missing repository's reason over several lines; the
+    command lines print one (``qwembed kb create: model … could not be fetched …``)."""
+    from qwembed.backends import ModelNotFoundError, load_encoder, load_reranker, registry
+
+    def offline(name: str, trust_remote_code: bool = False):
+        raise OSError("We couldn't connect to 'https://huggingface.co'.\nCheck your internet connection.")
+
+    monkeypatch.setattr(registry, "detect_backend", offline)
+    load = load_encoder if kind == "encoder" else load_reranker
+    with pytest.raises(ModelNotFoundError) as caught:
+        load("nobody/no-such-model")
+    message = str(caught.value)
+    assert "\n" not in message and "'nobody/no-such-model' could not be fetched" in message
+    assert "Check your internet connection" in message
+    # a local folder's OSError is its own, not a hub failure
+    with pytest.raises(OSError) as local:
+        load(str(tmp_path))
+    assert not isinstance(local.value, ModelNotFoundError)

@@ -391,11 +391,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         InvalidTextError,
         OSError,
     ) as error:
-        print(f"qwembed {args.command}: {error}", file=sys.stderr)
+        print(f"{_program(args)}: {error}", file=sys.stderr)
         return 2
     except ModelLoadError as error:
-        print(f"qwembed {args.command}: {error}", file=sys.stderr)
+        print(f"{_program(args)}: {error}", file=sys.stderr)
         return 1
+
+
+def _program(args: argparse.Namespace) -> str:
+    """``qwembed embed``, ``qwembed kb search`` …: what the user ran, to begin an error line."""
+    return " ".join(["qwembed", args.command, *([args.kb_command] if args.command == "kb" else [])])
 
 
 if __name__ == "__main__":

@@ -111,7 +111,9 @@ def from_engine_error(error: Exception) -> APIError:
         return APIError(400, str(error), "invalid_token_ids", "input")
     if isinstance(error, InvalidTextError):
         return APIError(400, str(error), "invalid_text", "input")
-    if isinstance(error, InstructionWithTokenIdsError | EmptyInstructionError):
+    if isinstance(error, InstructionWithTokenIdsError):
+        return APIError(400, str(error), "invalid_request", error.field)
+    if isinstance(error, EmptyInstructionError):
         return APIError(400, str(error), "invalid_request", "instruction")
     if isinstance(error, ModelRequiredError):
         return APIError(400, str(error), "model_required", "model")

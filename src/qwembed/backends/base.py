@@ -37,7 +37,8 @@ class InputTooLongError(ValueError):
         super().__init__(
             message
             or f"{where} has {n_tokens} tokens but the model accepts at most {max_tokens} "
-            "(the end token included); shorten it or set truncate=true"
+            "(the end token included); shorten it or allow truncation "
+            "(truncate: true; --truncate on the command line)"
         )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -123,6 +125,21 @@ def check_model_name(name_or_path: str) -> None:
     )
 
 
+@contextmanager
+def _fetched_from_the_hub(name_or_path: str) -> Iterator[None]:
+    """A hub id that cannot be fetched (offline, no such repository, gated) is a model not found,
+    in one line: transformers' OSError spreads its reason over several."""
+    try:
+        yield
+    except OSError as error:
+        if _check_folder(name_or_path) is not None:  # a local folder's files: their own error
+            raise
+        reason = " ".join(str(error).split())
+        raise ModelNotFoundError(
+            f"model {name_or_path!r} could not be fetched from the Hugging Face hub: {reason}"
+        ) from error
+
+
 def _is_hub_id(name: str) -> bool:
     """``owner/name`` as the hub spells repositories (not ``a/b/c``, not a URL)."""
     from huggingface_hub.errors import HFValidationError
@@ -153,17 +170,18 @@ def load_encoder(
     if name_or_path == "minilm":
         source = str(bundled_minilm_path())
         name = name or "minilm"
-    if backend == "auto":
-        backend = detect_backend(source, options.trust_remote_code)
     name = name or served_name(name_or_path)
     kwargs.update(compile=options.compile, min_bf16_cosine=options.min_bf16_cosine)
-    if backend == "qwen3":
-        from .qwen3 import Qwen3Encoder
+    with _fetched_from_the_hub(source):
+        if backend == "auto":
+            backend = detect_backend(source, options.trust_remote_code)
+        if backend == "qwen3":
+            from .qwen3 import Qwen3Encoder
 
-        return Qwen3Encoder.load(source, name=name, **kwargs)
-    from .sentence_transformer import SentenceTransformerEncoder
+            return Qwen3Encoder.load(source, name=name, **kwargs)
+        from .sentence_transformer import SentenceTransformerEncoder
 
-    return SentenceTransformerEncoder.load(source, name=name, **kwargs)
+        return SentenceTransformerEncoder.load(source, name=name, **kwargs)
 
 
 def load_reranker(
@@ -176,10 +194,11 @@ def load_reranker(
     options = options or LoadOptions()
     _check_folder(name_or_path)
     kwargs = {"name": name or served_name(name_or_path), **_load_kwargs(options)}
-    if detect_backend(name_or_path, options.trust_remote_code) == "qwen3":
-        from .qwen3_reranker import Qwen3Reranker
+    with _fetched_from_the_hub(name_or_path):
+        if detect_backend(name_or_path, options.trust_remote_code) == "qwen3":
+            from .qwen3_reranker import Qwen3Reranker
 
-        return Qwen3Reranker.load(name_or_path, **kwargs)
-    from .cross_encoder import CrossEncoderReranker
+            return Qwen3Reranker.load(name_or_path, **kwargs)
+        from .cross_encoder import CrossEncoderReranker
 
-    return CrossEncoderReranker.load(name_or_path, **kwargs)
+        return CrossEncoderReranker.load(name_or_path, **kwargs)

@@ -21,7 +21,9 @@ class EmbedOptions:
 
 
 class InstructionWithTokenIdsError(ValueError):
-    def __init__(self) -> None:
+    def __init__(self, field: str) -> None:
+        #: the request's field to blame: ``instruction``, else ``input_type``
+        self.field = field
         super().__init__(
             "instruction and input_type apply to text inputs; token-id inputs are embedded as given "
             "(the model's end token added) — prepend the prompt's tokens yourself"
@@ -97,7 +99,7 @@ def tokenize_ids(
     encoder: Encoder, inputs: Sequence[Sequence[int]], options: EmbedOptions, start: int = 0
 ) -> list[TokenIds]:
     if options.instruction is not None or options.input_type is not None:
-        raise InstructionWithTokenIdsError()
+        raise InstructionWithTokenIdsError("instruction" if options.instruction is not None else "input_type")
     for ids in inputs:
         encoder.check_token_ids(ids)
     return fit_to_limit(encoder, [encoder.fit_token_ids(ids) for ids in inputs], options.truncate, start)
