@@ -135,6 +135,7 @@ UNPARSABLE = [
     ("whitespace only", b" \r\n ", "empty"),
     ("deeply nested", b"[" * 100_000, "nested too deeply"),
     ("truncated", b'{"input": ', "not valid JSON"),
+    ("a number of 5,000 digits", b'{"input": "a", "dimensions": ' + b"9" * 5000 + b"}", "digits"),
 ]
 
 
@@ -378,3 +379,18 @@ def test_an_empty_instruction_is_a_400_naming_the_field(client, route):
     error = error_of(client.post(route, json={**body, "instruction": ""}), 400, "invalid_request")
     assert error["param"] == "instruction" and "instruction is empty" in error["message"]
     still_serves(client)
+
+
+def test_an_unhandled_error_is_counted_under_the_code_its_answer_carries():
+    """The catch-all answer (500 internal_error) is sent outside the metrics middleware, which
+    once counted it as http_500."""
+    app = create_app(make_pool(), ServerSettings())
+
+    @app.get("/boom")
+    async def boom():
+        raise RuntimeError("a bug")
+
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        error_of(test_client.get("/boom"), 500, "internal_error")
+        text = test_client.get("/metrics").text
+    assert 'qwembed_errors_total{code="internal_error"} 1.0' in text and "http_500" not in text

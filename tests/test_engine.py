@@ -91,6 +91,45 @@ def test_embedder_and_server_take_the_devices_defaults_unless_told(device, rows)
     assert told._models[encoder.name].worker.max_batch_size == 7
 
 
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"max_batch_size": -5},
+        {"max_batch_size": 0},
+        {"max_batch_tokens": 0},
+        {"streams": 0},
+        {"max_queue_wait": -1},
+    ],
+)
+def test_batch_settings_that_could_never_fill_a_batch_are_refused(setting):
+    """A negative batch size once left a server spinning at startup, deaf to SIGTERM."""
+    name = next(iter(setting))
+    with pytest.raises(ValueError, match=name):
+        BatchSettings(**setting)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--max-batch-size", "-5"],
+        ["--max-batch-size", "0"],
+        ["--port", "99999"],
+        ["--port", "x"],
+        ["--streams", "0"],
+        ["--body-timeout", "0"],
+        ["--max-queue-wait", "nan"],
+        ["--min-bf16-cosine", "2"],
+    ],
+)
+def test_serve_refuses_numeric_options_out_of_range_before_loading_anything(option, capsys):
+    from qwembed.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--model", "minilm", *option])
+    assert exited.value.code == 2
+    assert f"argument {option[0]}" in capsys.readouterr().err
+
+
 def test_truncate_dimensions_renormalises():
     vectors = np.array([[3.0, 4.0, 12.0]], dtype=np.float32) / 13
     np.testing.assert_allclose(truncate_dimensions(vectors, 2), [[0.6, 0.8]], atol=1e-6)

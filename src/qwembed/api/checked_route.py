@@ -69,6 +69,8 @@ def parse_json(body: bytes) -> Any:
         ) from None
     except RecursionError:
         raise APIError(400, "the request body is not valid JSON: nested too deeply", "invalid_json") from None
+    except ValueError as error:  # a number past Python's digit limit for int conversion (4,300)
+        raise APIError(400, f"the request body cannot be read: {error}", "invalid_json") from None
 
 
 class _JSONRequest(Request):

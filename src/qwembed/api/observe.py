@@ -33,6 +33,11 @@ class RequestMetrics:
 
         try:
             await self.app(scope, receive, observing_send)
+        except Exception:
+            # answered outside this middleware by the catch-all handler (errors.py), whose body
+            # this send never sees: count it under the code that body carries
+            error_body = b'{"error": {"code": "internal_error"}}'
+            raise
         finally:
             # the route's template (/v1/kb/{name}), set by the router; unknown paths share one
             # label so that scanners cannot blow up the label set

@@ -73,6 +73,21 @@ class BatchSettings:
     #: forward passes at once per model; None: two on a multi-core CPU, one on a GPU (streams.py)
     streams: int | None = None
 
+    def __post_init__(self) -> None:
+        # a size below 1 would never fill a batch: the worker would spin instead of failing
+        for field in (
+            "max_batch_tokens",
+            "max_batch_size",
+            "max_queue_items",
+            "min_rate_sample_tokens",
+            "streams",
+        ):
+            value = getattr(self, field)
+            if value is not None and value < 1:
+                raise ValueError(f"{field} must be at least 1, got {value}")
+        if self.max_queue_wait is not None and not self.max_queue_wait >= 0:
+            raise ValueError(f"max_queue_wait must be at least 0 (or None), got {self.max_queue_wait}")
+
 
 @dataclass(frozen=True)
 class Embeddings:
