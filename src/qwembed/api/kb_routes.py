@@ -13,10 +13,10 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..kb.documents import Document
+from ..kb.documents import Document, shown
 from ..kb.errors import KBError
 from ..kb.ingest import Failure, confine, read_paths
-from ..kb.manager import KnowledgeBaseManager
+from ..kb.manager import MAX_LISTING, KnowledgeBaseManager
 from ..kb.search import hit_json
 from .checked_route import CheckedRoute
 from .errors import ERROR_RESPONSES, APIError, from_engine_error
@@ -48,7 +48,9 @@ class PrecomputedChunk(_Strict):
 
 
 class DocumentBody(_Strict):
-    id: str = Field(min_length=1, max_length=512)
+    # an integer id is its decimal string, as in JSONL records; empty, over-long or not-Unicode
+    # ids are that document's failure (Document.validate), like an empty text
+    id: str | int
     text: str = ""
     metadata: dict[str, Any] = Field(default_factory=dict)
     source: str = ""
@@ -124,7 +126,7 @@ def build_kb_router(manager: KnowledgeBaseManager, key_dependency) -> APIRouter:
     async def add_documents(name: str, body: AddBody) -> dict[str, Any]:
         documents = [
             Document(
-                id=d.id,
+                id=str(d.id),
                 text=d.text,
                 metadata=d.metadata,
                 source=d.source,
@@ -145,6 +147,9 @@ def build_kb_router(manager: KnowledgeBaseManager, key_dependency) -> APIRouter:
         report = await _call(manager.add, name, documents)
         result = report.to_json()
         result["failed"] += [{"id": f.item, "message": f.reason} for f in failures]
+        # a file name that is not UTF-8 reaches us with lone surrogates (surrogateescape), which
+        # no JSON answer can carry: escape them rather than fail the whole answer
+        result["failed"] = [{"id": shown(f["id"]), "message": shown(f["message"])} for f in result["failed"]]
         return result
 
     @router.post("/{name}/search")
@@ -177,8 +182,10 @@ def build_kb_router(manager: KnowledgeBaseManager, key_dependency) -> APIRouter:
 
     @router.get("/{name}/documents")
     async def list_documents(name: str, limit: int = 100, offset: int = 0) -> dict[str, Any]:
-        if not 1 <= limit <= 10_000 or offset < 0:
-            raise APIError(400, "limit must be 1..10000 and offset ≥ 0", "invalid_request", "limit")
+        if not 1 <= limit <= 10_000:
+            raise APIError(400, "limit must be 1..10000", "invalid_request", "limit")
+        if not 0 <= offset <= MAX_LISTING:  # (a larger offset overflows LanceDB's)
+            raise APIError(400, f"offset must be 0..{MAX_LISTING}", "invalid_request", "offset")
         infos = await _call(lambda: manager.get(name).documents(limit, offset))
         return {
             "data": [

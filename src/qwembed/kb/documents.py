@@ -14,6 +14,7 @@ import numpy as np
 from .errors import BadDocumentError
 
 MAX_ID_LENGTH = 512
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what the stores' JSON readers hold
 
 
 @dataclass
@@ -27,24 +28,30 @@ class Document:
     chunks: Sequence[tuple[str, Sequence[float] | np.ndarray]] | None = None
 
     def validate(self) -> None:
-        if not isinstance(self.id, str) or not self.id.strip() or len(self.id) > MAX_ID_LENGTH:
-            raise BadDocumentError(f"document id must be a non-empty string of at most {MAX_ID_LENGTH} chars")
+        if not isinstance(self.id, str):
+            raise BadDocumentError("document id must be a string")
+        if not self.id.strip():
+            raise BadDocumentError("document id is empty")
+        if len(self.id) > MAX_ID_LENGTH:
+            raise BadDocumentError(f"document id is longer than {MAX_ID_LENGTH} characters")
+        if not is_unicode(self.id):
+            raise BadDocumentError("document id is not valid Unicode (a lone surrogate)")
         if not isinstance(self.metadata, dict):
             raise BadDocumentError("metadata must be an object")
-        bad = _non_finite(self.metadata, "metadata")
+        bad = _bad_metadata(self.metadata, "metadata")
         if bad is not None:
-            # JSON has no NaN or infinity; stored, they break every filter on the field
-            raise BadDocumentError(f"{bad} is not a finite number (NaN, Infinity or out of range)")
+            raise BadDocumentError(bad)
         if not isinstance(self.source, str):
             raise BadDocumentError("source must be a string")
+        if not is_unicode(self.source):
+            # (content_hash and the store encode it as UTF-8: it would fail there, the whole batch)
+            raise BadDocumentError("source is not valid Unicode (a lone surrogate)")
         texts = [self.text] if self.chunks is None else [text for text, _ in self.chunks]
         for text in texts:
             if not isinstance(text, str):
                 raise BadDocumentError(f"text must be a string, not {type(text).__name__}")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise BadDocumentError("text is not valid Unicode (a lone surrogate)") from None
+            if not is_unicode(text):
+                raise BadDocumentError("text is not valid Unicode (a lone surrogate)")
         if self.chunks is None and not self.text.strip():
             raise BadDocumentError("the document is empty")
         if self.chunks is not None and not self.chunks:
@@ -77,17 +84,48 @@ class Document:
         return digest.hexdigest()
 
 
-def _non_finite(value: Any, where: str) -> str | None:
-    """The path (``metadata.a.b[2]``) of the first NaN or infinite number in ``value``, if any."""
+def is_unicode(text: str) -> bool:
+    """False for a string holding a lone UTF-16 surrogate (JSON's ``"\\ud800"`` escape parses to
+    one): no UTF-8 encoding exists for it, so hashing or storing it would fail."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(text: str) -> str:
+    """``text`` safe to print or put in a JSON answer: lone surrogates as ``\\udXXX`` escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _bad_metadata(value: Any, where: str) -> str | None:
+    """Why ``value`` (at path ``where``, e.g. ``metadata.a.b[2]``) cannot be stored, or None.
+
+    - NaN and ±Infinity: JSON has neither; stored, they break every filter on the field.
+    - Integers outside signed 64 bits: the stores read JSON integers as int64, so one such value
+      makes every integer filter on its field fail (LanceDB: "Failed to convert to integer").
+    - Lone surrogates in keys or strings: not Unicode, no UTF-8 form to hash or store.
+    """
     if isinstance(value, float) and not math.isfinite(value):
-        return where
+        return f"{where} is not a finite number (NaN, Infinity or out of range)"
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        return (
+            f"{where} is an integer outside the signed 64-bit range, which filters cannot read: "
+            "store it as a string (or a float)"
+        )
+    if isinstance(value, str) and not is_unicode(value):
+        return f"{where} is not valid Unicode (a lone surrogate)"
     if isinstance(value, dict):
-        items = ((f"{where}.{key}", item) for key, item in value.items())
+        for key in value:
+            if isinstance(key, str) and not is_unicode(key):
+                return f"{where} has a key that is not valid Unicode (a lone surrogate): {key!r}"
+        items = ((f"{where}.{shown(str(key))}", item) for key, item in value.items())
     elif isinstance(value, list | tuple):
         items = ((f"{where}[{index}]", item) for index, item in enumerate(value))
     else:
         return None
-    return next((found for path, item in items if (found := _non_finite(item, path)) is not None), None)
+    return next((found for path, item in items if (found := _bad_metadata(item, path)) is not None), None)
 
 
 @dataclass

@@ -9,10 +9,12 @@ place per store.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from .documents import INT64_MAX, INT64_MIN, is_unicode
 from .errors import InvalidFilterError
 
 COLUMNS = ("document_id", "source")
@@ -33,7 +35,21 @@ class Condition:
 
 
 def _scalar(value: Any, field: str) -> Scalar:
-    if isinstance(value, str | bool | int | float):
+    # Each check below keeps a value out of the store's query that would fail there (a 500),
+    # not here (a 400 that says why).
+    if isinstance(value, str):
+        if not is_unicode(value):  # JSON's "\\ud800" escape: no UTF-8 form to put in a query
+            raise InvalidFilterError(f"filter value for {field!r} is not valid Unicode (a lone surrogate)")
+        return value
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:  # the stores compare JSON integers as int64
+            raise InvalidFilterError(f"filter value for {field!r} is outside the signed 64-bit integer range")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):  # Python's JSON reader turns NaN, Infinity and 1e400 into floats
+            raise InvalidFilterError(f"filter value for {field!r} is not a finite number")
         return value
     raise InvalidFilterError(f"filter value for {field!r} must be a string, number or boolean")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .documents import Document
-from .errors import BadDocumentError, PathNotAllowedError
+from .errors import BadDocumentError, KBError, PathNotAllowedError
 from .parsers import PARSERS, parse_file
 
 _LISTED_SKIPS = 10  # unsupported files named in a folder's skip report; the rest are counted
@@ -40,6 +40,8 @@ def confine(path: str | Path, roots: Sequence[Path]) -> Path:
     """Resolve ``path`` (symlinks too) and insist it is inside one of ``roots``."""
     if not roots:
         raise PathNotAllowedError("this server reads no files: start it with a file root", "paths")
+    if "\x00" in str(path):  # no file name holds one; the OS calls refuse it (ValueError, a 500)
+        raise KBError(f"path {str(path)!r} contains a null character: no file has such a name", "paths")
     resolved = Path(path).expanduser().resolve()
     if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
         raise PathNotAllowedError(f"{path} is outside the allowed folders", "paths")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from .errors import InvalidFilterError
 from .filters import Condition, sql_string
 from .store import ChunkBatch, DocumentInfo, Hit
 
@@ -103,6 +104,24 @@ def compile_where(conditions: Sequence[Condition]) -> str | None:
     return " AND ".join(f"({p})" for p in parts) or None
 
 
+def _run_filtered(query, conditions: Sequence[Condition]) -> list[dict]:
+    """``query``'s rows. LanceDB's typed JSON getters convert a stored value to the filter value's
+    type where they can (``"2020"`` ↔ ``2020``, ``1`` ↔ ``true``) and fail the whole query where
+    they cannot (a number filter over a field some document holds as a word, an object or a
+    list): that is the filter's doing, so it is an ``InvalidFilterError`` (400), not a 500."""
+    try:
+        return query.to_arrow().to_pylist()
+    except RuntimeError as error:
+        if not conditions or "Failed to convert to" not in str(error):
+            raise
+        fields = ", ".join(sorted({repr(c.field) for c in conditions if not c.is_column}))
+        raise InvalidFilterError(
+            f"the filter on {fields} compares with a type that some documents' values of the field "
+            "cannot be converted to (e.g. a number filter over a field stored as a word, an object or "
+            "a list in some document): filter a field that holds one type"
+        ) from None
+
+
 def default_partitions(index_type: str, rows: int) -> int:
     """IVF partitions: ~√n/4 for IVF_HNSW_* (an HNSW graph in each), ~√n for the scanned kinds."""
     root = rows**0.5
@@ -182,8 +201,11 @@ class LanceStore:
             return
         # One merge commit both writes the new chunks and drops the replaced documents' other
         # chunks; a delete followed by an add would let a crash between them lose a document.
+        # Keyed on (chunk_id, content_hash): a new version matches no stored row, so every row of
+        # the old one goes, copies included (a document stored twice by two writers before the
+        # folder lock is whole again once it is replaced).
         merge = (
-            self._table.merge_insert("chunk_id")
+            self._table.merge_insert(["chunk_id", "content_hash"])
             .when_matched_update_all()
             .when_not_matched_insert_all()
             .when_not_matched_by_source_delete(_in_list("document_id", sorted(existing)))
@@ -204,7 +226,9 @@ class LanceStore:
             self._table.search()
             .where(f"position = 0 AND {_in_list('document_id', list(document_ids))}")
             .select(["document_id", "content_hash"])
-            .limit(len(document_ids))
+            # every matching row, not len(ids): if a document was ever stored twice (two writers
+            # before the folder lock), its extra rows must not crowd another id out of the answer
+            .limit(None)
             .to_arrow()
             .to_pylist()
         )
@@ -241,7 +265,7 @@ class LanceStore:
             query = query.refine_factor(self.refine_factor)
         if self.ef:  # LanceDB requires ef ≥ the candidates asked of the graph
             query = query.ef(max(self.ef, k * max(self.refine_factor, 1)))
-        return self._hits(query.to_arrow().to_pylist(), "_distance", lambda d: 1.0 - float(d))
+        return self._hits(_run_filtered(query, where), "_distance", lambda d: 1.0 - float(d))
 
     def keyword_search(self, terms: str, k: int, where: Sequence[Condition]) -> list[Hit]:
         if not terms.strip():
@@ -254,7 +278,7 @@ class LanceStore:
         clause = compile_where(where)
         if clause:
             query = query.where(clause, prefilter=True)
-        return self._hits(query.to_arrow().to_pylist(), "_score", float)
+        return self._hits(_run_filtered(query, where), "_score", float)
 
     def list_documents(self, limit: int, offset: int) -> list[DocumentInfo]:
         rows = (

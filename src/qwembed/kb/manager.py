@@ -8,6 +8,7 @@ Milvus collection). All methods are synchronous and thread-safe; the server call
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -17,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import filelock
 import numpy as np
 
 from .chunking import TokenCounter, chunk_text, embedder_token_counter
-from .documents import AddReport, Document
+from .documents import AddReport, Document, shown
 from .errors import (
     BadDocumentError,
     CollectionDamagedError,
@@ -29,6 +31,7 @@ from .errors import (
     KBError,
     RerankUnavailableError,
     SettingsMismatchError,
+    StoreUnavailableError,
     out_of_space_as_storage_full,
 )
 from .filters import parse_filter
@@ -58,12 +61,48 @@ from .store import ChunkBatch, ChunkStore, DocumentInfo
 
 log = logging.getLogger("qwembed.kb")
 
+MAX_LISTING = 2**31 - 1  # largest limit/offset of a document listing
 _MAX_DEPTH = 4000  # candidates per list at most, when one document's chunks crowd the top
 EmbedderFactory = Callable[[str], Any]  # model → qwembed.engine.Embedder (or the same interface)
 RerankerFactory = Callable[[str], Any]  # model → qwembed.backends.Reranker
 _PROBE = "qwembed fingerprint: the quick brown fox jumps over the lazy dog. 敏捷的棕色狐狸跳过了懒狗。"
 _FINGERPRINT_SIZE = 64
 _FINGERPRINT_MIN_COSINE = 0.95  # same weights on another device/dtype stay > 0.99; another model ≈ 0
+
+
+# Cross-process locks, files in the collection's folder. The threading locks below only order the
+# threads of one process, but a server and `qwembed kb add` (or two servers) can share a KB folder:
+# without a lock both could find a document missing and both append it — two versions of it.
+WRITE_LOCK = "write.lock"  # held around each write's check-and-commit (add, delete, create, drop)
+MAINTAIN_LOCK = "maintain.lock"  # one index build at a time; adds go on meanwhile
+# How long a write waits for another process's write. The lock is held for a read of the stored
+# hashes and one commit (embedding happens before it), so a wait this long means a stuck writer.
+WRITE_LOCK_TIMEOUT = 300.0
+
+
+@contextlib.contextmanager
+def collection_lock(directory: Path, name: str, *, must_exist: bool = True) -> Iterator[None]:
+    """Hold ``directory/write.lock`` (``flock``: released by the kernel if the holder dies, so a
+    killed process leaves no stale lock). ``must_exist``: the collection must still be there once
+    the lock is held (another process may have dropped it meanwhile)."""
+    if must_exist and not (directory / SETTINGS_FILE).is_file():
+        raise CollectionNotFoundError(f"no collection named {name!r}", "name")
+    lock = filelock.FileLock(directory / WRITE_LOCK, timeout=WRITE_LOCK_TIMEOUT, is_singleton=True)
+    try:
+        lock.acquire()
+    except FileNotFoundError:  # the folder went while this waited: dropped
+        raise CollectionNotFoundError(f"no collection named {name!r}", "name") from None
+    except filelock.Timeout:
+        raise StoreUnavailableError(
+            f"another process has been writing to collection {name!r} for {WRITE_LOCK_TIMEOUT:g} s "
+            f"(it holds {directory / WRITE_LOCK}); nothing was written"
+        ) from None
+    try:
+        if must_exist and not (directory / SETTINGS_FILE).is_file():
+            raise CollectionNotFoundError(f"no collection named {name!r}", "name")
+        yield
+    finally:
+        lock.release()
 
 
 def default_kb_dir() -> Path:
@@ -133,11 +172,15 @@ class UnavailableCollection:
 
 
 class Collection:
-    def __init__(self, settings: CollectionSettings, store: ChunkStore, manager: KnowledgeBaseManager):
+    def __init__(
+        self, settings: CollectionSettings, store: ChunkStore, manager: KnowledgeBaseManager, directory: Path
+    ):
         self.settings = settings
         self.store = store
+        self.directory = directory
         self._manager = manager
-        self._write = threading.Lock()  # one writer per collection in this process
+        # one writer per collection in this process; collection_lock orders the processes
+        self._write = threading.Lock()
         self._counter: tuple[TokenCounter, int] | None = None
 
     # ---- the model, checked against the stored settings ------------------------------------
@@ -158,6 +201,10 @@ class Collection:
         return self._counter
 
     # ---- writes ---------------------------------------------------------------------------
+    def _check_exists(self) -> None:
+        if not (self.directory / SETTINGS_FILE).is_file():
+            raise CollectionNotFoundError(f"no collection named {self.settings.name!r}", "name")
+
     def add(self, documents: Sequence[Document]) -> AddReport:
         """Add or replace; when this returns, every document not in ``failed`` is durable."""
         report = AddReport()
@@ -167,7 +214,7 @@ class Collection:
                 document.validate()
                 document.metadata_json()
             except BadDocumentError as error:
-                report.failed.append((str(document.id), str(error)))
+                report.failed.append((shown(str(document.id)), str(error)))  # printable
                 continue
             latest.pop(document.id, None)
             latest[document.id] = document
@@ -175,53 +222,69 @@ class Collection:
             return report
         hashes = {doc_id: doc.content_hash() for doc_id, doc in latest.items()}
         with self._write:
-            existing = self.store.document_hashes(list(latest))
-            batch = ChunkBatch()
-            vectors: list[np.ndarray] = []
-            texts_to_embed: list[str] = []
-            embed_rows: list[int] = []
-            written: list[str] = []
+            self._check_exists()  # (dropped by another process since this one opened it?)
+            # A first look, so that unchanged documents are neither embedded nor written. Whether
+            # a document is added or replaced is decided again under the folder lock below: another
+            # process may write the same ids meanwhile (embedding stays outside that lock).
+            seen = self.store.document_hashes(list(latest))
+            pieces: dict[str, list[tuple[str, np.ndarray | None]]] = {}
             for doc_id, document in latest.items():
-                if existing.get(doc_id) == hashes[doc_id]:
+                if seen.get(doc_id) == hashes[doc_id]:
                     report.unchanged.append(doc_id)
                     continue
                 try:
-                    pieces = self._pieces(document)
+                    pieces[doc_id] = self._pieces(document)
                 except KBError as error:
                     report.failed.append((doc_id, str(error)))
-                    continue
-                metadata = document.metadata_json()
-                for position, (text, vector) in enumerate(pieces):
-                    batch.chunk_id.append(f"{doc_id}#{position}")
-                    batch.document_id.append(doc_id)
-                    batch.position.append(position)
-                    batch.chunk_count.append(len(pieces))
-                    batch.text.append(text)
-                    batch.source.append(document.source)
-                    batch.metadata.append(metadata)
-                    batch.content_hash.append(hashes[doc_id])
-                    if vector is None:
-                        embed_rows.append(len(vectors))
-                        texts_to_embed.append(text)
-                        vectors.append(np.empty(0, np.float32))
-                    else:
-                        vectors.append(vector)
-                written.append(doc_id)
-                (report.replaced if doc_id in existing else report.added).append(doc_id)
-            if not written:
+            if not pieces:
                 return report
-            if texts_to_embed:
+            to_embed = [
+                (doc_id, i)
+                for doc_id, rows in pieces.items()
+                for i, (_, vector) in enumerate(rows)
+                if vector is None
+            ]
+            if to_embed:
                 embedded = self._manager.run_embed(
                     self.embedder(),
-                    texts_to_embed,
+                    [pieces[doc_id][i][0] for doc_id, i in to_embed],
                     input_type="document",
                     dimensions=self.settings.dimensions,
                 )
-                for row, vector in zip(embed_rows, embedded, strict=True):
-                    vectors[row] = vector
-            batch.vectors = np.stack(vectors).astype(np.float32)
-            batch.keywords = [index_terms(text) for text in batch.text]
-            with out_of_space_as_storage_full("none of these documents was stored"):
+                for (doc_id, i), vector in zip(to_embed, embedded, strict=True):
+                    pieces[doc_id][i] = (pieces[doc_id][i][0], vector)
+            terms = {doc_id: [index_terms(text) for text, _ in rows] for doc_id, rows in pieces.items()}
+            with (
+                out_of_space_as_storage_full("none of these documents was stored"),
+                collection_lock(self.directory, self.settings.name),
+            ):
+                existing = self.store.document_hashes(list(pieces))
+                batch = ChunkBatch()
+                vectors: list[np.ndarray] = []
+                written: list[str] = []
+                for doc_id, rows in pieces.items():
+                    if existing.get(doc_id) == hashes[doc_id]:  # another process stored this very version
+                        report.unchanged.append(doc_id)
+                        continue
+                    document = latest[doc_id]
+                    metadata = document.metadata_json()
+                    for position, (text, vector) in enumerate(rows):
+                        batch.chunk_id.append(f"{doc_id}#{position}")
+                        batch.document_id.append(doc_id)
+                        batch.position.append(position)
+                        batch.chunk_count.append(len(rows))
+                        batch.text.append(text)
+                        batch.source.append(document.source)
+                        batch.metadata.append(metadata)
+                        batch.content_hash.append(hashes[doc_id])
+                        assert vector is not None  # (embedded above)
+                        vectors.append(vector)
+                    batch.keywords += terms[doc_id]
+                    written.append(doc_id)
+                    (report.replaced if doc_id in existing else report.added).append(doc_id)
+                if not written:
+                    return report
+                batch.vectors = np.stack(vectors).astype(np.float32)
                 self.store.replace_documents(written, batch)
             report.chunks = len(batch)
         return report
@@ -255,7 +318,7 @@ class Collection:
         """All or nothing: when any id is missing, nothing is deleted and the error names every
         missing one; otherwise all go in one commit (LanceDB) or one delete (Milvus)."""
         ids = list(dict.fromkeys(document_ids))
-        with self._write:
+        with self._write, collection_lock(self.directory, self.settings.name):
             present = self.existing(ids)
             missing = [i for i in ids if i not in present]
             if missing:
@@ -343,14 +406,33 @@ class Collection:
         return vector
 
     def documents(self, limit: int = 100, offset: int = 0) -> list[DocumentInfo]:
+        # LanceDB takes both as unsigned 32-bit numbers (larger ones are an OverflowError)
+        if not 1 <= limit <= MAX_LISTING:
+            raise KBError(f"limit must be between 1 and {MAX_LISTING}", "limit")
+        if not 0 <= offset <= MAX_LISTING:
+            raise KBError(f"offset must be between 0 and {MAX_LISTING}", "offset")
         return self.store.list_documents(limit, offset)
 
     def stats(self) -> Stats:
         return Stats(self.settings, self.store.count_documents(), self.store.count_chunks())
 
     def maintain(self) -> list[str]:
+        """Index upkeep (see ``LanceStore.maintain``); nothing when another process is at it.
+
+        Not under the write lock: an index build can take minutes, and LanceDB commits it next to
+        concurrent adds (rows added meanwhile are searched exactly until the next run). The
+        maintenance lock only keeps two processes from building the same index twice at once."""
+        self._check_exists()
+        lock = filelock.FileLock(self.directory / MAINTAIN_LOCK, blocking=False, is_singleton=True)
         with out_of_space_as_storage_full("maintenance stopped; the documents are intact"):
-            return self.store.maintain()
+            try:
+                lock.acquire()
+            except filelock.Timeout:
+                return []  # another process is at it
+            try:
+                return self.store.maintain()
+            finally:
+                lock.release()
 
 
 class KnowledgeBaseManager:
@@ -432,42 +514,62 @@ class KnowledgeBaseManager:
         except EmptyInstructionError as error:
             raise KBError(str(error), "instruction") from None
         directory = self._directory(name)
-        with self._lock:
-            existing = read_settings(directory)
-            if existing is not None:
-                existing.check_request(model=model, dimensions=dimensions, chunking=chunking)
-                if query_instruction is not None and query_instruction != existing.query_instruction:
-                    raise SettingsMismatchError(
-                        f"collection {name!r} has a different query instruction", "instruction"
-                    )
-                if store != existing.store:
-                    raise SettingsMismatchError(f"collection {name!r} lives in {existing.store!r}", "store")
-                return existing, False
-            embedder = self.embedder(model)
-            if dimensions is not None and not 1 <= dimensions <= embedder.dimension:
+        # the folder lock: two processes creating one collection at once get one settings file,
+        # and the second compares its request with it (same → created: false, else 409)
+        # (a create that fails leaves the folder with only its lock file: not a collection to
+        # ``names``, and reused by the next create; the lock file itself must stay, since another
+        # process may be waiting on it)
+        with (
+            self._lock,
+            out_of_space_as_storage_full("the collection was not created"),
+            collection_lock(directory, name, must_exist=False),
+        ):
+            return self._create_locked(directory, name, model, dimensions, chunking, query_instruction, store)
+
+    def _create_locked(
+        self,
+        directory: Path,
+        name: str,
+        model: str,
+        dimensions: int | None,
+        chunking: ChunkingSettings | None,
+        query_instruction: str | None,
+        store: str,
+    ) -> tuple[CollectionSettings, bool]:
+        existing = read_settings(directory)
+        if existing is not None:
+            existing.check_request(model=model, dimensions=dimensions, chunking=chunking)
+            if query_instruction is not None and query_instruction != existing.query_instruction:
                 raise SettingsMismatchError(
-                    f"dimensions must be between 1 and the model's {embedder.dimension}", "dimensions"
+                    f"collection {name!r} has a different query instruction", "instruction"
                 )
-            chunking = chunking or default_chunking(embedder.max_tokens)
-            chunking.validate(embedder.max_tokens)
-            settings = CollectionSettings(
-                name=name,
-                model=model,
-                model_name=embedder.name,
-                model_dimension=embedder.dimension,
-                dimensions=dimensions,
-                chunking=chunking,
-                query_instruction=query_instruction,
-                store=store,
-                fingerprint=_fingerprint(embedder, dimensions),
+            if store != existing.store:
+                raise SettingsMismatchError(f"collection {name!r} lives in {existing.store!r}", "store")
+            return existing, False
+        embedder = self.embedder(model)
+        if dimensions is not None and not 1 <= dimensions <= embedder.dimension:
+            raise SettingsMismatchError(
+                f"dimensions must be between 1 and the model's {embedder.dimension}", "dimensions"
             )
-            # the store first, then the settings file: a crash in between leaves no collection
-            # (an orphan store directory is reused by the next create)
-            with out_of_space_as_storage_full("the collection was not created"):
-                open_store(settings, directory, self._ann_threshold).close()
-                write_settings(directory, settings)
-            self._fingerprints_checked.add(name)
-            return settings, True
+        chunking = chunking or default_chunking(embedder.max_tokens)
+        chunking.validate(embedder.max_tokens)
+        settings = CollectionSettings(
+            name=name,
+            model=model,
+            model_name=embedder.name,
+            model_dimension=embedder.dimension,
+            dimensions=dimensions,
+            chunking=chunking,
+            query_instruction=query_instruction,
+            store=store,
+            fingerprint=_fingerprint(embedder, dimensions),
+        )
+        # the store first, then the settings file: a crash in between leaves no collection
+        # (an orphan store directory is reused by the next create)
+        open_store(settings, directory, self._ann_threshold).close()
+        write_settings(directory, settings)
+        self._fingerprints_checked.add(name)
+        return settings, True
 
     def get(self, name: str) -> Collection:
         directory = self._directory(name)
@@ -478,7 +580,8 @@ class KnowledgeBaseManager:
             settings = read_settings(directory)
             if settings is None:
                 raise CollectionNotFoundError(f"no collection named {name!r}", "name")
-            collection = Collection(settings, open_store(settings, directory, self._ann_threshold), self)
+            store = open_store(settings, directory, self._ann_threshold)
+            collection = Collection(settings, store, self, directory)
             self._collections[name] = collection
         return collection
 
@@ -533,7 +636,11 @@ class KnowledgeBaseManager:
         """Delete a collection: its documents, vectors and settings (a Milvus collection is
         dropped on its server first; if that fails, nothing is removed)."""
         directory = self._directory(name)
-        with self._lock:
+        if not (directory / SETTINGS_FILE).is_file():
+            raise CollectionNotFoundError(f"no collection named {name!r}", "name")
+        # under the folder lock: another process's add waits, then finds the collection gone
+        # (CollectionNotFoundError) instead of writing into a folder being deleted
+        with self._lock, collection_lock(directory, name, must_exist=False):
             try:
                 settings = read_settings(directory)
             except CollectionDamagedError:  # unreadable settings: its folder can still go
