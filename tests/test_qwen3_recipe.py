@@ -104,7 +104,7 @@ def test_text_ending_in_a_literal_end_token_keeps_it_as_the_model_card_does(embe
 
 @pytest.mark.parametrize("instruction", ["", "  \n"])
 def test_an_empty_instruction_is_refused_not_replaced_by_the_default(embedder, instruction):
-    from qwembed.engine.inputs import EmptyInstructionError
+    from qwembed.engine.instructions import EmptyInstructionError
 
     with pytest.raises(EmptyInstructionError, match="instruction is empty"):
         embedder.embed(["x"], input_type="query", instruction=instruction)

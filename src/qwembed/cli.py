@@ -13,7 +13,7 @@ from pathlib import Path
 from . import __version__
 from .backends import BUNDLED
 from .backends.precision import DEFAULT_MIN_COSINE
-from .engine.inputs import instruction_option
+from .engine.instructions import instruction_option
 
 log = logging.getLogger("qwembed")
 

@@ -15,12 +15,8 @@ from starlette.routing import Match
 
 from ..backends import InputTooLongError, InvalidTokenIdsError, PromptTooLongError
 from ..engine import InvalidDimensionsError, OverloadedError, WorkerStoppedError
-from ..engine.inputs import (
-    EmptyInstructionError,
-    InstructionWithTokenIdsError,
-    InvalidTextError,
-    lone_surrogate_message,
-)
+from ..engine.inputs import InstructionWithTokenIdsError, InvalidTextError, lone_surrogate_message
+from ..engine.instructions import EmptyInstructionError
 from ..engine.pool import ModelRequiredError, UnknownModelError
 from .schemas import ErrorResponse
 

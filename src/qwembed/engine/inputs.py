@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..backends import Encoder, InputTooLongError, InputType, TokenIds
 from ..backends.base import PromptTooLongError
+from .instructions import check_instruction
 
 # What the OpenAI API accepts as ``input``: a text, texts, token ids, or lists of token ids.
 RawInput = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
@@ -28,32 +28,6 @@ class InstructionWithTokenIdsError(ValueError):
             "instruction and input_type apply to text inputs; token-id inputs are embedded as given "
             "(the model's end token added) — prepend the prompt's tokens yourself"
         )
-
-
-class EmptyInstructionError(ValueError):
-    """An instruction of only whitespace: almost always a client's unset template variable, and
-    neither reading (no instruction, or the official format around an empty task) is safe to guess."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "instruction is empty: leave it out (null in JSON) for the model's default task, "
-            "and input_type too for no instruction at all"
-        )
-
-
-def check_instruction(instruction: str | None) -> None:
-    if instruction is not None and not instruction.strip():
-        raise EmptyInstructionError()
-
-
-def instruction_option(value: str) -> str:
-    """``argparse`` type of the command lines' ``--instruction`` options: the same check, as a
-    usage error before any model loads."""
-    try:
-        check_instruction(value)
-    except EmptyInstructionError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return value
 
 
 class InvalidTextError(ValueError):

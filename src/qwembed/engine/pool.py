@@ -19,7 +19,8 @@ import numpy as np
 from ..backends import Encoder, ModelCard, Reranker
 from .batching import default_batch_size, default_batch_tokens
 from .embedder import Embedder
-from .inputs import EmbedOptions, check_instruction, check_texts, tokenize_ids, tokenize_texts
+from .inputs import EmbedOptions, check_texts, tokenize_ids, tokenize_texts
+from .instructions import check_instruction
 from .openmp import release_thread_pool
 from .postprocess import check_dimensions, truncate_dimensions
 from .rerank import RerankResult, rank

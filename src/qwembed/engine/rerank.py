@@ -13,7 +13,7 @@ import numpy as np
 
 from ..backends.base import Reranker
 from .batching import default_batch_tokens, plan_batches
-from .inputs import check_instruction
+from .instructions import check_instruction
 
 DEFAULT_MAX_BATCH_SIZE = 64
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from ..engine.inputs import instruction_option
+from ..engine.instructions import instruction_option
 from .errors import EvalError
 from .protocol import TextEmbedder
 from .results import EvalRecord

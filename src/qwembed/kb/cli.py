@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..engine.inputs import instruction_option
+from ..engine.instructions import instruction_option
 from .errors import CollectionNotFoundError, KBError
 from .manager import KnowledgeBaseManager, UnavailableCollection, default_kb_dir
 from .search import FUSIONS, MODES, hit_json

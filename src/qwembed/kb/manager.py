@@ -21,6 +21,7 @@ from typing import Any
 import filelock
 import numpy as np
 
+from ..engine.instructions import EmptyInstructionError, check_instruction
 from .chunking import TokenCounter, chunk_text, embedder_token_counter
 from .documents import AddReport, Document, shown
 from .errors import (
@@ -507,8 +508,6 @@ class KnowledgeBaseManager:
         if isinstance(chunking, dict):
             chunking = ChunkingSettings(**chunking)
         check_store(store)  # before a model loads: a typo fails at once
-        from ..engine.inputs import EmptyInstructionError, check_instruction  # (torch, once needed)
-
         try:
             check_instruction(query_instruction)  # else every search of the collection would fail
         except EmptyInstructionError as error:
