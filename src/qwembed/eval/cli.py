@@ -471,8 +471,12 @@ def _write_partial(args: argparse.Namespace, command: str, records: list[EvalRec
 
 
 def _quiet_libraries(args: argparse.Namespace) -> None:
-    """``--quiet`` silences the progress bars of model loading too."""
-    if args.quiet:
+    """``--quiet`` silences the progress bars of model loading too (of local models and rerankers
+    only: the hashing baseline and endpoints load nothing, and need not import torch to say so)."""
+    from .models import runs_elsewhere
+
+    loads_locally = not all(runs_elsewhere(spec) for spec in args.model) or getattr(args, "rerank", None)
+    if args.quiet and loads_locally:
         from ..backends.registry import hide_loading_progress
 
         hide_loading_progress()

@@ -20,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends.qwen3 import DEFAULT_QUERY_TASK, END_OF_TEXT, query_prompt
 from ..engine.postprocess import truncate_dimensions
 from .protocol import InputType
 
 PREFIX = "st:"
+
+# (qwembed's backends, and with them torch, are imported where used: every evaluation imports this
+# module, the hashing baseline's and an endpoint's included, which need neither)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ def qwen3_sentence_transformer(
     0.999 to 0.99."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    from ..backends.qwen3 import DEFAULT_QUERY_TASK, query_prompt
 
     if hidden is None:
         hidden = int(json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))["hidden_size"])
@@ -88,6 +92,8 @@ class SentenceTransformersPeer:
             self._warn_without_end_token(source)
 
     def _warn_without_end_token(self, source: str) -> None:
+        from ..backends.qwen3 import END_OF_TEXT
+
         tokenizer = self.model.tokenizer
         end_id = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
         if tokenizer("probe")["input_ids"][-1:] != [end_id]:
@@ -119,6 +125,8 @@ class SentenceTransformersPeer:
         if instruction is not None and input_type != "document":
             # Qwen3 reads an instruction in its official query form, as qwembed sends it; other
             # models take it as a prefix, as sentence-transformers' ``prompt`` does
+            from ..backends.qwen3 import query_prompt
+
             kwargs = {"prompt": query_prompt(instruction, "") if self.qwen3 else instruction}
         elif input_type in (self.model.prompts or {}):
             kwargs = {"prompt_name": input_type}
