@@ -277,7 +277,15 @@ def test_a_retrieval_set_given_to_a_pair_task_says_so(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "module",
-    ["qwembed.eval.cli", "qwembed.eval.models", "qwembed.eval.bench", "qwembed.kb.cli", "qwembed.kb.manager"],
+    [
+        "qwembed.cli",
+        "qwembed.backends",
+        "qwembed.eval.cli",
+        "qwembed.eval.models",
+        "qwembed.eval.bench",
+        "qwembed.kb.cli",
+        "qwembed.kb.manager",
+    ],
 )
 def test_the_command_lines_import_without_torch(module):
     """Evaluating an endpoint or the hashing baseline, and the KB's own modules, need no torch (a
@@ -303,6 +311,19 @@ def test_a_quiet_hashing_run_loads_no_torch(tmp_path):
     code = (
         "import sys; from qwembed.eval.cli import main; "
         f"main(['eval', *{argv!r}]); print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_listing_the_knowledge_base_loads_no_torch(tmp_path):
+    """``qwembed kb list`` (and ``--help``) start in a fraction of a second: torch took 2 s to import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from qwembed.cli import main; "
+        f"main(['kb', 'list', '--kb-dir', {str(tmp_path)!r}]); print('torch' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "False"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .backends import BUNDLED
-from .backends.precision import DEFAULT_MIN_COSINE
+from .backends.quality_bars import DEFAULT_MIN_COSINE
 from .engine.instructions import instruction_option
 
 log = logging.getLogger("qwembed")
@@ -410,28 +410,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .backends.registry import hide_loading_progress
 
         hide_loading_progress()
-    from .backends import DeviceError, InputTooLongError, ModelNotFoundError, resolve_device
-    from .engine import InvalidDimensionsError
-    from .engine.inputs import InvalidTextError
-
     try:
         if getattr(args, "device", "auto") != "auto" and args.command not in ("eval", "bench"):
+            from .backends import resolve_device
+
             resolve_device(args.device)  # a device this machine lacks fails before any model loads
             # (eval and bench check it where a local model would use it: models.check_device)
         return int(args.func(args) or 0)
-    except (
-        DeviceError,
-        ModelNotFoundError,
-        InputTooLongError,
-        InvalidDimensionsError,
-        InvalidTextError,
-        OSError,
-    ) as error:
-        print(f"{_program(args)}: {error}", file=sys.stderr)
-        return 2
     except ModelLoadError as error:
         print(f"{_program(args)}: {error}", file=sys.stderr)
         return 1
+    except Exception as error:
+        if not _explained_by_the_input(error):
+            raise
+        print(f"{_program(args)}: {error}", file=sys.stderr)
+        return 2
+
+
+def _explained_by_the_input(error: Exception) -> bool:
+    """Errors that the user's input or machine explains: one line and exit 2, no traceback. Their
+    classes are imported only once an error occurred, as their modules import torch, which
+    ``qwembed kb list`` and ``--help`` need not."""
+    from .backends import DeviceError, InputTooLongError, ModelNotFoundError
+    from .engine import InvalidDimensionsError
+    from .engine.inputs import InvalidTextError
+
+    explained = (DeviceError, ModelNotFoundError, InputTooLongError, InvalidDimensionsError, InvalidTextError)
+    return isinstance(error, (*explained, OSError))
 
 
 def _program(args: argparse.Namespace) -> str:

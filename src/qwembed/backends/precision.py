@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from . import skinny_linear
+from .quality_bars import DEFAULT_MAX_SCORE_DELTA, DEFAULT_MIN_COSINE
 
 log = logging.getLogger("qwembed.precision")
 
@@ -37,9 +38,6 @@ _DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
-
-#: the load-time check's default: the worst calibration text's cosine to float32
-DEFAULT_MIN_COSINE = 0.999
 
 # Short and long, English, Chinese, mixed, code and numbers: the inputs where reduced precision
 # drifts first are the long ones and the unusual ones.
@@ -190,10 +188,6 @@ def cosine_check(min_cosine: float) -> Check:
         lambda worst: worst >= min_cosine,
         f"≥ {min_cosine}",
     )
-
-
-#: rerankers' load-time check: the largest change of a calibration pair's score (a probability)
-DEFAULT_MAX_SCORE_DELTA = 0.01
 
 
 class _Scoring(Protocol):

@@ -9,12 +9,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+from .quality_bars import DEFAULT_MIN_COSINE
 
-from .base import Encoder, Reranker
-from .precision import DEFAULT_MIN_COSINE
+if TYPE_CHECKING:  # (torch itself is imported by the loaders: naming a model needs none)
+    import torch
+
+    from .base import Encoder, Reranker
 
 BackendName = Literal["auto", "qwen3", "sentence-transformers", "use"]
 

@@ -24,9 +24,9 @@ _ID_HELP = (
 
 
 def _manager(args: argparse.Namespace) -> KnowledgeBaseManager:
-    from ..engine import Embedder
+    def load_embedder(model: str):
+        from ..engine import Embedder  # (torch: only once a command needs the model)
 
-    def load_embedder(model: str) -> Embedder:
         return Embedder.load(model, device=args.device)
 
     def load_reranker(model: str):
