@@ -32,6 +32,15 @@ def test_latency_rows():
     assert measure_latency(HashingEmbedder(16), ["x"], [2], repeats=2)[0]["tokens_per_s"] is None
 
 
+def test_a_text_over_the_model_limit_is_timed_and_counted_as_cut(minilm_dir):
+    """The timed calls cut an over-long text; the token count once did not, and failed the run."""
+    from qwembed.engine import Embedder
+
+    embedder = Embedder.load("minilm", device="cpu", dtype="float32")
+    (row,) = measure_latency(embedder, ["embedding " * 600], [1], repeats=2)
+    assert row["tokens_per_s"] == pytest.approx(embedder.max_tokens * row["texts_per_s"])
+
+
 class MeetingEmbedder(CountingEmbedder):
     """Each timed call waits at a barrier for ``parties`` calls in flight: it returns only if
     that many callers really run at once (the first, warm-up call passes alone)."""

@@ -125,6 +125,14 @@ def test_beir_folder(tmp_path):
     assert rs.qrels == {"q1": {"d2": 2}}
 
 
+def test_a_beir_query_judged_only_zero_is_left_out_and_said_so(tmp_path, caplog):
+    root = make_beir(tmp_path / "b", "query-id\tcorpus-id\tscore\nq1\td2\t1\nq2\td1\t0\n")
+    with caplog.at_level("WARNING"):
+        rs = load_retrieval(str(root))
+    assert rs.queries == {"q1": "first"}
+    assert "1 of the 2 judged queries have no relevant document" in caplog.text and "q2" in caplog.text
+
+
 def test_beir_unknown_doc_names_qrels_line(tmp_path):
     root = make_beir(tmp_path / "b", "query-id\tcorpus-id\tscore\nq1\td9\t1\n")
     with pytest.raises(DataError, match=r"test\.tsv:2: corpus id 'd9' is not in corpus\.jsonl"):

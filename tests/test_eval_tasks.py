@@ -92,6 +92,36 @@ def test_stratified_sample_is_stratified_and_seeded():
     np.testing.assert_array_equal(stratified_sample(labels, 1000, seed=0), np.arange(400))
 
 
+@pytest.mark.parametrize(
+    ("labels", "n"),
+    [
+        ([0] * 30 + [1] * 30, 59),  # one pair left out: fewer than the classes for scikit-learn
+        ([0] * 59 + [1], 10),  # a class of one pair
+        ([0] * 5 + [1] + [2] * 50, 3),
+    ],
+)
+def test_stratified_sample_draws_where_scikit_learn_cannot(labels, n):
+    """These once ended ``eval pairs`` in a scikit-learn traceback."""
+    labels = np.array(labels)
+    idx = stratified_sample(labels, n, seed=1)
+    assert len(idx) == n == len(set(idx.tolist()))
+    assert set(labels[idx].tolist()) == set(labels.tolist())  # every class drawn
+    np.testing.assert_array_equal(idx, stratified_sample(labels, n, seed=1))
+
+
+def test_pairs_count_test_pairs_seen_in_training(tmp_path, caplog):
+    path = tmp_path / "p.tsv"
+    path.write_text("".join(f"甲{i}\t乙{i}\t{i % 2}\n" for i in range(20)), encoding="utf-8")
+    swapped = tmp_path / "s.tsv"
+    swapped.write_text("乙0\t甲0\t0\n新的\t句子\t1\n", encoding="utf-8")
+    pairs = load_pairs(path)
+    with caplog.at_level("WARNING"):
+        rec = run_pairs(HashingEmbedder(32), pairs, load_pairs(swapped), shots=[None], progress=False)
+    assert rec.data["test_pairs_in_train"] == 1 and "1 of the 2 test pairs" in caplog.text
+    same = run_pairs(HashingEmbedder(32), pairs, pairs, shots=[None], progress=False)
+    assert same.data["test_pairs_in_train"] == 20
+
+
 def test_parse_shots():
     assert parse_shots("50, 100,all") == [50, 100, None]
     with pytest.raises(Exception, match="neither a positive integer"):

@@ -118,6 +118,20 @@ def test_sweep_on_sts(tmp_path):
     assert len(rec.details["rows"]) == 8
 
 
+def test_a_whitening_fitted_on_too_few_vectors_is_flagged(tmp_path):
+    """30 pairs' 60 sentences cannot estimate 32 directions' variances: the row and the report say
+    so (a real STS sweep's whitened Spearman moved from 0.17 to 0.47 with the tolerance alone)."""
+    from qwembed.eval.report import render_report
+
+    path = tmp_path / "p.tsv"
+    path.write_text("".join(f"句子{i}号\t第{i}个句子\t{i % 3}\n" for i in range(30)), encoding="utf-8")
+    posts = ["whiten", "pca:4"]
+    rec = run_sweep(HashingEmbedder(32), load_pairs(path), dims=[4, None], posts=posts, progress=False)
+    flagged = {(r["dims"], r["post"]) for r in rec.details["rows"] if r.get("warning")}
+    assert flagged == {(32, "whiten")}  # 60 vectors: enough for 4 directions; PCA never flagged
+    assert "fewer than 10 per direction" in render_report([rec.as_dict()])
+
+
 def test_sweep_everything_skipped():
     with pytest.raises(EvalError, match="every sweep setting was skipped"):
         run_sweep(

@@ -67,7 +67,7 @@ def measure_latency(
         if before is not None and after is not None:
             total_tokens: int | None = after - before
         else:
-            counts = [_count_tokens(model, batch) for batch in batches[1:]]
+            counts = [_count_tokens(model, batch, extra) for batch in batches[1:]]
             total_tokens = None if any(c is None for c in counts) else sum(c for c in counts if c is not None)
         lat = np.array(latencies)
         rows.append(
@@ -109,11 +109,13 @@ def _tokens_used(model: TextEmbedder) -> int | None:
     return used if isinstance(used, int) else None
 
 
-def _count_tokens(model: TextEmbedder, batch: Sequence[str]) -> int | None:
+def _count_tokens(model: TextEmbedder, batch: Sequence[str], truncation: dict[str, bool]) -> int | None:
+    """The tokens the model computed for ``batch``: cut as the timed calls cut them
+    (``truncation``), so an over-long text counts what was embedded, and fails nothing."""
     tokenize = getattr(model, "tokenize", None)  # the local Embedder's exact tokenisation
     if not callable(tokenize):
         return None
-    return int(sum(len(ids) for ids in tokenize(batch)))
+    return int(sum(len(ids) for ids in tokenize(batch, **truncation)))
 
 
 def bench_model(

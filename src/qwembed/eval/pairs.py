@@ -8,6 +8,7 @@ cosine alone, with the threshold that is most accurate on the training pairs.
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections.abc import Sequence
@@ -24,6 +25,8 @@ from .metrics import best_threshold, classification_scores, row_cosine
 from .pairs_data import PairSet
 from .protocol import TextEmbedder
 from .results import EvalRecord
+
+log = logging.getLogger(__name__)
 
 #: ``None`` stands for "all training pairs"
 Shots = Sequence[int | None]
@@ -46,8 +49,35 @@ def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     classes = np.unique(labels)
     if n < len(classes):
         raise EvalError(f"{n} shots cannot cover {len(classes)} classes")
-    idx, _ = train_test_split(np.arange(len(labels)), train_size=n, stratify=labels, random_state=seed)
-    return np.sort(idx)
+    counts = np.array([np.sum(labels == c) for c in classes])
+    if counts.min() >= 2 and len(labels) - n >= len(classes):
+        idx, _ = train_test_split(np.arange(len(labels)), train_size=n, stratify=labels, random_state=seed)
+        return np.sort(idx)
+    # scikit-learn's split refuses a class of one item, or fewer items left out than classes
+    # (59 shots of 60 pairs); allot each class its share by largest remainder, at least one each
+    share = n * counts / len(labels)
+    quota = np.minimum(np.maximum(np.floor(share).astype(int), 1), counts)
+    for c in np.argsort(-(share - np.floor(share)), kind="stable"):
+        if quota.sum() >= n:
+            break
+        quota[c] += quota[c] < counts[c]
+    while quota.sum() > n:  # (the minimum of one each can overshoot)
+        quota[np.argmax(quota)] -= 1
+    while quota.sum() < n:  # (a capped class leaves room in another)
+        quota[np.argmax(counts - quota)] += 1
+    rng = np.random.default_rng(seed)
+    picks = [
+        rng.choice(np.flatnonzero(labels == c), size=q, replace=False)
+        for c, q in zip(classes, quota, strict=True)
+    ]
+    return np.sort(np.concatenate(picks))
+
+
+def shared_pairs(train: PairSet, test: PairSet) -> int:
+    """Test pairs that are also training pairs, in either order (a pair's label does not depend on
+    it): the same file given as both, or a data set whose splits share pairs."""
+    seen = {frozenset(pair) for pair in zip(train.sentence1, train.sentence2, strict=True)}
+    return sum(frozenset(pair) in seen for pair in zip(test.sentence1, test.sentence2, strict=True))
 
 
 def parse_shots(text: str) -> list[int | None]:
@@ -89,6 +119,14 @@ def run_pairs(
     y_test = test.binary_labels()
     if len(np.unique(y_train)) < 2:
         raise EvalError(f"{train.path}: training pairs need both labels 0 and 1")
+    overlap = shared_pairs(train, test)
+    if overlap:
+        log.warning(
+            "%d of the %d test pairs are also training pairs (in either order): the classifier has "
+            "seen their answers, so the accuracy overstates what it does on new pairs",
+            overlap,
+            len(test),
+        )
     stats = EncodeStats()
     texts = train.sentence1 + train.sentence2 + test.sentence1 + test.sentence2
     input_type = "query" if instruction else None
@@ -150,6 +188,7 @@ def run_pairs(
             "train_path": train.path,
             "train_sha256": train.sha256,
             "train_pairs": n_tr,
+            "test_pairs_in_train": overlap,
         },
         model=model.name,
         dimension=int(vectors.shape[1]),

@@ -143,8 +143,13 @@ def _sweep(group: list[Record], dataset: str, plots_dir: Path | None, stem: str)
     for rec in group:
         metric_names = rec["config"]["metrics"]
         rows = []
+        warnings: dict[str, str] = {}  # post setting → its first warning, marked "⚠" in the table
         for row in rec["details"]["rows"]:
-            cells = [str(row["dims"]), "on" if row["instruction"] else "off", row["post"]]
+            post = row["post"]
+            if row.get("warning"):
+                warnings.setdefault(f"{post} at {row.get('output_dims', row['dims'])} dims", row["warning"])
+                post += " ⚠"
+            cells = [str(row["dims"]), "on" if row["instruction"] else "off", post]
             if row.get("skipped"):
                 cells += [f"skipped: {row['skipped']}"] + [""] * (len(metric_names) - 1)
             else:
@@ -157,6 +162,8 @@ def _sweep(group: list[Record], dataset: str, plots_dir: Path | None, stem: str)
             "",
             *_table(["dims", "instruction", "post", *metric_names], rows),
         ]
+        if warnings:
+            out += ["", *(f"⚠ {where}: {warning}." for where, warning in warnings.items())]
         if plots_dir is not None:
             from .plots import sweep_lines
 

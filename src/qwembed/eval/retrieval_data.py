@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 from .errors import DataError
 from .hashing import sha256_file, sha256_path
 from .textfile import iter_jsonl, iter_lines, require_str
+
+log = logging.getLogger(__name__)
 
 BUILTIN_PREFIX = "builtin:"
 STACKFAQ_FILE = "stackExchange-FAQ.json"
@@ -189,6 +192,7 @@ def load_beir(folder: Path, *, split: str = "test") -> RetrievalSet:
     if not qrels_file.is_file():
         raise DataError(qrels_file, f"no such file (BEIR layout needs qrels/{split}.tsv)")
     qrels: dict[str, dict[str, int]] = {}
+    judged: set[str] = set()
     for lineno, line in iter_lines(qrels_file):
         cols = line.split("\t")
         if len(cols) != 3:
@@ -202,10 +206,24 @@ def load_beir(folder: Path, *, split: str = "test") -> RetrievalSet:
             raise DataError(qrels_file, f"query id {qid!r} is not in queries.jsonl", lineno)
         if did not in corpus:
             raise DataError(qrels_file, f"corpus id {did!r} is not in corpus.jsonl", lineno)
+        judged.add(qid)
         if int(score) > 0:
             qrels.setdefault(qid, {})[did] = int(score)
     if not qrels:
         raise DataError(qrels_file, "no positive relevance judgements found")
+    # A query judged only 0 has no document to find: every metric would be 0 for any model, so it
+    # is left out (pytrec_eval would average it in as 0), and said so. Queries of other splits,
+    # which queries.jsonl also holds, are simply not this split's.
+    unanswerable = judged - qrels.keys()
+    if unanswerable:
+        log.warning(
+            "%s: %d of the %d judged queries have no relevant document (every judgement 0) and are "
+            "left out: %s",
+            qrels_file,
+            len(unanswerable),
+            len(judged),
+            ", ".join(sorted(unanswerable)[:5]) + (" …" if len(unanswerable) > 5 else ""),
+        )
     queries = {q: all_queries[q] for q in all_queries if q in qrels}
     return RetrievalSet(folder.name, str(folder), sha256_path(folder), corpus, queries, qrels)
 
