@@ -13,6 +13,7 @@ texts share its batch, and token-id inputs (as the OpenAI API allows) take the s
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -136,6 +137,10 @@ class Encoder(ABC):
         """float32 array ``(len(batch), dimension)`` of L2-normalised vectors."""
 
     def check_token_ids(self, ids: Sequence[int]) -> None:
+        # (a float would be cut to an integer, True read as 1, by the tensor the ids go into)
+        wrong = [t for t in ids if isinstance(t, bool) or not isinstance(t, numbers.Integral)]
+        if wrong:
+            raise InvalidTokenIdsError(f"token ids must be integers, got {wrong[0]!r}")
         bad = [t for t in ids if not 0 <= t < self.vocab_size]
         if bad:
             raise InvalidTokenIdsError(

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING
 _EXPORTS = {
     "BatchWorker": ".worker",
     "Embedder": ".embedder",
+    # the library's errors, all ValueError subclasses, importable from here
+    "EmptyInstructionError": ".instructions",
+    "InputTooLongError": "..backends.base",
     "InvalidDimensionsError": ".postprocess",
+    "InvalidTextError": ".inputs",
+    "InvalidTokenIdsError": "..backends.base",
+    "PromptTooLongError": "..backends.base",
     "OverloadedError": ".worker",
     "WorkerStoppedError": ".worker",
     "truncate_dimensions": ".postprocess",
@@ -21,14 +27,22 @@ _EXPORTS = {
 __all__ = [
     "BatchWorker",
     "Embedder",
+    "EmptyInstructionError",
+    "InputTooLongError",
     "InvalidDimensionsError",
+    "InvalidTextError",
+    "InvalidTokenIdsError",
     "OverloadedError",
+    "PromptTooLongError",
     "WorkerStoppedError",
     "truncate_dimensions",
 ]
 
 if TYPE_CHECKING:
+    from ..backends.base import InputTooLongError, InvalidTokenIdsError, PromptTooLongError
     from .embedder import Embedder
+    from .inputs import InvalidTextError
+    from .instructions import EmptyInstructionError
     from .postprocess import InvalidDimensionsError, truncate_dimensions
     from .worker import BatchWorker, OverloadedError, WorkerStoppedError
 

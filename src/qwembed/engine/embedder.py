@@ -6,7 +6,7 @@ tokenisation and batching through :class:`~qwembed.engine.worker.BatchWorker`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -15,12 +15,15 @@ from ..backends import Encoder, InputType, LoadOptions, TokenIds, load_encoder
 from ..backends.precision import DEFAULT_MIN_COSINE
 from ..backends.registry import BackendName
 from .batching import default_batch_size, default_batch_tokens, plan_batches
-from .inputs import EmbedOptions, tokenize_ids, tokenize_texts
+from .inputs import EmbedOptions, text_list, tokenize_ids, tokenize_texts
 from .postprocess import check_dimensions, truncate_dimensions
 from .streams import StreamExecutor, Streams
 
 
 class Embedder:
+    """One embedding model and its batching: ``embed`` texts, or ``embed_token_ids``. Safe to share
+    between threads (each call plans its own batches; the forward passes share the streams)."""
+
     def __init__(
         self,
         encoder: Encoder,
@@ -29,6 +32,9 @@ class Embedder:
         max_batch_size: int | None = None,
         streams: int | None = None,
     ):
+        for option, value in (("max_batch_tokens", max_batch_tokens), ("max_batch_size", max_batch_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"{option} must be at least 1 (or None for the default), got {value}")
         self.encoder = encoder
         #: the defaults depend on the encoder's device (engine/batching.py)
         self.max_batch_tokens = max_batch_tokens or default_batch_tokens(encoder)
@@ -81,28 +87,40 @@ class Embedder:
 
     def tokenize(
         self,
-        texts: Sequence[str],
+        texts: Iterable[str],
         *,
         input_type: InputType | None = None,
         instruction: str | None = None,
         truncate: bool = False,
     ) -> list[TokenIds]:
-        return tokenize_texts(self.encoder, texts, EmbedOptions(input_type, instruction, truncate))
+        """The exact token ids the model sees for each text: prompt and special tokens included,
+        cut to ``max_tokens`` only with ``truncate`` (else ``InputTooLongError``)."""
+        options = EmbedOptions(input_type, instruction, truncate)
+        return tokenize_texts(self.encoder, text_list(texts), options)
 
     def embed_token_ids(self, batch: Sequence[TokenIds], *, truncate: bool = False) -> np.ndarray:
-        """Embed already-tokenised inputs (the model's end token is added where missing)."""
+        """Embed already-tokenised inputs, a list of token-id lists (the model's end token is
+        added where missing)."""
+        if batch and not isinstance(batch[0], Sequence):
+            raise TypeError("batch must be a list of token-id lists: wrap one input's ids as [ids]")
         return self._run(tokenize_ids(self.encoder, batch, EmbedOptions(truncate=truncate)))
 
     def embed(
         self,
-        texts: str | Sequence[str],
+        texts: str | Iterable[str],
         *,
         input_type: InputType | None = None,
         instruction: str | None = None,
         dimensions: int | None = None,
         truncate: bool = False,
     ) -> np.ndarray:
-        """float32 unit vectors, one row per text (a 1-D vector for a single string)."""
+        """float32 unit vectors, one row per text (a 1-D vector for a single string; ``(0, dim)``
+        for no texts).
+
+        ``input_type``: ``"query"`` gets the model's query prompt (Qwen3: the instruction),
+        ``"document"`` never one, None the text as given unless ``instruction`` is set.
+        ``dimensions``: keep the first N components, re-normalised (Matryoshka). ``truncate``:
+        cut over-long texts instead of raising ``InputTooLongError``."""
         single = isinstance(texts, str)
         check_dimensions(dimensions, self.dimension)
         ids = self.tokenize(
@@ -113,6 +131,8 @@ class Embedder:
 
     def _run(self, ids: list[TokenIds]) -> np.ndarray:
         out = np.empty((len(ids), self.dimension), dtype=np.float32)
+        if not ids:
+            return out
         lengths = [len(x) for x in ids]
         padded = not self.encoder.packed
         streams = self.streams.streams.count

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 
 from ..backends import Encoder, InputTooLongError, InputType, TokenIds
@@ -13,11 +13,36 @@ from .instructions import check_instruction
 RawInput = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
 
 
+#: what ``input_type`` may be (None: the text as given)
+INPUT_TYPES = ("query", "document")
+
+
 @dataclass(frozen=True)
 class EmbedOptions:
     input_type: InputType | None = None
     instruction: str | None = None
     truncate: bool = False
+
+    def __post_init__(self) -> None:
+        # The HTTP schemas check these too; a library caller's typo ("Query", "passage") would
+        # otherwise embed the text without its prompt, silently
+        if self.input_type is not None and self.input_type not in INPUT_TYPES:
+            raise ValueError(f"input_type must be 'query', 'document' or None, not {self.input_type!r}")
+        if self.instruction is not None and not isinstance(self.instruction, str):
+            raise TypeError(f"instruction must be a string or None, not {type(self.instruction).__name__}")
+
+
+def text_list(texts: Iterable[str], name: str = "texts") -> list[str]:
+    """A library caller's texts as a list (a generator is read once, here), each checked to be a
+    string: a wrong type fails with its name and index instead of deep inside a tokenizer. A dict
+    or a set is refused (no order a result could follow), as are bytes (not text)."""
+    if isinstance(texts, str | bytes | bytearray | Mapping | Set):
+        raise TypeError(f"{name} must be a list of strings, not {type(texts).__name__}")
+    items = list(texts)
+    for index, text in enumerate(items):
+        if not isinstance(text, str):
+            raise TypeError(f"{name}[{index}] must be a string, not {type(text).__name__}")
+    return items
 
 
 class InstructionWithTokenIdsError(ValueError):

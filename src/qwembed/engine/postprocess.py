@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 
@@ -18,7 +20,7 @@ def check_dimensions(dimensions: int | None, max_dimensions: int) -> None:
         return
     if (
         isinstance(dimensions, bool)
-        or not isinstance(dimensions, int)
+        or not isinstance(dimensions, numbers.Integral)  # (numpy's integers too)
         or not 1 <= dimensions <= max_dimensions
     ):
         raise InvalidDimensionsError(dimensions, max_dimensions)

@@ -27,6 +27,10 @@ class Document:
     source: str = ""
     chunks: Sequence[tuple[str, Sequence[float] | np.ndarray]] | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.id, int) and not isinstance(self.id, bool):
+            self.id = str(self.id)  # as a JSONL record's or an HTTP document's integer id
+
     def validate(self) -> None:
         if not isinstance(self.id, str):
             raise BadDocumentError("document id must be a string")

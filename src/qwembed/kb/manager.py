@@ -208,9 +208,13 @@ class Collection:
 
     def add(self, documents: Sequence[Document]) -> AddReport:
         """Add or replace; when this returns, every document not in ``failed`` is durable."""
+        if isinstance(documents, str | bytes | Document):
+            raise TypeError(f"documents must be a list of Document, not {type(documents).__name__}")
         report = AddReport()
         latest: dict[str, Document] = {}
         for document in documents:  # the last copy of a repeated id wins
+            if not isinstance(document, Document):
+                raise TypeError(f"documents must hold Document objects, not {type(document).__name__}")
             try:
                 document.validate()
                 document.metadata_json()
@@ -359,8 +363,11 @@ class Collection:
             raise KBError(f"fusion must be one of {', '.join(FUSIONS)}", "fusion")
         if not 1 <= k <= 1000:
             raise KBError("k must be between 1 and 1000", "k")
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a string, not {type(query).__name__}")
         if not query.strip():
             raise KBError("query is empty", "query")
+        self._check_exists()  # (dropped by another process, or by this one through another handle)
         where = parse_filter(filter)
         reranker = self._manager.reranker(rerank) if isinstance(rerank, str) else rerank
         warnings: list[str] = []
