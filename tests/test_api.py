@@ -143,6 +143,7 @@ def test_metrics_count_requests_errors_and_batches(client):
     assert 'qwembed_batch_size_count{model="minilm"}' in text
     assert 'qwembed_queue_depth{model="minilm"}' in text
     assert "qwembed_inference_seconds_bucket" in text and "qwembed_queue_seconds_bucket" in text
+    assert "process_resident_memory_bytes" in text  # (Linux: read from /proc)
 
 
 def test_openapi_spec_describes_the_extensions(client):
