@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from ..engine.instructions import instruction_option
-from .errors import CollectionNotFoundError, KBError
-from .manager import KnowledgeBaseManager, UnavailableCollection, default_kb_dir
+from .errors import KBError
+from .manager import KnowledgeBaseManager, UnavailableCollection, collection_not_found, default_kb_dir
 from .search import FUSIONS, MODES, hit_json
 
 _ID_HELP = (
@@ -128,7 +128,7 @@ def _drop(args: argparse.Namespace) -> int:
     manager = _manager(args)
     if not args.yes:
         if args.name not in manager.names():
-            raise CollectionNotFoundError(f"no collection named {args.name!r}", "name")
+            raise collection_not_found(args.name)
         try:
             documents = f"{manager.get(args.name).stats().documents} documents"
         except Exception:  # a broken collection can be dropped too

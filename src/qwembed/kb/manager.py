@@ -81,26 +81,37 @@ MAINTAIN_LOCK = "maintain.lock"  # one index build at a time; adds go on meanwhi
 WRITE_LOCK_TIMEOUT = 300.0
 
 
+def collection_not_found(name: str) -> CollectionNotFoundError:
+    return CollectionNotFoundError(f"no collection named {name!r}", "name")
+
+
+def check_exists(directory: Path, name: str) -> None:
+    """A collection is its folder's settings file: without it, there is none (never made, dropped
+    by another process, or a create that failed part-way)."""
+    if not (directory / SETTINGS_FILE).is_file():
+        raise collection_not_found(name)
+
+
 @contextlib.contextmanager
 def collection_lock(directory: Path, name: str, *, must_exist: bool = True) -> Iterator[None]:
     """Hold ``directory/write.lock`` (``flock``: released by the kernel if the holder dies, so a
     killed process leaves no stale lock). ``must_exist``: the collection must still be there once
     the lock is held (another process may have dropped it meanwhile)."""
-    if must_exist and not (directory / SETTINGS_FILE).is_file():
-        raise CollectionNotFoundError(f"no collection named {name!r}", "name")
+    if must_exist:
+        check_exists(directory, name)
     lock = filelock.FileLock(directory / WRITE_LOCK, timeout=WRITE_LOCK_TIMEOUT, is_singleton=True)
     try:
         lock.acquire()
     except FileNotFoundError:  # the folder went while this waited: dropped
-        raise CollectionNotFoundError(f"no collection named {name!r}", "name") from None
+        raise collection_not_found(name) from None
     except filelock.Timeout:
         raise StoreUnavailableError(
             f"another process has been writing to collection {name!r} for {WRITE_LOCK_TIMEOUT:g} s "
             f"(it holds {directory / WRITE_LOCK}); nothing was written"
         ) from None
     try:
-        if must_exist and not (directory / SETTINGS_FILE).is_file():
-            raise CollectionNotFoundError(f"no collection named {name!r}", "name")
+        if must_exist:
+            check_exists(directory, name)
         yield
     finally:
         lock.release()
@@ -203,8 +214,7 @@ class Collection:
 
     # ---- writes ---------------------------------------------------------------------------
     def _check_exists(self) -> None:
-        if not (self.directory / SETTINGS_FILE).is_file():
-            raise CollectionNotFoundError(f"no collection named {self.settings.name!r}", "name")
+        check_exists(self.directory, self.settings.name)
 
     def add(self, documents: Sequence[Document]) -> AddReport:
         """Add or replace; when this returns, every document not in ``failed`` is durable."""
@@ -585,7 +595,7 @@ class KnowledgeBaseManager:
                 return collection
             settings = read_settings(directory)
             if settings is None:
-                raise CollectionNotFoundError(f"no collection named {name!r}", "name")
+                raise collection_not_found(name)
             store = open_store(settings, directory, self._ann_threshold)
             collection = Collection(settings, store, self, directory)
             self._collections[name] = collection
@@ -642,18 +652,15 @@ class KnowledgeBaseManager:
         """Delete a collection: its documents, vectors and settings (a Milvus collection is
         dropped on its server first; if that fails, nothing is removed)."""
         directory = self._directory(name)
-        if not (directory / SETTINGS_FILE).is_file():
-            raise CollectionNotFoundError(f"no collection named {name!r}", "name")
         # under the folder lock: another process's add waits, then finds the collection gone
-        # (CollectionNotFoundError) instead of writing into a folder being deleted
-        with self._lock, collection_lock(directory, name, must_exist=False):
+        # (CollectionNotFoundError) instead of writing into a folder being deleted; the lock
+        # checks the collection is there before and after it waits
+        with self._lock, collection_lock(directory, name):
             try:
                 settings = read_settings(directory)
             except CollectionDamagedError:  # unreadable settings: its folder can still go
                 log.warning("dropping %r without reading its settings: a Milvus collection stays", name)
                 settings = None
-            if settings is None and not (directory / SETTINGS_FILE).is_file():
-                raise CollectionNotFoundError(f"no collection named {name!r}", "name")
             collection = self._collections.pop(name, None)
             if settings is not None and settings.store != "lance":  # Lance lives in the folder
                 store = collection.store if collection else open_store(settings, directory)
