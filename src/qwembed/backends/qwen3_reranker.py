@@ -59,11 +59,16 @@ SUFFIX = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
 DEFAULT_MAX_TOKENS = 8192
 
 
+def task_of(instruction: str | None) -> str:
+    """The request's instruction, or the official default when it gave none (null: the default;
+    an empty one is refused before it gets here, engine/instructions.py)."""
+    return DEFAULT_INSTRUCTION if instruction is None else instruction
+
+
 def format_body(query: str, document: str, instruction: str | None = None) -> str:
     """The user turn between prefix and suffix; the document comes last, so cutting the tail of
     the body shortens the document."""
-    task = DEFAULT_INSTRUCTION if instruction is None else instruction
-    return f"<Instruct>: {task}\n<Query>: {query}\n<Document>: {document}"
+    return f"<Instruct>: {task_of(instruction)}\n<Query>: {query}\n<Document>: {document}"
 
 
 def longest_first(first: int, second: int, budget: int) -> tuple[int, int]:
@@ -180,9 +185,7 @@ class Qwen3Reranker(Reranker):
         if not documents:
             return []
         if self.prefix_cache is not None:
-            self.prefix_cache.remember(
-                self.instruction_prefix(DEFAULT_INSTRUCTION if instruction is None else instruction)
-            )
+            self.prefix_cache.remember(self.instruction_prefix(task_of(instruction)))
         bodies = [format_body(query, document, instruction) for document in documents]
         encoded = self._encode(bodies)
         query_offsets: list[tuple[int, int]] | None = None  # the query's tokens, once one is needed

@@ -6,6 +6,14 @@ import heapq
 from collections.abc import Sequence
 
 
+def check_sizes(**sizes: int | None) -> None:
+    """Batch and queue sizes are counts of at least 1 (None: the default): below that a batch
+    never fills, and a worker would spin instead of failing."""
+    for name, value in sizes.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+
+
 def plan_batches(
     lengths: Sequence[int],
     max_batch_tokens: int,

@@ -14,7 +14,7 @@ import torch
 from ..backends import Encoder, InputType, LoadOptions, TokenIds, load_encoder
 from ..backends.precision import DEFAULT_MIN_COSINE
 from ..backends.registry import BackendName
-from .batching import default_batch_size, default_batch_tokens, plan_batches
+from .batching import check_sizes, default_batch_size, default_batch_tokens, plan_batches
 from .inputs import EmbedOptions, text_list, tokenize_ids, tokenize_texts
 from .postprocess import check_dimensions, truncate_dimensions
 from .streams import StreamExecutor, Streams
@@ -32,9 +32,7 @@ class Embedder:
         max_batch_size: int | None = None,
         streams: int | None = None,
     ):
-        for option, value in (("max_batch_tokens", max_batch_tokens), ("max_batch_size", max_batch_size)):
-            if value is not None and value < 1:
-                raise ValueError(f"{option} must be at least 1 (or None for the default), got {value}")
+        check_sizes(max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size)
         self.encoder = encoder
         #: the defaults depend on the encoder's device (engine/batching.py)
         self.max_batch_tokens = max_batch_tokens or default_batch_tokens(encoder)

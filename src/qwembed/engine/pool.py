@@ -17,13 +17,12 @@ from typing import Literal
 import numpy as np
 
 from ..backends import Encoder, ModelCard, Reranker
-from .batching import default_batch_size, default_batch_tokens
+from .batching import check_sizes, default_batch_size, default_batch_tokens
 from .embedder import Embedder
-from .inputs import EmbedOptions, check_texts, tokenize_ids, tokenize_texts
-from .instructions import check_instruction
+from .inputs import EmbedOptions, tokenize_ids, tokenize_texts
 from .openmp import release_thread_pool
 from .postprocess import check_dimensions, truncate_dimensions
-from .rerank import RerankResult, rank
+from .rerank import RerankResult, checked_pair_inputs, rank
 from .streams import Streams
 from .worker import Admission, BatchObserver, BatchWorker
 
@@ -75,17 +74,13 @@ class BatchSettings:
     streams: int | None = None
 
     def __post_init__(self) -> None:
-        # a size below 1 would never fill a batch: the worker would spin instead of failing
-        for field in (
-            "max_batch_tokens",
-            "max_batch_size",
-            "max_queue_items",
-            "min_rate_sample_tokens",
-            "streams",
-        ):
-            value = getattr(self, field)
-            if value is not None and value < 1:
-                raise ValueError(f"{field} must be at least 1, got {value}")
+        check_sizes(
+            max_batch_tokens=self.max_batch_tokens,
+            max_batch_size=self.max_batch_size,
+            max_queue_items=self.max_queue_items,
+            min_rate_sample_tokens=self.min_rate_sample_tokens,
+            streams=self.streams,
+        )
         if self.max_queue_wait is not None and not self.max_queue_wait >= 0:
             raise ValueError(f"max_queue_wait must be at least 0 (or None), got {self.max_queue_wait}")
 
@@ -246,12 +241,10 @@ class ModelPool:
         worker = self._models[name].worker
 
         def tokenize(admission: Admission) -> list[list[int]]:
-            check_texts([query], name="query")
-            check_texts(documents, name="documents")
-            check_instruction(instruction)
+            texts = checked_pair_inputs(query, documents, instruction)
             sequences: list[list[int]] = []
-            for start, end in _parts(documents, len(query)):
-                part = reranker.tokenize_pairs(query, documents[start:end], instruction)
+            for start, end in _parts(texts, len(query)):
+                part = reranker.tokenize_pairs(query, texts[start:end], instruction)
                 worker.hold(admission, sum(map(len, part)))
                 sequences.extend(part)
             return sequences

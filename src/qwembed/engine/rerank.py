@@ -7,7 +7,7 @@ float32; in bf16 it moves within the dtype's rounding (up to ~1e-3 across batch 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +28,19 @@ class RerankResult:
     score: float
 
 
+def checked_pair_inputs(query: str, documents: Iterable[str], instruction: str | None) -> list[str]:
+    """A rerank call's inputs checked, the library's and the server's alike: types (a string of
+    documents would be scored character by character), valid Unicode, a non-blank instruction.
+    Returns the documents as a list (a generator is read once, here)."""
+    if not isinstance(query, str):
+        raise TypeError(f"query must be a string, not {type(query).__name__}")
+    documents = text_list(documents, "documents")
+    check_texts([query], name="query")
+    check_texts(documents, name="documents")
+    check_instruction(instruction)
+    return documents
+
+
 def score_pairs(
     reranker: Reranker,
     query: str,
@@ -38,12 +51,7 @@ def score_pairs(
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
 ) -> np.ndarray:
     """float32 scores in the documents' order (what evaluation wants before sorting)."""
-    if not isinstance(query, str):
-        raise TypeError(f"query must be a string, not {type(query).__name__}")
-    documents = text_list(documents, "documents")
-    check_texts([query], name="query")
-    check_texts(documents, name="documents")
-    check_instruction(instruction)
+    documents = checked_pair_inputs(query, documents, instruction)
     sequences = reranker.tokenize_pairs(query, documents, instruction)
     scores = np.zeros(len(sequences), dtype=np.float32)
     lengths = [len(ids) for ids in sequences]
