@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from .quality_bars import DEFAULT_MIN_COSINE
+from .shape_caches import bound_shape_caches
 
 if TYPE_CHECKING:  # (torch itself is imported by the loaders: naming a model needs none)
     import torch
@@ -163,6 +164,7 @@ def load_encoder(
 ) -> Encoder:
     options = options or LoadOptions()
     kwargs = _load_kwargs(options)
+    bound_shape_caches()  # before the load's first oneDNN call (its checks run the model)
     if name_or_path == "use-multilingual" or backend == "use":
         from .universal_sentence_encoder import UniversalSentenceEncoder
 
@@ -195,6 +197,7 @@ def load_reranker(
     a Qwen3-Embedding checkpoint cannot be told apart reliably from their configs."""
     options = options or LoadOptions()
     _check_folder(name_or_path)
+    bound_shape_caches()
     kwargs = {"name": name or served_name(name_or_path), **_load_kwargs(options)}
     with _fetched_from_the_hub(name_or_path):
         if detect_backend(name_or_path, options.trust_remote_code) == "qwen3":

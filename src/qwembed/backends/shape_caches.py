@@ -1,0 +1,38 @@
+"""oneDNN's caches of compiled kernels, bounded to a few dozen shapes.
+
+On CPUs torch runs Linear layers and bf16 matmuls through oneDNN (``fused_linear.py`` calls it
+directly), which compiles a kernel for each input shape and keeps it in two caches: oneDNN's own
+primitive cache and ideep's (torch's oneDNN wrapper). Each holds up to 1,024 entries by default,
+and a padding-free batch's shape is its token count, which differs from batch to batch. One entry
+of a 384 × 1,536 bf16 layer held ~0.5 MiB, so a server or a library loop seeing widely varied
+batches kept growing by hundreds of MiB that no ``malloc_trim`` could return: 300 library calls of
+1–128 texts of 1–200 words (all-MiniLM-L6-v2, 2-core Zen 4) took the process from 632 to 2,394 MiB,
+1,409 MiB after a trim; with both caches capped, 641 to 1,061 MiB and 695 after a trim, at the
+same speed (``bench/memory_varied_batches.py``, ``docs/reliability.md``).
+
+A batch reuses its few shapes in every layer (one per Linear layer, the same in each layer), and
+two streams run two batches at once, so a few dozen entries keep every reuse within a batch and
+the recent shapes besides; a new shape costs ~0.4 ms to compile, against ~6 ms for one such
+layer pair on 256 tokens. With no cache at all that compile is paid per layer: 1.3× slower at 256
+tokens.
+
+Both caches read their capacity from the environment once, at their first use, so this must run
+before the process's first oneDNN call: the loaders call it before loading. A capacity the user
+set in the environment is left as it is; so is a process that already used oneDNN.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: entries in each cache: a few batches' shapes (~4–8 each) with room to spare
+SHAPE_CACHE_CAPACITY = 64
+
+#: oneDNN's primitive cache, and ideep's cache (``LRU_CACHE_CAPACITY``, torch's name for it)
+CAPACITY_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+
+
+def bound_shape_caches(capacity: int = SHAPE_CACHE_CAPACITY) -> None:
+    """Cap both caches at ``capacity`` entries unless the environment already sets them."""
+    for variable in CAPACITY_VARIABLES:
+        os.environ.setdefault(variable, str(capacity))
