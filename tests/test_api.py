@@ -29,9 +29,11 @@ def make_client(encoders, settings: ServerSettings | None = None, batch: BatchSe
     pool = ModelPool(batch)
     for encoder in encoders.values():
         pool.add_encoder(encoder)
-    return TestClient(
-        create_app(pool, settings or ServerSettings(max_client_batch_size=8, max_body_bytes=50_000))
+    # (token ids accepted: the tests below send the model's own)
+    settings = settings or ServerSettings(
+        max_client_batch_size=8, max_body_bytes=50_000, accept_token_ids=True
     )
+    return TestClient(create_app(pool, settings))
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +104,29 @@ def test_token_id_inputs(client, encoders):
     text = vectors(post(client, {"model": "qwen3-tiny", "input": "token ids"}))
     np.testing.assert_allclose(one, text, atol=1e-6)
     np.testing.assert_allclose(many[:1], text, atol=1e-6)
+
+
+@pytest.mark.parametrize("route", ["/v1/embeddings", "/embed"])
+def test_token_ids_are_refused_unless_the_server_accepts_them(encoders, route):
+    # LangChain's OpenAIEmbeddings sends OpenAI tokenizer ids by default: embedded as the model's
+    # own ids they are unrelated text, so a server accepts ids only when told to
+    field = "input" if route == "/v1/embeddings" else "inputs"
+    with make_client(encoders, ServerSettings()) as default_client:
+        response = default_client.post(route, json={"model": "minilm", field: [[101, 7592, 102]]})
+        error = response.json()["error"]
+        assert response.status_code == 400 and error["code"] == "token_ids_not_accepted"
+        assert error["param"] == field
+        assert "check_embedding_ctx_length=False" in error["message"]
+        assert "--accept-token-ids" in error["message"]
+        assert default_client.post(route, json={"model": "minilm", field: ["text"]}).status_code == 200
+
+
+@pytest.mark.parametrize(("route", "field"), [("/v1/embeddings", "input"), ("/embed", "inputs")])
+def test_an_empty_text_in_a_list_is_named_by_its_index(client, route, field):
+    response = client.post(route, json={"model": "minilm", field: ["a", "b", ""]})
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["code"] == "empty_input" and error["param"] == field
+    assert error["message"].startswith(f"{field}[2] is an empty string")
 
 
 def test_truncate_on_request(client, encoders):

@@ -113,8 +113,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--reranker",
         action="append",
         default=[],
-        help="a reranker for /v1/rerank: a Qwen3-Reranker checkpoint (official yes/no recipe) or a "
-        "sentence-transformers cross-encoder, as folder or hub id (repeatable)",
+        help="a reranker for /v1/rerank, /v2/rerank and /rerank: a Qwen3-Reranker checkpoint (official "
+        "yes/no recipe) or a sentence-transformers cross-encoder, as folder or hub id (repeatable)",
     )
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
     serve.add_argument("--port", type=_number(int, 1, 65535), default=8000)
@@ -158,6 +158,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--auto-truncate",
         action="store_true",
         help="cut over-long inputs to the model's limit instead of answering 400 (per request: truncate)",
+    )
+    serve.add_argument(
+        "--accept-token-ids",
+        action="store_true",
+        help="embed token-id inputs as the model's own ids (default: refused, since most clients that "
+        "send ids — LangChain's OpenAIEmbeddings by default — send OpenAI tokenizer ids)",
     )
     serve.add_argument(
         "--api-key",
@@ -324,6 +330,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         api_keys=_api_keys(args),
         auto_truncate=args.auto_truncate,
+        accept_token_ids=args.accept_token_ids,
         max_client_batch_size=args.max_client_batch_size,
         max_body_bytes=args.max_body_bytes,
         cors_origins=args.cors_origin,

@@ -17,8 +17,10 @@ from .errors import install_error_handlers
 from .limits import BodyLimits
 from .metrics import Metrics
 from .observe import RequestMetrics
+from .rerank_routes import build_rerank_router
 from .routes import build_router
 from .settings import ServerSettings
+from .tei_routes import build_tei_router
 
 if TYPE_CHECKING:
     from ..kb import KnowledgeBaseManager
@@ -77,6 +79,8 @@ def create_app(
     install_error_handlers(app)
     keys = KeyChecker(settings.api_keys)
     app.include_router(build_router(pool, settings, metrics, state, keys))
+    app.include_router(build_rerank_router(pool, settings, state, keys))
+    app.include_router(build_tei_router(pool, settings, state, keys))
     if kb is not None:
         from .kb_routes import build_kb_router
 

@@ -1,4 +1,4 @@
-"""Response bodies built without per-float Python work: orjson serialises numpy rows directly,
+"""Response bodies built without per-float Python work: orjson serialises numpy arrays directly,
 and base64 is taken from the float32 bytes."""
 
 from __future__ import annotations
@@ -22,3 +22,8 @@ def embeddings_body(vectors: np.ndarray, model: str, prompt_tokens: int, encodin
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def vectors_body(vectors: np.ndarray) -> bytes:
+    """The vectors as a bare JSON array of arrays of floats (TEI's /embed answer)."""
+    return orjson.dumps(np.ascontiguousarray(vectors, dtype="<f4"), option=orjson.OPT_SERIALIZE_NUMPY)

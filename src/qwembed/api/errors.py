@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from http import HTTPStatus
 
 import orjson
@@ -124,30 +125,102 @@ def from_engine_error(error: Exception) -> APIError:
     return APIError(500, "inference failed on the server; the request was not processed", "internal_error")
 
 
+#: what an item of a field whose items are a union of forms must be, for a message naming the item
+_ITEM_FORMS = {"documents": 'a string or an object with a "text" string', "texts": "a string"}
+#: pydantic's names for a union's members that look like field names (the others do not: "RerankDocument",
+#: "function-after[…]", "list[int]"; qwembed's JSON fields are snake_case)
+_TYPE_NAMES = frozenset({"str", "int", "float", "bool", "bytes", "list", "dict", "none"})
+_FIELD_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def _is_member(part: object) -> bool:
+    """Whether a part of an error's location names a union's member (or a tagged union's tag)."""
+    return isinstance(part, str) and (part in _TYPE_NAMES or not _FIELD_NAME.fullmatch(part))
+
+
+def _raw_location(error: dict) -> list:
+    loc = list(error.get("loc", ()))
+    return loc[1:] if loc[:1] == ["body"] else loc
+
+
+def _field_path(loc: list) -> list:
+    """The location as the client wrote the field: union members' names left out."""
+    return [part for part in loc if not _is_member(part)]
+
+
+def _where(path: list) -> str:
+    """``["documents", 0, "text"]`` → ``documents[0].text``, as the engine names items (``input[3]``)."""
+    name = str(path[0]) if path else "the request body"
+    for part in path[1:]:
+        name += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return name
+
+
+def _union_failure(errors: list) -> list | None:
+    """Where every member of a union failed for one value (pydantic reports one error per member,
+    each located under the member's name): that value's field path, else None."""
+    first = _raw_location(errors[0])
+    others = [_raw_location(error) for error in errors[1:]]
+    for depth in reversed(range(len(first))):
+        label = first[depth]
+        if _is_member(label) and any(
+            len(other) > depth
+            and other[:depth] == first[:depth]
+            and other[depth] != label
+            and _is_member(other[depth])
+            for other in others
+        ):
+            return _field_path(first[:depth])
+    return None
+
+
 def _validation_message(error: RequestValidationError) -> tuple[str, str | None, str]:
     """One clear message and a stable code for pydantic's list of errors."""
     errors = error.errors()
-    first = errors[0] if errors else {}
-    location = [str(part) for part in first.get("loc", ()) if part != "body"]
-    field = location[0] if location else None
+    if not errors:
+        return "invalid request", None, "invalid_request"
+    first = errors[0]
+    location = _field_path(_raw_location(first))
+    field = str(location[0]) if location else None
     kinds = {e.get("type") for e in errors}
     if first.get("type") == "json_invalid":
         return "the request body is not valid JSON", None, "invalid_json"
     unicode_error = next((e for e in errors if e.get("type") == "string_unicode"), None)
     if unicode_error is not None:
-        # named like the engine's "input[3]": the field and its list indices (a union's member
-        # names, which pydantic puts in the location too, are left out)
-        loc = [part for part in unicode_error.get("loc", ()) if part != "body"]
+        # named like the engine's "input[3]": the field and its list indices
+        loc = _field_path(_raw_location(unicode_error))
         name = str(loc[0]) if loc else "text"
         where = name + "".join(f"[{part}]" for part in loc[1:] if isinstance(part, int))
         return lone_surrogate_message(where), name, "invalid_text"
-    if first.get("type") == "missing" and field:
-        return f"{'.'.join(location)} is required", field, "missing_field"
+    if first.get("type") == "qwembed":  # (schemas.qwembed_error: written for the client already)
+        context = first.get("ctx") or {}
+        return str(first.get("msg")), context.get("param"), str(context.get("code", "invalid_request"))
+    union = _union_failure(errors) if field != "input" else None
+    if first.get("type") == "missing" and field and union is None:
+        return f"{_where(location)} is required", field, "missing_field"
     if field in ("documents", "texts", "query") and kinds & {"string_too_short", "too_short"}:
         return f"{field} must not be empty", field, "empty_input"
     if field == "input":
         # `input` is a union of four shapes: pydantic reports a failure per shape, so name them all
         if kinds & {"string_too_short", "too_short"}:
+            # an empty text in a list is named, as the engine names an over-long one (input[3])
+            empty_item = next(
+                (
+                    path
+                    for path in (
+                        _field_path(_raw_location(e)) for e in errors if e.get("type") == "string_too_short"
+                    )
+                    if len(path) == 2 and isinstance(path[1], int)
+                ),
+                None,
+            )
+            if empty_item is not None:
+                return (
+                    f"{_where(empty_item)} is an empty string "
+                    "(refused, as by OpenAI's API; send a space if you mean one)",
+                    "input",
+                    "empty_input",
+                )
             return "input must not be empty (no empty list, no empty string)", "input", "empty_input"
         return (
             "input must be a string, a list of strings, a list of token ids (integers ≥ 0) "
@@ -155,8 +228,17 @@ def _validation_message(error: RequestValidationError) -> tuple[str, str | None,
             "input",
             "invalid_input",
         )
+    if field in _ITEM_FORMS:
+        # one item of the wrong type (for a union: every member failed), or no list at all
+        item = union if union is not None else location
+        if len(item) == 2 and isinstance(item[1], int):
+            return f"{_where(item)} must be {_ITEM_FORMS[field]}", field, "invalid_input"
+        if location == [field] and first.get("type") == "list_type":
+            return f"{field} must be a list, each item {_ITEM_FORMS[field]}", field, "invalid_input"
     detail = first.get("msg", "invalid request")
-    return (f"{'.'.join(location)}: {detail}" if location else detail), field, "invalid_request"
+    if union is not None:
+        return f"{_where(union)} matches none of the forms it may take ({detail})", field, "invalid_request"
+    return (f"{_where(location)}: {detail}" if location else detail), field, "invalid_request"
 
 
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")

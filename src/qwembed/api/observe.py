@@ -1,7 +1,9 @@
-"""ASGI middleware that counts requests and error codes and times them, for /metrics."""
+"""ASGI middleware that counts requests and error codes and times them, for /metrics, and logs each
+error response in one line (the access log is off: it costs every request), a few a second at most."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 import orjson
@@ -9,11 +11,45 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .metrics import Metrics
 
+log = logging.getLogger("qwembed.api.errors")
+
+#: error lines logged per second at most: an overload answers thousands of 429s, which /metrics
+#: counts; the log names a few and how many more there were
+ERROR_LINES_PER_SECOND = 5
+
+
+class ErrorLog:
+    """One line per error response, ``ERROR_LINES_PER_SECOND`` at most; the next line logged after
+    a busy second says how many were left out."""
+
+    def __init__(self, per_second: int = ERROR_LINES_PER_SECOND):
+        self.per_second = per_second
+        self.second = 0
+        self.logged = 0
+        self.left_out = 0
+
+    def __call__(self, method: str, path: str, status: int, body: bytes) -> None:
+        second = int(time.monotonic())
+        if second != self.second:
+            self.second, self.logged = second, 0
+        if self.logged >= self.per_second:
+            self.left_out += 1
+            return
+        self.logged += 1
+        code, message = _code_and_message(body, status)
+        more = f" ({self.left_out} more error responses not logged)" if self.left_out else ""
+        self.left_out = 0
+        # 5xx are ours to fix (their traceback is logged where they happen); 4xx are the client's
+        level = logging.WARNING if status >= 500 else logging.INFO
+        detail = f": {message}" if message else ""
+        log.log(level, "%s %s → %d %s%s%s", method, path, status, code, detail, more)
+
 
 class RequestMetrics:
     def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app = app
         self.metrics = metrics
+        self.error_log = ErrorLog()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,11 +82,19 @@ class RequestMetrics:
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
             if status >= 400:
-                self.metrics.errors.labels(_error_code(error_body, status)).inc()
+                self.metrics.errors.labels(_code_and_message(error_body, status)[0]).inc()
+                self.error_log(scope["method"], scope["path"], status, error_body)
 
 
-def _error_code(body: bytes, status: int) -> str:
+#: characters of an error's message in its log line
+_MESSAGE_CHARS = 300
+
+
+def _code_and_message(body: bytes, status: int) -> tuple[str, str]:
     try:
-        return str(orjson.loads(body)["error"]["code"])
+        error = orjson.loads(body)["error"]
+        code = str(error["code"])
     except Exception:
-        return f"http_{status}"
+        return f"http_{status}", ""
+    message = str(error.get("message") or "")
+    return code, message if len(message) <= _MESSAGE_CHARS else message[: _MESSAGE_CHARS - 1] + "…"

@@ -1,10 +1,11 @@
-"""Request and response bodies: OpenAI's embeddings schema plus qwembed's extensions."""
+"""Request and response bodies: OpenAI's embeddings schema plus qwembed's extensions (TEI's bodies are
+in tei_schemas.py)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 
@@ -17,6 +18,12 @@ def _valid_unicode(text: str) -> str:
     except UnicodeEncodeError:
         raise PydanticCustomError("string_unicode", "lone UTF-16 surrogate") from None
     return text
+
+
+def qwembed_error(message: str, code: str, param: str | None = None) -> PydanticCustomError:
+    """A schema error that reaches the client as written: its message, code and param (errors.py
+    reads them from the error's context), for checks no field's type can express."""
+    return PydanticCustomError("qwembed", message, {"code": code, "param": param})
 
 
 TokenList = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
@@ -97,21 +104,75 @@ class RerankDocument(BaseModel):
     text: UnicodeText
 
 
+#: a token cap that qwembed accepts only where it cannot bind (docs/api.md, "Reranking")
+TokenCap = Annotated[int, Field(ge=1)] | None
+
+
 class RerankRequest(BaseModel):
-    """Cohere / Jina / Infinity's rerank body, plus Qwen3-Reranker's `instruction`."""
+    """The rerank body of Cohere (v1 and v2), Jina, Infinity and vLLM, plus Qwen3-Reranker's
+    `instruction`. What qwembed cannot honour is a 400 naming the field, never ignored."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = Field(None, description="A served reranker; optional when only one is served.")
     query: Text
-    documents: Annotated[list[UnicodeText | RerankDocument], Field(min_length=1)]
+    documents: Annotated[list[UnicodeText | RerankDocument], Field(min_length=1)] = Field(
+        description='The texts to rank: strings, or objects with a `"text"` string (Cohere v1, Jina).'
+    )
     top_n: Annotated[int, Field(ge=1)] | None = Field(None, description="Return only the best N.")
-    return_documents: bool | None = Field(False, description="Echo each document's text; null means false.")
+    return_documents: bool | None = Field(
+        False, description='Echo each document as `{"text": ...}`; null means false.'
+    )
     instruction: UnicodeText | None = Field(
         None,
         description="Qwen3-Reranker task, default `Given a web search query, retrieve relevant passages "
         "that answer the query`; ignored by cross-encoders.",
     )
+    raw_scores: bool | None = Field(
+        False, description="Infinity's: the model's logits instead of probabilities; null means false."
+    )
+    use_activation: bool | None = Field(
+        None, description="vLLM's: `false` returns logits (as `raw_scores: true`); null means true."
+    )
+    rank_fields: list[str] | None = Field(
+        None,
+        description='Cohere v1: the document fields to rank on. Only `["text"]` (the default) is '
+        "supported; other fields are a 400.",
+    )
+    max_chunks_per_doc: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="Cohere v1. qwembed scores one chunk per document (an over-long pair is cut): "
+        "null or 1; more is a 400.",
+    )
+    max_tokens_per_doc: TokenCap = Field(
+        None,
+        description="Cohere v2. Accepted when at least the model's token limit (`max_tokens` in "
+        "GET /v1/models), where it cannot cut anything; smaller is a 400: qwembed cuts over-long "
+        "pairs to the model's limit only. Null or absent: no cap beyond the model's limit.",
+    )
+    max_tokens_per_query: TokenCap = Field(
+        None, description="As `max_tokens_per_doc`, for the query (litellm's hosted_vllm provider)."
+    )
+    truncate_prompt_tokens: Annotated[int, Field(ge=-1)] | None = Field(
+        None,
+        description="vLLM's. -1, null, or at least the model's token limit: accepted (pairs are cut "
+        "to the model's limit anyway); smaller is a 400.",
+    )
+    truncation_side: Literal["left", "right"] | None = Field(
+        None, description="`right` or null; `left` is a 400: an over-long pair loses tokens at the end."
+    )
+    priority: int | None = Field(
+        None,
+        description="Cohere v2 / vLLM scheduling hint; accepted, no effect (requests are served in "
+        "arrival order).",
+    )
+
+
+class RerankV2Request(RerankRequest):
+    """Cohere's v2 rerank body (`POST /v2/rerank`): `model` is required. v2 drops `return_documents`
+    and structured documents; qwembed still takes both, as litellm's `cohere/` provider sends them."""
+
+    model: str = Field(description="A served reranker (required, as in Cohere's v2 API).")
 
 
 class RerankResult(BaseModel):
@@ -122,31 +183,39 @@ class RerankResult(BaseModel):
 
 class RerankResponse(BaseModel):
     object: Literal["rerank"] = "rerank"
+    id: str = Field(description="A random id for this answer (Cohere, vLLM).")
     model: str
     results: list[RerankResult]
     usage: Usage
 
 
-class TEIRerankRequest(BaseModel):
-    """text-embeddings-inference's /rerank body."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    model: str | None = None
-    query: Text
-    texts: Annotated[list[UnicodeText], Field(min_length=1)]
-    raw_scores: bool | None = Field(False, description="Logits instead of probabilities; null means false.")
-    return_text: bool | None = Field(False, description="Echo each text; null means false.")
+class RerankV2ApiVersion(BaseModel):
+    version: Literal["2"] = "2"
 
 
-class TEIRerankItem(BaseModel):
-    index: int
-    score: float
-    text: str | None = None
+class RerankV2BilledUnits(BaseModel):
+    search_units: int = Field(
+        description="Cohere's unit: one query with up to 100 documents. qwembed bills nothing; "
+        "counted for clients that read it."
+    )
 
 
-class TEIRerankList(RootModel[list[TEIRerankItem]]):
-    pass
+class RerankV2Tokens(BaseModel):
+    input_tokens: int = Field(description="Tokens the model read: every pair, its template included.")
+
+
+class RerankV2Meta(BaseModel):
+    api_version: RerankV2ApiVersion = RerankV2ApiVersion()
+    billed_units: RerankV2BilledUnits
+    tokens: RerankV2Tokens
+
+
+class RerankV2Response(BaseModel):
+    """Cohere's v2 rerank answer; `document` only where `return_documents` asked for it."""
+
+    id: str
+    results: list[RerankResult]
+    meta: RerankV2Meta
 
 
 class ErrorBody(BaseModel):

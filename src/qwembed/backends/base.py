@@ -39,7 +39,8 @@ class InputTooLongError(ValueError):
             message
             or f"{where} has {n_tokens} tokens but the model accepts at most {max_tokens} "
             "(the end token included); shorten it or allow truncation "
-            "(truncate: true; --truncate on the command line)"
+            "(a request's truncate: true or the server's --auto-truncate; truncate=True in Python; "
+            "qwembed embed --truncate)"
         )
 
 

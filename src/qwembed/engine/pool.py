@@ -86,6 +86,14 @@ class BatchSettings:
 
 
 @dataclass(frozen=True)
+class BatchLimits:
+    """A served model's forward-pass limits (``BatchSettings`` or the device's defaults)."""
+
+    max_batch_tokens: int
+    max_batch_size: int
+
+
+@dataclass(frozen=True)
 class Embeddings:
     vectors: np.ndarray
     token_counts: list[int]
@@ -159,6 +167,21 @@ class ModelPool:
 
     def queue_depth(self, name: str) -> int:
         return self._models[name].worker.queue_depth
+
+    def card(self, name: str) -> ModelCard:
+        """A served model's card, by its served name (``resolve`` first for a request's name)."""
+        return self._models[name].model.card()
+
+    def batch_limits(self, name: str) -> BatchLimits:
+        """The forward-pass limits a served model's worker batches by, defaults resolved."""
+        worker = self._models[name].worker
+        return BatchLimits(worker.max_batch_tokens, worker.max_batch_size)
+
+    def compute(self, name: str) -> str | None:
+        """What a served model computes in, and where (``Encoder.compute``, e.g. ``"bfloat16
+        matmuls, float32 elsewhere on cpu"``); None for models that do not say (rerankers)."""
+        model = self._models[name].model
+        return model.compute if isinstance(model, Encoder) else None
 
     def resolve(self, name: str | None, kind: Kind) -> str:
         """The served model a request means: the one named, or the only one of its kind."""
