@@ -25,21 +25,16 @@ from common import emit, machine  # noqa: E402
 
 #: what one engine's process runs: argv = engine, calls
 _RUN = r"""
-import ctypes, json, random, sys, time
+import json, random, sys, time
 from pathlib import Path
 
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
-
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = MallInfo2
+from qwembed.engine.memory import live_heap_bytes, release_free_memory
 
 def rss_mib():
     return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
 
 def live_mib():
-    return libc.mallinfo2().uordblks / 2**20
+    return live_heap_bytes() / 2**20
 
 engine, calls = sys.argv[1], int(sys.argv[2])
 rng = random.Random(0)
@@ -63,7 +58,7 @@ for texts in batches:
     embed(texts)
 seconds = time.perf_counter() - began
 end = rss_mib()
-libc.malloc_trim(0)
+release_free_memory()
 print(json.dumps({"start": start, "end_rss_mib": end, "trimmed_rss_mib": rss_mib(),
                   "trimmed_live_mib": live_mib(), "seconds": seconds}))
 """

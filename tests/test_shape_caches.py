@@ -3,7 +3,6 @@ process's live C allocations by a compiled kernel each (backends/shape_caches.py
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ import sys
 import pytest
 
 from qwembed.backends.shape_caches import CAPACITY_VARIABLES, SHAPE_CACHE_CAPACITY, bound_shape_caches
+from qwembed.engine.memory import live_heap_bytes
 
 
 def test_bound_caches_sets_defaults_and_keeps_what_the_user_set(monkeypatch):
@@ -25,20 +25,16 @@ def test_bound_caches_sets_defaults_and_keeps_what_the_user_set(monkeypatch):
 #: loads all-MiniLM-L6-v2 through the library, embeds one text of each of 120 token counts (each a
 #: new shape for every Linear layer), and prints how much live malloc memory that left behind
 _GROWTH_SCRIPT = r"""
-import ctypes, json, sys
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = MallInfo2
+import json, sys
 from qwembed.engine import Embedder
+from qwembed.engine.memory import live_heap_bytes
 embedder = Embedder.load(sys.argv[1], streams=1)
 words = ["word"] * 400
 embedder.embed([" ".join(words[:30])])
-before = libc.mallinfo2().uordblks
+before = live_heap_bytes()
 for count in range(40, 160):
     embedder.embed([" ".join(words[:count])])
-print(json.dumps({"grown_mib": (libc.mallinfo2().uordblks - before) / 2**20}))
+print(json.dumps({"grown_mib": (live_heap_bytes() - before) / 2**20}))
 """
 
 
@@ -59,10 +55,8 @@ def _live_memory_growth(model_dir, capacity: str | None) -> float:
 
 
 def test_new_shapes_do_not_grow_live_memory(minilm_dir):
-    try:
-        ctypes.CDLL("libc.so.6").mallinfo2  # noqa: B018 (glibc ≥ 2.33)
-    except (OSError, AttributeError):
-        pytest.skip("needs glibc's mallinfo2 to read live malloc memory")
+    if live_heap_bytes() is None:
+        pytest.skip("needs glibc ≥ 2.33 (mallinfo2) to read live malloc memory")
     import torch
 
     if not torch.backends.mkldnn.is_available():
