@@ -34,7 +34,9 @@ class FakeReranker(Reranker):
     def __init__(self, name: str = "R"):
         super().__init__(name=name, source="test", max_tokens=1000)
 
-    def tokenize_pairs(self, query: str, documents: Sequence[str], instruction: str | None) -> list[TokenIds]:
+    def tokenize_pairs(
+        self, query: str, documents: Sequence[str], instruction: str | None, truncate: bool = True
+    ) -> list[TokenIds]:
         return [[ord(c) for c in query + document] for document in documents]
 
     def score_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:

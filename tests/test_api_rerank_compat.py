@@ -227,23 +227,27 @@ def test_tei_top_n_returns_the_best_n(client):
     )
 
 
-def test_tei_truncate_true_or_null_cuts_and_false_is_refused(client):
-    texts = [LONG, *DOCUMENTS]
+def test_tei_truncate_true_or_null_cuts_and_false_refuses_an_over_long_pair(client):
+    texts = [*DOCUMENTS, LONG]
     cut = client.post("/rerank", json={"query": QUERY, "texts": texts, "truncate": True})
     assert cut.status_code == 200, cut.text
     assert (
         client.post("/rerank", json={"query": QUERY, "texts": texts, "truncate": None}).json() == cut.json()
     )
     assert client.post("/rerank", json={"query": QUERY, "texts": texts}).json() == cut.json()
-    # refused whether or not a pair would be cut, as truncation_direction Left is on /embed
-    for refused in (texts, DOCUMENTS):
-        error = error_of(
-            client.post("/rerank", json={"query": QUERY, "texts": refused, "truncate": False}),
-            400,
-            "unsupported_parameter",
-            "truncate",
-        )
-        assert error["message"].startswith("truncate: false is not supported on /rerank")
+    # false: TEI's answer to an over-long pair, a 400 naming the text, not a cut
+    error = error_of(
+        client.post("/rerank", json={"query": QUERY, "texts": texts, "truncate": False}),
+        400,
+        "input_too_long",
+        "texts",
+    )
+    assert error["message"].startswith(f"document {len(DOCUMENTS)} (counting from 0) with the query")
+    assert f"at most {LIMIT}" in error["message"]
+    # pairs that fit are ranked as with truncation
+    fits = client.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS, "truncate": False})
+    assert fits.status_code == 200
+    assert fits.json() == client.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS}).json()
 
 
 @pytest.mark.parametrize("direction", ["Left", "left"])

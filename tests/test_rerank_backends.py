@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import numpy as np
@@ -10,12 +11,20 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from native_fixtures import Counting
-from qwembed.backends import cpu_attention, cross_encoder, precision, qwen3_reranker, rms_norm
+from qwembed.backends import (
+    PairTooLongError,
+    cpu_attention,
+    cross_encoder,
+    precision,
+    qwen3_reranker,
+    rms_norm,
+)
 from qwembed.backends.cross_encoder import CrossEncoderReranker
 from qwembed.backends.packing import PackedBatch
 from qwembed.backends.qwen3_reranker import Qwen3Reranker
 from qwembed.backends.registry import ModelNotFoundError, bundled_minilm_path
 from qwembed.backends.shared_prefixes import SharedPrefixes
+from qwembed.engine.pool import TOKENIZE_PART_ITEMS, ModelPool
 from qwembed.engine.rerank import RerankResult, rerank, score_pairs
 from qwen3_fixtures import qwen_tokenizer_files
 from rerank_fixtures import build_tiny_qwen3_reranker
@@ -179,6 +188,28 @@ def test_qwen3_long_document_is_cut_inside_the_body(qwen3_reranker_dir, referenc
     assert ids[-len(reference.suffix) :] == reference.suffix
     expected = reference("Where does the Rhine flow?", LONG_EN, max_length=96)
     assert abs(float(small.score_token_ids([ids])[0]) - expected) < 1e-5
+
+
+def test_qwen3_over_long_pair_without_truncation_is_refused_naming_the_document(qwen3_reranker_dir):
+    small = Qwen3Reranker.load(str(qwen3_reranker_dir), device="cpu", dtype="float32", max_tokens=96)
+    short = small.tokenize_pairs("Where does the Rhine flow?", DOCUMENTS[:2], None, truncate=False)
+    assert short == small.tokenize_pairs("Where does the Rhine flow?", DOCUMENTS[:2], None)
+    with pytest.raises(PairTooLongError) as refused:
+        small.tokenize_pairs("Where does the Rhine flow?", [DOCUMENTS[0], LONG_EN], None, truncate=False)
+    assert refused.value.index == 1 and refused.value.max_tokens == 96 and refused.value.n_tokens > 96
+    with pytest.raises(PairTooLongError):  # the library's call
+        rerank(small, "Where does the Rhine flow?", [LONG_EN], truncate=False)
+    # through the server's pool, a later part's document is named by its place in the whole list
+    pool = ModelPool()
+    pool.add_reranker(small)
+    try:
+        late = TOKENIZE_PART_ITEMS + 3  # in the second part the pool tokenises
+        documents = [DOCUMENTS[0]] * late + [LONG_EN]
+        with pytest.raises(PairTooLongError) as far:
+            asyncio.run(pool.rerank(small.name, "Where does the Rhine flow?", documents, truncate=False))
+        assert far.value.index == late and f"document {late} (counting from 0)" in str(far.value)
+    finally:
+        pool.close()
 
 
 def test_qwen3_auto_dtype_is_mixed_bf16_checked_on_bf16_cpus(

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 
-from ..backends import InputTooLongError, InvalidTokenIdsError, PromptTooLongError
+from ..backends import InputTooLongError, InvalidTokenIdsError, PairTooLongError, PromptTooLongError
 from ..engine import InvalidDimensionsError, OverloadedError, WorkerStoppedError
 from ..engine.inputs import InstructionWithTokenIdsError, InvalidTextError, lone_surrogate_message
 from ..engine.instructions import EmptyInstructionError
@@ -100,6 +100,8 @@ def from_engine_error(error: Exception) -> APIError:
     """Translate the engine's exceptions; anything unknown is a 500 that names no internals."""
     if isinstance(error, PromptTooLongError):  # (the text was never the problem)
         return APIError(400, str(error), "input_too_long", "instruction" if error.instruction else "model")
+    if isinstance(error, PairTooLongError):  # (a route whose field is not "documents" renames it)
+        return APIError(400, str(error), "input_too_long", "documents")
     if isinstance(error, InputTooLongError):
         return APIError(400, str(error), "input_too_long", "input")
     if isinstance(error, InvalidDimensionsError):

@@ -139,14 +139,19 @@ async def rank_documents(
     instruction: str | None = None,
     top_n: int | None = None,
     raw_scores: bool = False,
+    truncate: bool = True,
 ) -> Ranked | Response:
     """The engine's ranking of ``documents`` (the request's field ``param``) for a resolved reranker;
     a Response where the client left or the work failed as a Response."""
     helpers.check_count(len(documents), param)
     pool = helpers.pool
-    ranking = await helpers.answer(
-        request, pool.rerank(model, query, documents, instruction=instruction, top_n=top_n)
-    )
+    work = pool.rerank(model, query, documents, instruction=instruction, top_n=top_n, truncate=truncate)
+    try:
+        ranking = await helpers.answer(request, work)
+    except APIError as error:
+        if error.param == "documents":  # (the engine's name for what TEI calls texts)
+            error.param = param
+        raise
     if isinstance(ranking, Response):
         return ranking
     scores = np.array([r.score for r in ranking.results], dtype=np.float32)

@@ -2,7 +2,7 @@
 ``POST /embed`` (also ``POST /``, where TEI serves an embedding model's ``/embed``), ``POST /rerank``
 and ``GET /info``. Field names and defaults are TEI's (router/src/http/types.rs); what qwembed cannot
 do as TEI does (``normalize: false``, left truncation, named prompts other than ``query`` and
-``document``, ``truncate: false`` on /rerank) is a 400 naming the field, never silently ignored.
+``document``) is a 400 naming the field, never silently ignored.
 ``/rerank`` also takes the body vLLM's and Infinity's ``/rerank`` take (``documents``), answered as
 ``/v1/rerank`` answers it.
 
@@ -104,21 +104,12 @@ def refuse_left_truncation(direction: str | None, what_is_cut: str) -> None:
         )
 
 
-def check_rerank_truncation(body: TEIRerankRequest) -> None:
-    """TEI's ``truncate`` and ``truncation_direction`` on /rerank. The engine fits every pair to the
-    model's limit (the longer of query and text loses tokens, the template never), so ``true`` and
-    ``null`` are honoured; ``false`` asks for a 400 on an over-long pair instead, which the engine
-    cannot give yet, so it is refused rather than ignored."""
-    if body.truncate is False:
-        raise APIError(
-            400,
-            "truncate: false is not supported on /rerank: qwembed cuts an over-long (query, text) pair to "
-            "the model's limit, the longer of the two losing tokens, and cannot refuse it instead; leave "
-            "truncate out or send true",
-            "unsupported_parameter",
-            "truncate",
-        )
+def rerank_truncation(body: TEIRerankRequest) -> bool:
+    """TEI's ``truncate`` on /rerank: ``true`` or ``null`` fits an over-long pair to the model's
+    limit (the longer of query and text loses tokens, the template never); ``false`` makes it a 400
+    ``input_too_long`` naming the text. Left truncation is refused, as on /embed."""
     refuse_left_truncation(body.truncation_direction, "the end of the longer of query and text")
+    return body.truncate is not False
 
 
 def embed_options(body: TEIEmbedRequest, token_ids: bool, auto_truncate: bool) -> EmbedOptions:
@@ -212,7 +203,7 @@ def build_tei_router(pool: ModelPool, settings: ServerSettings, state: dict, key
         if isinstance(body, RerankRequest):
             ranked = await rank_cohere(helpers, body, request)
             return ranked if isinstance(ranked, Response) else rerank_answer(ranked, body)
-        check_rerank_truncation(body)
+        truncate = rerank_truncation(body)
         helpers.check_ready()
         model = helpers.resolve_model(body.model, "reranker")
         ranked = await rank_documents(
@@ -224,6 +215,7 @@ def build_tei_router(pool: ModelPool, settings: ServerSettings, state: dict, key
             "texts",
             top_n=body.top_n,
             raw_scores=bool(body.raw_scores),
+            truncate=truncate,
         )
         if isinstance(ranked, Response):
             return ranked

@@ -44,6 +44,25 @@ class InputTooLongError(ValueError):
         )
 
 
+class PairTooLongError(InputTooLongError):
+    """A (query, document) pair, with the reranker's template, has more tokens than the model
+    accepts and truncation was not allowed (TEI's ``truncate: false``). ``index``: the document's."""
+
+    def __init__(self, n_tokens: int, max_tokens: int, index: int):
+        super().__init__(
+            n_tokens,
+            max_tokens,
+            index,
+            f"document {index} (counting from 0) with the query and the model's template has {n_tokens} "
+            f"tokens but the model accepts at most {max_tokens}; shorten it or allow truncation "
+            "(truncate: true), which cuts the longer of query and document",
+        )
+
+    def at(self, offset: int) -> PairTooLongError:
+        """The same error for a document ``offset`` places further on (a part of a longer list)."""
+        return PairTooLongError(self.n_tokens, self.max_tokens, self.index + offset)
+
+
 class PromptTooLongError(InputTooLongError):
     """The prompt around a text (an instruction, a model's query prompt, a reranker's template)
     takes so many of the model's tokens that none is left for the text itself. Truncation cuts
@@ -165,11 +184,13 @@ class Reranker(ABC):
         self.max_tokens = max_tokens
 
     @abstractmethod
-    def tokenize_pairs(self, query: str, documents: Sequence[str], instruction: str | None) -> list[TokenIds]:
+    def tokenize_pairs(
+        self, query: str, documents: Sequence[str], instruction: str | None, truncate: bool = True
+    ) -> list[TokenIds]:
         """One token sequence per pair, already fitted to ``max_tokens``: an over-long pair is cut
         longest first (tokens come off the longer of query and document until it fits), never the
-        template around them; a template (with its instruction) that leaves no room for both is a
-        :class:`PromptTooLongError`."""
+        template around them, or with ``truncate=False`` is a :class:`PairTooLongError`; a template
+        (with its instruction) that leaves no room for both is a :class:`PromptTooLongError`."""
 
     @abstractmethod
     def score_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from sentence_transformers import CrossEncoder
 
-from .base import Reranker, TokenIds
+from .base import PairTooLongError, Reranker, TokenIds
 from .device import resolve_device, sentence_transformers_options, transformers_model
 from .packed_bert import packed_bert_forward, supports_packing
 from .packing import PackedBatch
@@ -144,7 +144,9 @@ class CrossEncoderReranker(Reranker):
         )
         return reranker
 
-    def tokenize_pairs(self, query: str, documents: Sequence[str], instruction: str | None) -> list[TokenIds]:
+    def tokenize_pairs(
+        self, query: str, documents: Sequence[str], instruction: str | None, truncate: bool = True
+    ) -> list[TokenIds]:
         # Classic cross-encoders have no instruction slot; an instruction is ignored, as
         # CrossEncoder.predict would ignore it.
         if not documents:
@@ -156,11 +158,14 @@ class CrossEncoderReranker(Reranker):
         encoded = self.tokenizer(
             [query] * len(documents),
             list(documents),
-            truncation="longest_first",
+            truncation="longest_first" if truncate else False,
             max_length=self.max_tokens,
             verbose=False,
-        )
-        return encoded["input_ids"]
+        )["input_ids"]
+        for index, ids in enumerate(encoded):
+            if len(ids) > self.max_tokens:  # (only where truncation was not allowed)
+                raise PairTooLongError(len(ids), self.max_tokens, index)
+        return encoded
 
     def _token_types(self, ids: TokenIds) -> list[int]:
         # Segment A runs up to and including the first [SEP]; the rest (document, final [SEP]) is B.

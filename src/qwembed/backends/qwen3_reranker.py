@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from .base import PromptTooLongError, Reranker, TokenIds
+from .base import PairTooLongError, PromptTooLongError, Reranker, TokenIds
 from .device import load_transformers_model, resolve_device
 from .fused_pointwise import fuse_in_background
 from .packed_qwen3 import packed_qwen3_pooled, supports_packing
@@ -181,7 +181,9 @@ class Qwen3Reranker(Reranker):
         """Run the packed forward's element-wise steps with ``steps`` from the next batch on."""
         self.pointwise = steps
 
-    def tokenize_pairs(self, query: str, documents: Sequence[str], instruction: str | None) -> list[TokenIds]:
+    def tokenize_pairs(
+        self, query: str, documents: Sequence[str], instruction: str | None, truncate: bool = True
+    ) -> list[TokenIds]:
         if not documents:
             return []
         if self.prefix_cache is not None:
@@ -191,6 +193,9 @@ class Qwen3Reranker(Reranker):
         query_offsets: list[tuple[int, int]] | None = None  # the query's tokens, once one is needed
         for index, ids in enumerate(encoded):
             if len(ids) > self.body_budget:
+                if not truncate:
+                    total = len(self.prefix_ids) + len(ids) + len(self.suffix_ids)
+                    raise PairTooLongError(total, self.max_tokens, index)
                 if query_offsets is None:
                     query_offsets = self._offsets(query)
                 encoded[index] = self._fit(ids, query, query_offsets, documents[index], instruction)

@@ -18,6 +18,7 @@ _EXPORTS = {
     "InvalidDimensionsError": ".postprocess",
     "InvalidTextError": ".inputs",
     "InvalidTokenIdsError": "..backends.base",
+    "PairTooLongError": "..backends.base",
     "PromptTooLongError": "..backends.base",
     "OverloadedError": ".worker",
     "WorkerStoppedError": ".worker",
@@ -33,13 +34,14 @@ __all__ = [
     "InvalidTextError",
     "InvalidTokenIdsError",
     "OverloadedError",
+    "PairTooLongError",
     "PromptTooLongError",
     "WorkerStoppedError",
     "truncate_dimensions",
 ]
 
 if TYPE_CHECKING:
-    from ..backends.base import InputTooLongError, InvalidTokenIdsError, PromptTooLongError
+    from ..backends.base import InputTooLongError, InvalidTokenIdsError, PairTooLongError, PromptTooLongError
     from .embedder import Embedder
     from .inputs import InvalidTextError
     from .instructions import EmptyInstructionError

@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..backends import Encoder, ModelCard, Reranker
+from ..backends import Encoder, ModelCard, PairTooLongError, Reranker
 from .batching import check_sizes, default_batch_size, default_batch_tokens
 from .embedder import Embedder
 from .inputs import EmbedOptions, tokenize_ids, tokenize_texts
@@ -259,7 +259,10 @@ class ModelPool:
         *,
         instruction: str | None = None,
         top_n: int | None = None,
+        truncate: bool = True,
     ) -> Ranking:
+        """``documents`` ranked against ``query``, best first; an over-long pair is cut (the longer
+        of query and document loses tokens) or, with ``truncate=False``, a ``PairTooLongError``."""
         reranker = self.reranker(name)
         worker = self._models[name].worker
 
@@ -267,7 +270,10 @@ class ModelPool:
             texts = checked_pair_inputs(query, documents, instruction)
             sequences: list[list[int]] = []
             for start, end in _parts(texts, len(query)):
-                part = reranker.tokenize_pairs(query, texts[start:end], instruction)
+                try:
+                    part = reranker.tokenize_pairs(query, texts[start:end], instruction, truncate)
+                except PairTooLongError as error:
+                    raise error.at(start) from None
                 worker.hold(admission, sum(map(len, part)))
                 sequences.extend(part)
             return sequences

@@ -49,10 +49,12 @@ def score_pairs(
     instruction: str | None = None,
     max_batch_tokens: int | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    truncate: bool = True,
 ) -> np.ndarray:
-    """float32 scores in the documents' order (what evaluation wants before sorting)."""
+    """float32 scores in the documents' order (what evaluation wants before sorting). An over-long
+    pair is cut longest first, or with ``truncate=False`` is a ``PairTooLongError``."""
     documents = checked_pair_inputs(query, documents, instruction)
-    sequences = reranker.tokenize_pairs(query, documents, instruction)
+    sequences = reranker.tokenize_pairs(query, documents, instruction, truncate)
     scores = np.zeros(len(sequences), dtype=np.float32)
     lengths = [len(ids) for ids in sequences]
     budget = max_batch_tokens or default_batch_tokens(reranker)
@@ -80,6 +82,7 @@ def rerank(
     top_n: int | None = None,
     max_batch_tokens: int | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    truncate: bool = True,
 ) -> list[RerankResult]:
     """Score every document against ``query`` and return the ``top_n`` best (all by default)."""
     if top_n is not None and top_n < 1:
@@ -91,5 +94,6 @@ def rerank(
         instruction=instruction,
         max_batch_tokens=max_batch_tokens,
         max_batch_size=max_batch_size,
+        truncate=truncate,
     )
     return rank(scores, top_n)
