@@ -38,9 +38,9 @@ def test_error_lines_are_capped_per_second_and_the_rest_counted(monkeypatch, cap
     body = b'{"error": {"code": "overloaded", "message": "busy"}}'
     with caplog.at_level(logging.INFO, logger="qwembed.api.errors"):
         for _ in range(5):
-            error_log("POST", "/v1/embeddings", 429, body)
+            error_log("POST", "/v1/embeddings", 429, *observe._code_and_message(body, 429))
         now[0] = 101.2
-        error_log("POST", "/v1/embeddings", 429, body)
+        error_log("POST", "/v1/embeddings", 429, *observe._code_and_message(body, 429))
     lines = [r.getMessage() for r in caplog.records if r.name == "qwembed.api.errors"]
     assert len(lines) == 3
     assert lines[0] == "POST /v1/embeddings → 429 overloaded: busy"
@@ -51,8 +51,8 @@ def test_a_server_error_is_a_warning_and_a_long_message_is_cut(caplog):
     error_log = observe.ErrorLog()
     body = b'{"error": {"code": "internal_error", "message": "' + b"x" * 1000 + b'"}}'
     with caplog.at_level(logging.INFO, logger="qwembed.api.errors"):
-        error_log("POST", "/v1/rerank", 500, body)
-        error_log("GET", "/nowhere", 404, b"Not Found")
+        error_log("POST", "/v1/rerank", 500, *observe._code_and_message(body, 500))
+        error_log("GET", "/nowhere", 404, *observe._code_and_message(b"Not Found", 404))
     first, second = caplog.records
     assert first.levelno == logging.WARNING and len(first.getMessage()) < 400
     assert second.levelno == logging.INFO and second.getMessage() == "GET /nowhere → 404 http_404"

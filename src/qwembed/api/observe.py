@@ -28,7 +28,7 @@ class ErrorLog:
         self.logged = 0
         self.left_out = 0
 
-    def __call__(self, method: str, path: str, status: int, body: bytes) -> None:
+    def __call__(self, method: str, path: str, status: int, code: str, message: str) -> None:
         second = int(time.monotonic())
         if second != self.second:
             self.second, self.logged = second, 0
@@ -36,7 +36,6 @@ class ErrorLog:
             self.left_out += 1
             return
         self.logged += 1
-        code, message = _code_and_message(body, status)
         more = f" ({self.left_out} more error responses not logged)" if self.left_out else ""
         self.left_out = 0
         # 5xx are ours to fix (their traceback is logged where they happen); 4xx are the client's
@@ -82,8 +81,9 @@ class RequestMetrics:
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
             if status >= 400:
-                self.metrics.errors.labels(_code_and_message(error_body, status)[0]).inc()
-                self.error_log(scope["method"], scope["path"], status, error_body)
+                code, message = _code_and_message(error_body, status)
+                self.metrics.errors.labels(code).inc()
+                self.error_log(scope["method"], scope["path"], status, code, message)
 
 
 #: characters of an error's message in its log line

@@ -146,12 +146,7 @@ async def rank_documents(
     helpers.check_count(len(documents), param)
     pool = helpers.pool
     work = pool.rerank(model, query, documents, instruction=instruction, top_n=top_n, truncate=truncate)
-    try:
-        ranking = await helpers.answer(request, work)
-    except APIError as error:
-        if error.param == "documents":  # (the engine's name for what TEI calls texts)
-            error.param = param
-        raise
+    ranking = await helpers.answer(request, work, fields={"documents": param})
     if isinstance(ranking, Response):
         return ranking
     scores = np.array([r.score for r in ranking.results], dtype=np.float32)

@@ -5,7 +5,7 @@ engine's work for a request that its client may abandon."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import TypeVar
 
 from fastapi import Depends, Request
@@ -110,8 +110,12 @@ class RouteHelpers:
         if inputs and isinstance(inputs[0], list) and not self.settings.accept_token_ids:
             raise APIError(400, TOKEN_IDS_REFUSED, "token_ids_not_accepted", param)
 
-    async def answer(self, request: Request, work: Awaitable[T]) -> T | Response:
-        """Run engine work for a request; a client that left gets nothing, engine errors their status."""
+    async def answer(
+        self, request: Request, work: Awaitable[T], fields: Mapping[str, str] | None = None
+    ) -> T | Response:
+        """Run engine work for a request; a client that left gets nothing, engine errors their status.
+        ``fields``: the engine's name for a request field → this route's (TEI's ``inputs`` is what
+        the engine's errors call ``input``), so an error names the field the client sent."""
         try:
             return await unless_disconnected(request, work)
         except ClientGoneError:
@@ -119,4 +123,7 @@ class RouteHelpers:
         except APIError:
             raise
         except Exception as error:
-            raise from_engine_error(error) from error
+            api_error = from_engine_error(error)
+            if fields and api_error.param in fields:
+                api_error.param = fields[api_error.param]
+            raise api_error from error

@@ -168,12 +168,8 @@ def build_tei_router(pool: ModelPool, settings: ServerSettings, state: dict, key
         model = helpers.resolve_model(body.model, "embedding")
         helpers.check_count(len(inputs), "inputs")
         helpers.check_token_ids(inputs, "inputs")
-        try:
-            result = await helpers.answer(request, pool.embed(model, inputs, options, body.dimensions))
-        except APIError as error:
-            if error.param == "input":  # (the engine's name for what TEI calls inputs)
-                error.param = "inputs"
-            raise
+        work = pool.embed(model, inputs, options, body.dimensions)
+        result = await helpers.answer(request, work, fields={"input": "inputs"})
         if isinstance(result, Response):
             return result
         return Response(vectors_body(result.vectors), media_type="application/json")
