@@ -1,4 +1,5 @@
-"""Encoders with controlled timing, for tests of queueing, cancellation and overload."""
+"""Encoders with controlled timing, for tests of queueing, cancellation and overload, and a reranker
+whose scores are easy to predict."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from qwembed.backends import Encoder, InputType, TokenIds
+from qwembed.backends import Encoder, InputType, Reranker, TokenIds
 
 
 class SlowEncoder(Encoder):
@@ -30,3 +31,20 @@ class SlowEncoder(Encoder):
         time.sleep(self.delay)
         self.seen.extend(batch)
         return np.tile(np.array([1.0, 0, 0, 0], dtype=np.float32), (len(batch), 1))
+
+
+class LengthReranker(Reranker):
+    """Characters as token ids; a pair scores its length."""
+
+    backend = "test"
+
+    def __init__(self, name: str = "R"):
+        super().__init__(name=name, source="test", max_tokens=1000)
+
+    def tokenize_pairs(
+        self, query: str, documents: Sequence[str], instruction: str | None, truncate: bool = True
+    ) -> list[TokenIds]:
+        return [[ord(c) for c in query + document] for document in documents]
+
+    def score_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
+        return np.array([len(ids) for ids in batch], dtype=np.float32)

@@ -9,38 +9,18 @@ import gzip
 import json
 import socket
 import time
-from collections.abc import Sequence
 
 import httpx
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from fake_encoders import SlowEncoder
+from fake_encoders import LengthReranker, SlowEncoder
 from kb_fixtures import StubEmbedder, kb_app
 from qwembed.api import ServerSettings, create_app
-from qwembed.backends import Reranker, TokenIds
 from qwembed.engine.pool import ModelPool
 from server_fixtures import running_server
 
 JSON = {"content-type": "application/json"}
-
-
-class FakeReranker(Reranker):
-    """Characters as token ids; a pair scores its length."""
-
-    backend = "test"
-
-    def __init__(self, name: str = "R"):
-        super().__init__(name=name, source="test", max_tokens=1000)
-
-    def tokenize_pairs(
-        self, query: str, documents: Sequence[str], instruction: str | None, truncate: bool = True
-    ) -> list[TokenIds]:
-        return [[ord(c) for c in query + document] for document in documents]
-
-    def score_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
-        return np.array([len(ids) for ids in batch], dtype=np.float32)
 
 
 def make_pool(encoder: bool = True, reranker: bool = True, encoder_name: str = "slow") -> ModelPool:
@@ -50,7 +30,7 @@ def make_pool(encoder: bool = True, reranker: bool = True, encoder_name: str = "
         fake.name = encoder_name
         pool.add_encoder(fake)
     if reranker:
-        pool.add_reranker(FakeReranker())
+        pool.add_reranker(LengthReranker())
     return pool
 
 

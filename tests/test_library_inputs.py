@@ -4,14 +4,11 @@ place, and a knowledge-base handle behaves after its collection is gone."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import pytest
 
-from fake_encoders import SlowEncoder
+from fake_encoders import LengthReranker, SlowEncoder
 from kb_fixtures import StubEmbedder
-from qwembed.backends import Reranker, TokenIds
 from qwembed.engine import Embedder, InvalidTextError, InvalidTokenIdsError
 from qwembed.engine.rerank import rerank
 
@@ -61,21 +58,6 @@ def test_options_and_token_ids_are_checked(embedder):
     assert embedder.embed(["abc"], dimensions=np.int64(2)).shape == (1, 2)
     with pytest.raises(ValueError, match="max_batch_size must be at least 1"):
         Embedder(SlowEncoder(delay=0.0), max_batch_size=0)
-
-
-class LengthReranker(Reranker):
-    backend = "test"
-
-    def __init__(self):
-        super().__init__(name="R", source="test", max_tokens=1000)
-
-    def tokenize_pairs(
-        self, query: str, documents: Sequence[str], instruction: str | None, truncate: bool = True
-    ) -> list[TokenIds]:
-        return [[ord(c) for c in query + document] for document in documents]
-
-    def score_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
-        return np.array([len(ids) for ids in batch], dtype=np.float32)
 
 
 def test_rerank_checks_its_arguments_as_the_server_does():
