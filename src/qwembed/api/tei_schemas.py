@@ -99,8 +99,8 @@ class TEIRerankRequest(BaseModel):
     truncate: bool | None = Field(
         None,
         description="`true` or null: an over-long pair is cut to the model's limit, longest first (the "
-        "longer of query and text loses tokens). `false` is refused (400): qwembed cannot yet refuse "
-        "over-long pairs instead of cutting them.",
+        "longer of query and text loses tokens). `false`: an over-long pair is a 400 "
+        "`input_too_long` naming the text, as in TEI.",
     )
     truncation_direction: Literal["Right", "right", "Left", "left"] | None = Field(
         "Right",
