@@ -42,7 +42,12 @@ class LengthReranker(Reranker):
         super().__init__(name=name, source="test", max_tokens=1000)
 
     def tokenize_pairs(
-        self, query: str, documents: Sequence[str], instruction: str | None, truncate: bool = True
+        self,
+        query: str,
+        documents: Sequence[str],
+        instruction: str | None,
+        truncate: bool = True,
+        max_tokens: int | None = None,
     ) -> list[TokenIds]:
         return [[ord(c) for c in query + document] for document in documents]
 

@@ -61,7 +61,7 @@ class StubReranker:
     name = "stub-reranker"
     max_tokens = 512
 
-    def tokenize_pairs(self, query, documents, instruction, truncate=True):
+    def tokenize_pairs(self, query, documents, instruction, truncate=True, max_tokens=None):
         words = set(query.lower().split())
         return [[1] * (1 + len(words & set(d.lower().split()))) for d in documents]
 

@@ -120,30 +120,7 @@ def test_v2_counts_search_units_per_hundred_documents(client):
     assert client.post("/v2/rerank", json=body).json()["meta"]["billed_units"] == {"search_units": 2}
 
 
-# ---- token caps: accepted where they cannot cut anything, else a 400 --------------------------------
-
-
-@pytest.mark.parametrize("route", ["/v1/rerank", "/v2/rerank", "/rerank"])
-@pytest.mark.parametrize(
-    ("field", "accepted", "refused"),
-    [
-        ("max_tokens_per_doc", [None, LIMIT, 4096], [1, LIMIT - 1]),
-        ("max_tokens_per_query", [None, LIMIT, 10**6], [64]),
-        ("truncate_prompt_tokens", [None, -1, LIMIT], [0, 100, LIMIT - 1]),
-    ],
-)
-def test_token_caps_below_the_models_limit_are_refused_not_ignored(client, route, field, accepted, refused):
-    documents = [LONG, *DOCUMENTS]  # a pair that is cut: a cap below the limit would change its score
-    body = {"model": "cross", "query": QUERY, "documents": documents}
-    expected = scores(client.post("/v1/rerank", json=body).json()["results"])
-    for cap in accepted:
-        response = client.post(route, json={**body, field: cap})
-        assert response.status_code == 200, response.text
-        assert scores(response.json()["results"]) == expected
-    for cap in refused:
-        error = error_of(client.post(route, json={**body, field: cap}), 400, "unsupported_parameter", field)
-        assert f"{field} {cap} is below cross's limit of {LIMIT} tokens" in error["message"]
-        assert f"send at least {LIMIT}" in error["message"]
+# ---- fields that would rank otherwise (token caps: test_rerank_token_caps.py) ------------------------
 
 
 @pytest.mark.parametrize("route", ["/v1/rerank", "/v2/rerank", "/rerank"])

@@ -180,7 +180,7 @@ class OracleReranker:
     def __init__(self, positives: dict[str, str]):
         self.positives = positives
 
-    def tokenize_pairs(self, query, documents, instruction, truncate=True):
+    def tokenize_pairs(self, query, documents, instruction, truncate=True, max_tokens=None):
         return [[1 if self.positives[query] == d else 0, 0] for d in documents]
 
     def score_token_ids(self, batch):

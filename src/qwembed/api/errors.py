@@ -99,7 +99,8 @@ def client_closed_response() -> Response:
 def from_engine_error(error: Exception) -> APIError:
     """Translate the engine's exceptions; anything unknown is a 500 that names no internals."""
     if isinstance(error, PromptTooLongError):  # (the text was never the problem)
-        return APIError(400, str(error), "input_too_long", "instruction" if error.instruction else "model")
+        blamed = "max_tokens" if error.capped else "instruction" if error.instruction else "model"
+        return APIError(400, str(error), "input_too_long", blamed)
     if isinstance(error, PairTooLongError):  # (a route whose field is not "documents" renames it)
         return APIError(400, str(error), "input_too_long", "documents")
     if isinstance(error, InputTooLongError):

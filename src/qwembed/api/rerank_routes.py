@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ..engine.pool import ModelPool, Ranking
+from ..engine.rerank import NO_CAPS, TokenCaps
 from .auth import KeyChecker
 from .checked_route import CheckedRoute
 from .errors import ERROR_RESPONSES, APIError
@@ -107,25 +108,21 @@ def refuse_unsupported(body: RerankRequest) -> None:
         )
 
 
-def check_token_caps(body: RerankRequest, model: str, limit: int) -> None:
-    """Token caps are accepted where they cannot cut anything: at or above the model's own limit on
-    a pair, the only cut qwembed makes. A smaller one would change the scores: a 400."""
-    caps = {
-        "max_tokens_per_doc": body.max_tokens_per_doc,
-        "max_tokens_per_query": body.max_tokens_per_query,
-        # (vLLM's -1: cut to the model's limit, which qwembed does anyway)
-        "truncate_prompt_tokens": None if body.truncate_prompt_tokens == -1 else body.truncate_prompt_tokens,
-    }
-    for field, cap in caps.items():
-        if cap is not None and cap < limit:
-            raise APIError(
-                400,
-                f"{field} {cap} is below {model}'s limit of {limit} tokens per (query, document) pair, and "
-                "qwembed cuts pairs to that limit only (the longer of query and document loses tokens); "
-                f"send at least {limit}, leave {field} out, or shorten the texts yourself",
-                "unsupported_parameter",
-                field,
-            )
+def token_caps(body: RerankRequest) -> TokenCaps:
+    """The body's token caps for the engine, which cuts to them (Cohere's per text, vLLM's per pair)."""
+    pair = body.truncate_prompt_tokens
+    if pair == 0:
+        raise APIError(
+            400,
+            "truncate_prompt_tokens must be -1 (the model's limit) or at least 1, got 0",
+            "invalid_value",
+            "truncate_prompt_tokens",
+        )
+    return TokenCaps(
+        query=body.max_tokens_per_query,
+        document=body.max_tokens_per_doc,
+        pair=None if pair == -1 else pair,  # (vLLM's -1: the model's limit, the cut made anyway)
+    )
 
 
 async def rank_documents(
@@ -140,13 +137,18 @@ async def rank_documents(
     top_n: int | None = None,
     raw_scores: bool = False,
     truncate: bool = True,
+    caps: TokenCaps = NO_CAPS,
 ) -> Ranked | Response:
     """The engine's ranking of ``documents`` (the request's field ``param``) for a resolved reranker;
     a Response where the client left or the work failed as a Response."""
     helpers.check_count(len(documents), param)
     pool = helpers.pool
-    work = pool.rerank(model, query, documents, instruction=instruction, top_n=top_n, truncate=truncate)
-    ranking = await helpers.answer(request, work, fields={"documents": param})
+    work = pool.rerank(
+        model, query, documents, instruction=instruction, top_n=top_n, truncate=truncate, caps=caps
+    )
+    # (the engine calls the pair cap max_tokens, after the library's argument)
+    fields = {"documents": param, "max_tokens": "truncate_prompt_tokens"}
+    ranking = await helpers.answer(request, work, fields=fields)
     if isinstance(ranking, Response):
         return ranking
     scores = np.array([r.score for r in ranking.results], dtype=np.float32)
@@ -156,12 +158,12 @@ async def rank_documents(
 
 
 async def rank_cohere(helpers: RouteHelpers, body: RerankRequest, request: Request) -> Ranked | Response:
-    """A Cohere / Jina / Infinity / vLLM body ranked: its fields checked, then readiness, the model,
-    the model's token caps and the documents, in the documented order."""
+    """A Cohere / Jina / Infinity / vLLM body ranked: its fields checked, then readiness, the model
+    and the documents, in the documented order."""
     refuse_unsupported(body)
+    caps = token_caps(body)
     helpers.check_ready()
     model = helpers.resolve_model(body.model, "reranker")
-    check_token_caps(body, model, helpers.pool.card(model).max_tokens)
     documents = [d if isinstance(d, str) else d.text for d in body.documents]
     return await rank_documents(
         helpers,
@@ -173,6 +175,7 @@ async def rank_cohere(helpers: RouteHelpers, body: RerankRequest, request: Reque
         instruction=body.instruction,
         top_n=body.top_n,
         raw_scores=bool(body.raw_scores) or body.use_activation is False,
+        caps=caps,
     )
 
 

@@ -104,8 +104,18 @@ class RerankDocument(BaseModel):
     text: UnicodeText
 
 
-#: a token cap that qwembed accepts only where it cannot bind (docs/api.md, "Reranking")
+#: a request's cap on a text's tokens (docs/api.md, "Reranking")
 TokenCap = Annotated[int, Field(ge=1)] | None
+
+
+def _vllm_token_cap(cap: int) -> int:
+    if cap == 0 or cap < -1:
+        raise qwembed_error(
+            f"truncate_prompt_tokens must be -1 (the model's limit) or at least 1, got {cap}",
+            "invalid_request",
+            "truncate_prompt_tokens",
+        )
+    return cap
 
 
 class RerankRequest(BaseModel):
@@ -146,17 +156,18 @@ class RerankRequest(BaseModel):
     )
     max_tokens_per_doc: TokenCap = Field(
         None,
-        description="Cohere v2. Accepted when at least the model's token limit (`max_tokens` in "
-        "GET /v1/models), where it cannot cut anything; smaller is a 400: qwembed cuts over-long "
-        "pairs to the model's limit only. Null or absent: no cap beyond the model's limit.",
+        description="Cohere v2: each document is cut after its first N tokens (as text, counted by "
+        "the model's tokenizer) before it is paired with the query. Null or absent: no cap but the "
+        "model's limit on a pair (`max_tokens` in GET /v1/models).",
     )
     max_tokens_per_query: TokenCap = Field(
         None, description="As `max_tokens_per_doc`, for the query (litellm's hosted_vllm provider)."
     )
-    truncate_prompt_tokens: Annotated[int, Field(ge=-1)] | None = Field(
+    truncate_prompt_tokens: Annotated[int, AfterValidator(_vllm_token_cap)] | None = Field(
         None,
-        description="vLLM's. -1, null, or at least the model's token limit: accepted (pairs are cut "
-        "to the model's limit anyway); smaller is a 400.",
+        description="vLLM's: each (query, document) pair, the model's template included, is fitted "
+        "to N tokens instead of the model's limit (the longer of query and document losing tokens). "
+        "-1 or null: the model's limit.",
     )
     truncation_side: Literal["left", "right"] | None = Field(
         None, description="`right` or null; `left` is a 400: an over-long pair loses tokens at the end."

@@ -66,19 +66,34 @@ class PairTooLongError(InputTooLongError):
 class PromptTooLongError(InputTooLongError):
     """The prompt around a text (an instruction, a model's query prompt, a reranker's template)
     takes so many of the model's tokens that none is left for the text itself. Truncation cuts
-    only the text, so this is an error whether or not truncation was allowed."""
+    only the text, so this is an error whether or not truncation was allowed. ``capped``: the limit
+    was the request's own cap on a pair (``Reranker.tokenize_pairs``' ``max_tokens``), not the model's."""
 
-    def __init__(self, n_tokens: int, max_tokens: int, *, instruction: bool, room_for: str = "the text"):
+    def __init__(
+        self,
+        n_tokens: int,
+        max_tokens: int,
+        *,
+        instruction: bool,
+        room_for: str = "the text",
+        capped: bool = False,
+    ):
         #: whether the request's instruction is to blame (else the model's own prompt)
         self.instruction = instruction
+        #: whether the limit was the request's token cap
+        self.capped = capped
         if instruction:
             what, advice = "the instruction, with the template and special tokens,", "shorten the instruction"
         else:
             what, advice = "the model's prompt, with its special tokens,", "raise the model's --max-tokens"
+        limit = "the model's limit"
+        if capped:
+            limit = "the request's token cap"
+            advice = "raise the cap" + (" or shorten the instruction" if instruction else "")
         super().__init__(
             n_tokens,
             max_tokens,
-            message=f"{what} takes {n_tokens} tokens of the model's limit of {max_tokens}, leaving no "
+            message=f"{what} takes {n_tokens} tokens of {limit} of {max_tokens}, leaving no "
             f"room for {room_for}; {advice}",
         )
 
@@ -185,12 +200,25 @@ class Reranker(ABC):
 
     @abstractmethod
     def tokenize_pairs(
-        self, query: str, documents: Sequence[str], instruction: str | None, truncate: bool = True
+        self,
+        query: str,
+        documents: Sequence[str],
+        instruction: str | None,
+        truncate: bool = True,
+        max_tokens: int | None = None,
     ) -> list[TokenIds]:
-        """One token sequence per pair, already fitted to ``max_tokens``: an over-long pair is cut
-        longest first (tokens come off the longer of query and document until it fits), never the
-        template around them, or with ``truncate=False`` is a :class:`PairTooLongError`; a template
-        (with its instruction) that leaves no room for both is a :class:`PromptTooLongError`."""
+        """One token sequence per pair, already fitted to the model's ``max_tokens``, or to the
+        request's ``max_tokens`` where that is smaller (vLLM's ``truncate_prompt_tokens``): an
+        over-long pair is cut longest first (tokens come off the longer of query and document until
+        it fits), never the template around them, or with ``truncate=False`` is a
+        :class:`PairTooLongError`; a template (with its instruction) that leaves no room for both is
+        a :class:`PromptTooLongError`."""
+
+    def cut_texts(self, texts: Sequence[str], max_tokens: int) -> list[str]:
+        """Each text cut after its ``max_tokens``-th token, as text, the others unchanged (Cohere's
+        ``max_tokens_per_doc``; backends/token_caps.py). Families without a tokenizer that knows
+        character offsets cannot."""
+        raise NotImplementedError(f"{type(self).__name__} cannot cut a text to a number of tokens")
 
     @abstractmethod
     def score_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:

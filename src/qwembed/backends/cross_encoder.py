@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from sentence_transformers import CrossEncoder
 
-from .base import PairTooLongError, Reranker, TokenIds
+from .base import PairTooLongError, PromptTooLongError, Reranker, TokenIds
 from .device import resolve_device, sentence_transformers_options, transformers_model
 from .packed_bert import packed_bert_forward, supports_packing
 from .packing import PackedBatch
@@ -40,6 +40,7 @@ from .precision import (
     calibration_probabilities,
     score_check,
 )
+from .token_caps import cut_after_tokens
 
 # Tokenizers without a real limit report a huge sentinel as model_max_length.
 _NO_LIMIT = 1_000_000
@@ -145,12 +146,27 @@ class CrossEncoderReranker(Reranker):
         return reranker
 
     def tokenize_pairs(
-        self, query: str, documents: Sequence[str], instruction: str | None, truncate: bool = True
+        self,
+        query: str,
+        documents: Sequence[str],
+        instruction: str | None,
+        truncate: bool = True,
+        max_tokens: int | None = None,
     ) -> list[TokenIds]:
         # Classic cross-encoders have no instruction slot; an instruction is ignored, as
         # CrossEncoder.predict would ignore it.
         if not documents:
             return []
+        limit = self.max_tokens if max_tokens is None else min(max_tokens, self.max_tokens)
+        specials = self.tokenizer.num_special_tokens_to_add(pair=True)
+        if limit < specials + 2:  # not one token each of query and document
+            raise PromptTooLongError(
+                specials,
+                limit,
+                instruction=False,
+                room_for="the query and document",
+                capped=limit < self.max_tokens,
+            )
         # An over-long pair loses tokens from the longer of query and document until it fits, as in
         # CrossEncoder.predict (and TEI): a query up to half the limit stays whole, and a long one
         # leaves the document half the room (cutting only the document, as this did before, left a
@@ -159,13 +175,16 @@ class CrossEncoderReranker(Reranker):
             [query] * len(documents),
             list(documents),
             truncation="longest_first" if truncate else False,
-            max_length=self.max_tokens,
+            max_length=limit,
             verbose=False,
         )["input_ids"]
         for index, ids in enumerate(encoded):
-            if len(ids) > self.max_tokens:  # (only where truncation was not allowed)
-                raise PairTooLongError(len(ids), self.max_tokens, index)
+            if len(ids) > limit:  # (only where truncation was not allowed)
+                raise PairTooLongError(len(ids), limit, index)
         return encoded
+
+    def cut_texts(self, texts: Sequence[str], max_tokens: int) -> list[str]:
+        return cut_after_tokens(self.tokenizer, texts, max_tokens)
 
     def _token_types(self, ids: TokenIds) -> list[int]:
         # Segment A runs up to and including the first [SEP]; the rest (document, final [SEP]) is B.

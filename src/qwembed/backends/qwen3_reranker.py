@@ -48,6 +48,7 @@ from .precision import (
 )
 from .prefix_cache import PrefixCache, TemplatePrefixes
 from .qwen3_pointwise import EAGER, Pointwise
+from .token_caps import cut_after_tokens
 
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 PREFIX = (
@@ -182,25 +183,39 @@ class Qwen3Reranker(Reranker):
         self.pointwise = steps
 
     def tokenize_pairs(
-        self, query: str, documents: Sequence[str], instruction: str | None, truncate: bool = True
+        self,
+        query: str,
+        documents: Sequence[str],
+        instruction: str | None,
+        truncate: bool = True,
+        max_tokens: int | None = None,
     ) -> list[TokenIds]:
         if not documents:
             return []
+        limit, budget = self.max_tokens, self.body_budget
+        if max_tokens is not None and max_tokens < limit:  # the request's cap on a pair
+            limit = max_tokens
+            budget = limit - len(self.prefix_ids) - len(self.suffix_ids)
         if self.prefix_cache is not None:
             self.prefix_cache.remember(self.instruction_prefix(task_of(instruction)))
         bodies = [format_body(query, document, instruction) for document in documents]
         encoded = self._encode(bodies)
         query_offsets: list[tuple[int, int]] | None = None  # the query's tokens, once one is needed
         for index, ids in enumerate(encoded):
-            if len(ids) > self.body_budget:
+            if len(ids) > budget:
                 if not truncate:
                     total = len(self.prefix_ids) + len(ids) + len(self.suffix_ids)
-                    raise PairTooLongError(total, self.max_tokens, index)
+                    raise PairTooLongError(total, limit, index)
                 if query_offsets is None:
                     query_offsets = self._offsets(query)
-                encoded[index] = self._fit(ids, query, query_offsets, documents[index], instruction)
+                encoded[index] = self._fit(
+                    ids, query, query_offsets, documents[index], instruction, limit, budget
+                )
         # the prefix and suffix are added after, so the question the model answers always survives
         return [[*self.prefix_ids, *ids, *self.suffix_ids] for ids in encoded]
+
+    def cut_texts(self, texts: Sequence[str], max_tokens: int) -> list[str]:
+        return cut_after_tokens(self.tokenizer, texts, max_tokens)
 
     def _encode(self, bodies: list[str]) -> list[TokenIds]:
         return self.tokenizer(bodies, add_special_tokens=False, verbose=False)["input_ids"]
@@ -217,10 +232,13 @@ class Qwen3Reranker(Reranker):
         query_offsets: list[tuple[int, int]],
         document: str,
         instruction: str | None,
+        limit: int,
+        budget: int,
     ) -> TokenIds:
-        """An over-long pair's body cut to ``body_budget``, longest first: the longer of query and
-        document loses tokens until both fit, so a long query never pushes the document out (nor a
-        long document the query), and the template — instruction included — is never cut.
+        """An over-long pair's body cut to ``budget`` (the pair's ``limit`` less the template's
+        prefix and suffix), longest first: the longer of query and document loses tokens until
+        both fit, so a long query never pushes the document out (nor a long document the query),
+        and the template — instruction included — is never cut.
 
         Where the query is kept whole this is the reference's cut (``truncation=True`` on the
         body: the document's tail). Where the query is cut too, it is cut as text, after the last
@@ -231,22 +249,26 @@ class Qwen3Reranker(Reranker):
         two instead."""
         n_query, n_document = len(query_offsets), len(self._offsets(document))
         template = len(body) - n_query - n_document  # (± a token where the parts merge)
-        room = self.body_budget - template
+        room = budget - template
         if room < 2:  # not one token each of query and document
             total = len(self.prefix_ids) + template + len(self.suffix_ids)
             raise PromptTooLongError(
-                total, self.max_tokens, instruction=instruction is not None, room_for="the query and document"
+                total,
+                limit,
+                instruction=instruction is not None,
+                room_for="the query and document",
+                capped=limit < self.max_tokens,
             )
         keep_query, keep_document = longest_first(n_query, n_document, room)
         if keep_query >= n_query:
-            return body[: self.body_budget]
+            return body[:budget]
         while True:
             cut = query[: query_offsets[keep_query - 1][1]] if keep_query > 0 else ""
             (ids,) = self._encode([format_body(cut, document, instruction)])
-            over = len(ids) - self.body_budget
+            over = len(ids) - budget
             # the document's tail goes where it was to be cut anyway; a whole document stays whole
             if over <= 0 or keep_document < n_document or keep_query == 0:
-                return ids[: self.body_budget]
+                return ids[:budget]
             keep_query = max(0, keep_query - over)
 
     @torch.inference_mode()

@@ -22,7 +22,7 @@ from .embedder import Embedder
 from .inputs import EmbedOptions, tokenize_ids, tokenize_texts
 from .openmp import release_thread_pool
 from .postprocess import check_dimensions, truncate_dimensions
-from .rerank import RerankResult, checked_pair_inputs, rank
+from .rerank import NO_CAPS, RerankResult, TokenCaps, checked_pair_inputs, rank
 from .streams import Streams
 from .worker import Admission, BatchObserver, BatchWorker
 
@@ -260,18 +260,22 @@ class ModelPool:
         instruction: str | None = None,
         top_n: int | None = None,
         truncate: bool = True,
+        caps: TokenCaps = NO_CAPS,
     ) -> Ranking:
-        """``documents`` ranked against ``query``, best first; an over-long pair is cut (the longer
-        of query and document loses tokens) or, with ``truncate=False``, a ``PairTooLongError``."""
+        """``documents`` ranked against ``query``, best first. The query and documents are first cut
+        to the request's ``caps``; then an over-long pair is cut (the longer of query and document
+        loses tokens) or, with ``truncate=False``, is a ``PairTooLongError``."""
         reranker = self.reranker(name)
         worker = self._models[name].worker
 
         def tokenize(admission: Admission) -> list[list[int]]:
             texts = checked_pair_inputs(query, documents, instruction)
+            cut_query = caps.cut_query(reranker, query)
             sequences: list[list[int]] = []
-            for start, end in _parts(texts, len(query)):
+            for start, end in _parts(texts, len(cut_query)):
+                part_texts = caps.cut_documents(reranker, texts[start:end])
                 try:
-                    part = reranker.tokenize_pairs(query, texts[start:end], instruction, truncate)
+                    part = reranker.tokenize_pairs(cut_query, part_texts, instruction, truncate, caps.pair)
                 except PairTooLongError as error:
                     raise error.at(start) from None
                 worker.hold(admission, sum(map(len, part)))

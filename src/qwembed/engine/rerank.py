@@ -21,6 +21,36 @@ DEFAULT_MAX_BATCH_SIZE = 64
 
 
 @dataclass(frozen=True)
+class TokenCaps:
+    """A request's caps below the model's own limit, in tokens; None: no cap. The cuts they make
+    come before the model's own fitting (which still cuts an over-long pair longest first).
+
+    ``query`` and ``document`` cut the query and each document as text after their N-th token
+    (Cohere's ``max_tokens_per_query`` and ``max_tokens_per_doc``; backends/token_caps.py);
+    ``pair`` fits each whole pair, template included, to N tokens instead of the model's limit
+    (vLLM's ``truncate_prompt_tokens``)."""
+
+    query: int | None = None
+    document: int | None = None
+    pair: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("query", "document", "pair"):
+            cap = getattr(self, name)
+            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+                raise ValueError(f"a {name} token cap must be a positive integer or None, got {cap!r}")
+
+    def cut_query(self, reranker: Reranker, query: str) -> str:
+        return query if self.query is None else reranker.cut_texts([query], self.query)[0]
+
+    def cut_documents(self, reranker: Reranker, documents: Sequence[str]) -> list[str]:
+        return list(documents) if self.document is None else reranker.cut_texts(documents, self.document)
+
+
+NO_CAPS = TokenCaps()
+
+
+@dataclass(frozen=True)
 class RerankResult:
     """``index`` is the document's position in the request; ``score`` its relevance."""
 
@@ -50,11 +80,14 @@ def score_pairs(
     max_batch_tokens: int | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     truncate: bool = True,
+    caps: TokenCaps = NO_CAPS,
 ) -> np.ndarray:
-    """float32 scores in the documents' order (what evaluation wants before sorting). An over-long
-    pair is cut longest first, or with ``truncate=False`` is a ``PairTooLongError``."""
+    """float32 scores in the documents' order (what evaluation wants before sorting). The query and
+    documents are first cut to ``caps``; then an over-long pair is cut longest first, or with
+    ``truncate=False`` is a ``PairTooLongError``."""
     documents = checked_pair_inputs(query, documents, instruction)
-    sequences = reranker.tokenize_pairs(query, documents, instruction, truncate)
+    query, documents = caps.cut_query(reranker, query), caps.cut_documents(reranker, documents)
+    sequences = reranker.tokenize_pairs(query, documents, instruction, truncate, caps.pair)
     scores = np.zeros(len(sequences), dtype=np.float32)
     lengths = [len(ids) for ids in sequences]
     budget = max_batch_tokens or default_batch_tokens(reranker)
@@ -83,6 +116,7 @@ def rerank(
     max_batch_tokens: int | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     truncate: bool = True,
+    caps: TokenCaps = NO_CAPS,
 ) -> list[RerankResult]:
     """Score every document against ``query`` and return the ``top_n`` best (all by default)."""
     if top_n is not None and top_n < 1:
@@ -95,5 +129,6 @@ def rerank(
         max_batch_tokens=max_batch_tokens,
         max_batch_size=max_batch_size,
         truncate=truncate,
+        caps=caps,
     )
     return rank(scores, top_n)
