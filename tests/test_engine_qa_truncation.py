@@ -265,3 +265,62 @@ def test_the_embeddings_route_answers_400_for_an_instruction_that_leaves_no_room
             )
         body = {"input": "apples", "instruction": "Find fruit", "truncate": truncate}
         assert client.post("/v1/embeddings", json=body).status_code == 200
+
+
+# ---- a cap below the model's limit: vLLM's truncate_prompt_tokens, the library's max_tokens ----------
+
+CAPPED_TEXTS = ["apples and oranges " * 60, "short text", "长江是中国最长的河流。" * 30]
+
+
+def test_a_cap_cuts_as_a_model_with_that_limit_truncates(qwen3, qwen3_dirs):
+    tight = Embedder.load(str(qwen3_dirs["appends"]), device="cpu", dtype="float32", max_tokens=40)
+    for options in ({}, {"input_type": "query"}, {"instruction": "Find fruit"}):
+        capped = qwen3.tokenize(CAPPED_TEXTS, max_tokens=40, **options)  # (no truncate: the cap cuts)
+        assert capped == tight.tokenize(CAPPED_TEXTS, truncate=True, **options)
+        assert max(map(len, capped)) == 40 and all(ids[-1] == qwen3.encoder.end_id for ids in capped)
+    np.testing.assert_array_equal(
+        qwen3.embed(CAPPED_TEXTS, max_tokens=40), tight.embed(CAPPED_TEXTS, truncate=True)
+    )
+    # a cap above the model's limit is the limit, and over it truncation is still the caller's call
+    assert qwen3.tokenize(CAPPED_TEXTS, max_tokens=10**6) == qwen3.tokenize(CAPPED_TEXTS)
+    with pytest.raises(InputTooLongError):
+        qwen3.embed("word " * 2000, max_tokens=10**6)
+    with pytest.raises(PromptTooLongError, match="the request's token cap of 8") as refused:
+        qwen3.embed("apples", instruction="Find fruit among the texts", max_tokens=8)
+    assert refused.value.capped
+    with pytest.raises(ValueError, match="positive integer"):
+        qwen3.embed("apples", max_tokens=0)
+
+
+def test_the_embeddings_route_takes_vllms_truncate_prompt_tokens(qwen3):
+    pool = ModelPool()
+    pool.add_encoder(qwen3.encoder)
+    with TestClient(create_app(pool, ServerSettings())) as client:
+
+        def post(**fields):
+            body = {"input": CAPPED_TEXTS, "encoding_format": "float", **fields}
+            return client.post("/v1/embeddings", json=body)
+
+        answer = post(truncate_prompt_tokens=40).json()
+        vectors = np.array([item["embedding"] for item in answer["data"]], dtype=np.float32)
+        np.testing.assert_allclose(vectors, qwen3.embed(CAPPED_TEXTS, max_tokens=40), atol=1e-6)
+        tokens = sum(map(len, qwen3.tokenize(CAPPED_TEXTS, max_tokens=40)))
+        assert answer["usage"]["prompt_tokens"] == tokens < post().json()["usage"]["prompt_tokens"]
+        # -1: the model's limit, i.e. truncate; without either an over-long text is a 400
+        long = {"input": "word " * 2000}
+        assert client.post("/v1/embeddings", json={**long, "truncate_prompt_tokens": -1}).status_code == 200
+        assert client.post("/v1/embeddings", json=long).status_code == 400
+        for fields, code, param in (
+            ({"truncate_prompt_tokens": 0}, "invalid_request", "truncate_prompt_tokens"),
+            (
+                {"truncate_prompt_tokens": 4, "instruction": "Find fruit"},
+                "input_too_long",
+                "truncate_prompt_tokens",
+            ),
+            ({"normalize": False}, "unsupported_parameter", "normalize"),
+        ):
+            response = post(**fields)
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert (error["code"], error["param"]) == (code, param), error
+        assert post(normalize=True).status_code == 200

@@ -65,6 +65,18 @@ def count_of(count: int, param: str) -> str:
     return f"{count} {singular if count == 1 else plural}"
 
 
+def refuse_unnormalised(normalize: bool | None) -> None:
+    """TEI's and vLLM's ``normalize: false``: a 400, as qwembed's models return unit vectors only."""
+    if normalize is False:
+        raise APIError(
+            400,
+            "normalize: false is not supported: qwembed's models return unit-length (L2-normalised) "
+            "vectors only; leave normalize out or send true",
+            "unsupported_parameter",
+            "normalize",
+        )
+
+
 #: why token ids are refused by default, and what each kind of client should do instead
 TOKEN_IDS_REFUSED = (
     "token-id input is off on this server: ids are model-specific, and most clients that send them "

@@ -14,7 +14,7 @@ from .checked_route import CheckedRoute
 from .encoding import embeddings_body
 from .errors import ERROR_RESPONSES, APIError, from_engine_error
 from .metrics import Metrics
-from .route_helpers import RouteHelpers, normalise_input
+from .route_helpers import RouteHelpers, normalise_input, refuse_unnormalised
 from .schemas import (
     EmbeddingRequest,
     EmbeddingResponse,
@@ -48,9 +48,15 @@ def build_router(
             raise APIError(400, "input must not be empty", "empty_input", "input")
         helpers.check_count(len(inputs), "input")  # empty strings were refused by the schema already
         helpers.check_token_ids(inputs, "input")
+        refuse_unnormalised(body.normalize)
         truncate = settings.auto_truncate if body.truncate is None else body.truncate
-        options = EmbedOptions(body.input_type, body.instruction, truncate)
-        result = await helpers.answer(request, pool.embed(model, inputs, options, body.dimensions))
+        cap = body.truncate_prompt_tokens
+        if cap == -1:  # (vLLM's: cut to the model's limit)
+            truncate, cap = True, None
+        options = EmbedOptions(body.input_type, body.instruction, truncate, cap)
+        work = pool.embed(model, inputs, options, body.dimensions)
+        # (the engine calls the cap max_tokens, after the library's argument)
+        result = await helpers.answer(request, work, fields={"max_tokens": "truncate_prompt_tokens"})
         if isinstance(result, Response):
             return result
         return Response(

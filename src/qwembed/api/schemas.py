@@ -33,6 +33,17 @@ Text = Annotated[str, Field(min_length=1)]
 UnicodeText = Annotated[str, AfterValidator(_valid_unicode)]
 
 
+def _vllm_token_cap(cap: int) -> int:
+    """vLLM's ``truncate_prompt_tokens``: -1 (the model's limit) or a positive cap."""
+    if cap == 0 or cap < -1:
+        raise qwembed_error(
+            f"truncate_prompt_tokens must be -1 (the model's limit) or at least 1, got {cap}",
+            "invalid_request",
+            "truncate_prompt_tokens",
+        )
+    return cap
+
+
 class EmbeddingRequest(BaseModel):
     # strict: JSON `false` or "3" is not a token id or a dimension count
     model_config = ConfigDict(extra="ignore", strict=True)
@@ -64,6 +75,16 @@ class EmbeddingRequest(BaseModel):
     )
     truncate: bool | None = Field(
         None, description="Cut inputs longer than the model's limit instead of answering 400."
+    )
+    truncate_prompt_tokens: Annotated[int, AfterValidator(_vllm_token_cap)] | None = Field(
+        None,
+        description="vLLM's: cut every input to N tokens (its end, keeping the prompt and special "
+        "tokens), whatever `truncate` says; -1: cut to the model's limit (`truncate: true`). "
+        "Null or absent: no cap.",
+    )
+    normalize: bool | None = Field(
+        None,
+        description="vLLM's: `true` or null; `false` is a 400 (qwembed returns unit vectors only).",
     )
 
 
@@ -106,16 +127,6 @@ class RerankDocument(BaseModel):
 
 #: a request's cap on a text's tokens (docs/api.md, "Reranking")
 TokenCap = Annotated[int, Field(ge=1)] | None
-
-
-def _vllm_token_cap(cap: int) -> int:
-    if cap == 0 or cap < -1:
-        raise qwembed_error(
-            f"truncate_prompt_tokens must be -1 (the model's limit) or at least 1, got {cap}",
-            "invalid_request",
-            "truncate_prompt_tokens",
-        )
-    return cap
 
 
 class RerankRequest(BaseModel):

@@ -23,7 +23,7 @@ from .checked_route import CheckedRoute
 from .encoding import vectors_body
 from .errors import ERROR_RESPONSES, APIError, from_engine_error
 from .rerank_routes import rank_cohere, rank_documents, rerank_answer
-from .route_helpers import RouteHelpers
+from .route_helpers import RouteHelpers, refuse_unnormalised
 from .schemas import RerankRequest, RerankResponse
 from .settings import ServerSettings
 from .tei_schemas import (
@@ -114,14 +114,7 @@ def rerank_truncation(body: TEIRerankRequest) -> bool:
 
 def embed_options(body: TEIEmbedRequest, token_ids: bool, auto_truncate: bool) -> EmbedOptions:
     """TEI's options as the engine's, or a 400 naming the one qwembed cannot honour."""
-    if body.normalize is False:
-        raise APIError(
-            400,
-            "normalize: false is not supported: qwembed's models return unit-length (L2-normalised) "
-            "vectors only; leave normalize out or send true",
-            "unsupported_parameter",
-            "normalize",
-        )
+    refuse_unnormalised(body.normalize)
     refuse_left_truncation(
         body.truncation_direction, "the end of the text, keeping the model's prompt and special tokens"
     )

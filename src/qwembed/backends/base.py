@@ -153,12 +153,14 @@ class Encoder(ABC):
         (for Qwen3: the end token, exactly once)."""
         return self.framing.fit(ids)
 
-    def truncate(self, ids: TokenIds) -> TokenIds:
-        """Cut a tokenised input to ``max_tokens`` while keeping its required special tokens.
+    def truncate(self, ids: TokenIds, max_tokens: int | None = None) -> TokenIds:
+        """Cut a tokenised input to the model's ``max_tokens`` (or a smaller ``max_tokens``, a
+        request's cap) while keeping its required special tokens.
 
         Prompts come first (``format``), so cutting the tail cuts the text, never the prompt, as
         long as the prompt leaves room for some text (``prompt_tokens``; the engine checks)."""
-        return self.framing.truncate(ids, self.max_tokens)
+        limit = self.max_tokens if max_tokens is None else min(max_tokens, self.max_tokens)
+        return self.framing.truncate(ids, limit)
 
     def prompt_tokens(self, input_type: InputType | None, instruction: str | None) -> int:
         """Tokens an input takes besides its text: the prompt ``format`` puts before every text of

@@ -90,10 +90,12 @@ class Embedder:
         input_type: InputType | None = None,
         instruction: str | None = None,
         truncate: bool = False,
+        max_tokens: int | None = None,
     ) -> list[TokenIds]:
         """The exact token ids the model sees for each text: prompt and special tokens included,
-        cut to ``max_tokens`` only with ``truncate`` (else ``InputTooLongError``)."""
-        options = EmbedOptions(input_type, instruction, truncate)
+        cut to the model's limit only with ``truncate`` (else ``InputTooLongError``), and to
+        ``max_tokens`` where that is given and smaller."""
+        options = EmbedOptions(input_type, instruction, truncate, max_tokens)
         return tokenize_texts(self.encoder, text_list(texts), options)
 
     def embed_token_ids(self, batch: Sequence[TokenIds], *, truncate: bool = False) -> np.ndarray:
@@ -111,6 +113,7 @@ class Embedder:
         instruction: str | None = None,
         dimensions: int | None = None,
         truncate: bool = False,
+        max_tokens: int | None = None,
     ) -> np.ndarray:
         """float32 unit vectors, one row per text (a 1-D vector for a single string; ``(0, dim)``
         for no texts).
@@ -118,11 +121,17 @@ class Embedder:
         ``input_type``: ``"query"`` gets the model's query prompt (Qwen3: the instruction),
         ``"document"`` never one, None the text as given unless ``instruction`` is set.
         ``dimensions``: keep the first N components, re-normalised (Matryoshka). ``truncate``:
-        cut over-long texts instead of raising ``InputTooLongError``."""
+        cut over-long texts instead of raising ``InputTooLongError``. ``max_tokens``: cut every
+        text to at most N tokens, prompt and special tokens included (a cut asked for, so with or
+        without ``truncate``)."""
         single = isinstance(texts, str)
         check_dimensions(dimensions, self.dimension)
         ids = self.tokenize(
-            [texts] if single else texts, input_type=input_type, instruction=instruction, truncate=truncate
+            [texts] if single else texts,
+            input_type=input_type,
+            instruction=instruction,
+            truncate=truncate,
+            max_tokens=max_tokens,
         )
         vectors = truncate_dimensions(self._run(ids), dimensions)
         return vectors[0] if single else vectors

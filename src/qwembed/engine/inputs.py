@@ -19,9 +19,15 @@ INPUT_TYPES = ("query", "document")
 
 @dataclass(frozen=True)
 class EmbedOptions:
+    """How a request's inputs become token ids. ``truncate``: cut an input over the model's limit
+    instead of refusing it. ``max_tokens``: a cap below the model's limit that every input is cut
+    to, special tokens kept (vLLM's ``truncate_prompt_tokens``); a cap is a cut asked for, so it
+    cuts whatever ``truncate`` says. A cap above the model's limit changes nothing."""
+
     input_type: InputType | None = None
     instruction: str | None = None
     truncate: bool = False
+    max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         # The HTTP schemas check these too; a library caller's typo ("Query", "passage") would
@@ -30,6 +36,13 @@ class EmbedOptions:
             raise ValueError(f"input_type must be 'query', 'document' or None, not {self.input_type!r}")
         if self.instruction is not None and not isinstance(self.instruction, str):
             raise TypeError(f"instruction must be a string or None, not {type(self.instruction).__name__}")
+        cap = self.max_tokens
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise ValueError(f"max_tokens must be a positive integer or None, not {cap!r}")
+
+    def limit(self, encoder: Encoder) -> int:
+        """The most tokens an input may keep: the model's limit, or the cap where that is smaller."""
+        return encoder.max_tokens if self.max_tokens is None else min(self.max_tokens, encoder.max_tokens)
 
 
 def text_list(texts: Iterable[str], name: str = "texts") -> list[str]:
@@ -83,15 +96,18 @@ def tokenize_texts(
     check_instruction(options.instruction)
     formatted = [encoder.format(text, options.input_type, options.instruction) for text in texts]
     batch = encoder.tokenize(formatted)
-    if any(len(ids) > encoder.max_tokens for ids in batch):
+    limit = options.limit(encoder)
+    if any(len(ids) > limit for ids in batch):
         # Truncation cuts the tail, which is the text (prompts come first): it keeps the prompt
         # whole as long as the prompt leaves room for some text. A prompt that leaves none is an
         # error even with truncation, which would otherwise embed the prompt alone, the same
         # vector whatever the text.
         prompt = encoder.prompt_tokens(options.input_type, options.instruction)
-        if prompt >= encoder.max_tokens:
-            raise PromptTooLongError(prompt, encoder.max_tokens, instruction=options.instruction is not None)
-    return fit_to_limit(encoder, batch, options.truncate, start)
+        if prompt >= limit:
+            raise PromptTooLongError(
+                prompt, limit, instruction=options.instruction is not None, capped=limit < encoder.max_tokens
+            )
+    return fit_to_limit(encoder, batch, options, start)
 
 
 def tokenize_ids(
@@ -101,14 +117,19 @@ def tokenize_ids(
         raise InstructionWithTokenIdsError("instruction" if options.instruction is not None else "input_type")
     for ids in inputs:
         encoder.check_token_ids(ids)
-    return fit_to_limit(encoder, [encoder.fit_token_ids(ids) for ids in inputs], options.truncate, start)
+    return fit_to_limit(encoder, [encoder.fit_token_ids(ids) for ids in inputs], options, start)
 
 
-def fit_to_limit(encoder: Encoder, batch: list[TokenIds], truncate: bool, start: int = 0) -> list[TokenIds]:
-    """Never cut silently: too long is an error unless the caller allowed truncation."""
+def fit_to_limit(
+    encoder: Encoder, batch: list[TokenIds], options: EmbedOptions, start: int = 0
+) -> list[TokenIds]:
+    """Never cut silently: over the model's limit is an error unless the caller allowed truncation;
+    over a cap the caller set below that limit is cut (a cap above it cuts nothing itself)."""
+    limit = options.limit(encoder)
+    capped = limit < encoder.max_tokens
     for index, ids in enumerate(batch):
-        if len(ids) > encoder.max_tokens:
-            if not truncate:
+        if len(ids) > limit:
+            if not (options.truncate or capped):
                 raise InputTooLongError(len(ids), encoder.max_tokens, start + index)
-            batch[index] = encoder.truncate(ids)
+            batch[index] = encoder.truncate(ids, limit)
     return batch
