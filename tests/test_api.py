@@ -206,7 +206,7 @@ BAD_REQUESTS = [
     ("token id beyond vocab", {"model": "minilm", "input": [1, 10**9]}, None, 400, "invalid_token_ids"),
     ("wrong nesting depth", {"model": "minilm", "input": [[[1]]]}, None, 400, "invalid_input"),
     ("too long", {"model": "minilm", "input": "word " * 400}, None, 400, "input_too_long"),
-    ("too many inputs", {"model": "minilm", "input": ["x"] * 9}, None, 413, "too_many_inputs"),
+    ("too many inputs", {"model": "minilm", "input": ["x"] * 9}, None, 400, "too_many_inputs"),
     ("body too large", {"model": "minilm", "input": ["x" * 60_000]}, None, 413, "body_too_large"),
     ("dimensions 0", {**GOOD, "dimensions": 0}, None, 400, "invalid_dimensions"),
     ("dimensions negative", {**GOOD, "dimensions": -3}, None, 400, "invalid_dimensions"),

@@ -313,15 +313,17 @@ def test_head_on_a_real_server_has_no_body():
 
 
 @pytest.mark.parametrize(
-    ("route", "body", "message"),
-    [
-        ("/v1/embeddings", {"input": ["x"] * 9}, "9 inputs exceed"),
-        ("/v1/rerank", {"query": "q", "documents": ["d"] * 9}, "9 documents exceed"),
-        ("/rerank", {"query": "q", "texts": ["d"] * 9}, "9 texts exceed"),
+    ("route", "body", "status", "message"),
+    [  # 400 as OpenAI and Cohere answer (their clients raise BadRequestError), 413 as TEI does
+        ("/v1/embeddings", {"input": ["x"] * 9}, 400, "9 inputs exceed"),
+        ("/v1/rerank", {"query": "q", "documents": ["d"] * 9}, 400, "9 documents exceed"),
+        ("/v2/rerank", {"model": "R", "query": "q", "documents": ["d"] * 9}, 400, "9 documents exceed"),
+        ("/rerank", {"query": "q", "texts": ["d"] * 9}, 413, "9 texts exceed"),
+        ("/embed", {"inputs": ["x"] * 9}, 413, "9 inputs exceed"),
     ],
 )
-def test_too_many_inputs_message_is_plural(client, route, body, message):
-    error = error_of(client.post(route, json=body), 413, "too_many_inputs")
+def test_too_many_inputs_message_is_plural(client, route, body, status, message):
+    error = error_of(client.post(route, json=body), status, "too_many_inputs")
     assert error["message"] == f"{message} --max-client-batch-size 8"
 
 

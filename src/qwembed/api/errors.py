@@ -41,13 +41,14 @@ _TYPES = {
 ERROR_RESPONSES: dict[int | str, dict] = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in {
-        400: "Bad input: invalid JSON or schema, input too long, bad dimensions or token ids",
+        400: "Bad input: invalid JSON or schema, input too long, bad dimensions or token ids, more inputs "
+        "than --max-client-batch-size",
         401: "Missing or invalid API key",
         403: "A file path outside the folders the server may read (--kb-file-root)",
         404: "Unknown model, collection or document",
         408: "The request body did not arrive within --body-timeout",
         409: "Conflict with the stored state (e.g. a collection's settings)",
-        413: "Body larger than --max-body-bytes, or more inputs than --max-client-batch-size",
+        413: "Body larger than --max-body-bytes, or (TEI's routes) more inputs than --max-client-batch-size",
         415: "Content type other than application/json, or a compressed body (Content-Encoding)",
         429: "Queue full: retry after the Retry-After header",
         500: "Inference failed",

@@ -89,10 +89,21 @@ TOKEN_IDS_REFUSED = (
 class RouteHelpers:
     """The checks and the engine call every model route makes, bound to one app's pool and settings."""
 
-    def __init__(self, pool: ModelPool, settings: ServerSettings, state: dict, keys: KeyChecker):
+    def __init__(
+        self,
+        pool: ModelPool,
+        settings: ServerSettings,
+        state: dict,
+        keys: KeyChecker,
+        *,
+        too_many_status: int = 400,
+    ):
         self.pool = pool
         self.settings = settings
         self.state = state
+        #: the status of more inputs than --max-client-batch-size: OpenAI and Cohere answer 400
+        #: (what their clients raise BadRequestError for), TEI 413
+        self.too_many_status = too_many_status
         #: the API key dependency of every route but the probes (and /metrics unless --protect-metrics)
         self.protected = [Depends(keys)]
 
@@ -110,7 +121,7 @@ class RouteHelpers:
         limit = self.settings.max_client_batch_size
         if count > limit:
             raise APIError(
-                413,
+                self.too_many_status,
                 f"{count_of(count, param)} {'exceeds' if count == 1 else 'exceed'} "
                 f"--max-client-batch-size {limit}",
                 "too_many_inputs",

@@ -151,7 +151,7 @@ def _dtype(compute: str | None) -> str | None:
 def build_tei_router(pool: ModelPool, settings: ServerSettings, state: dict, keys: KeyChecker) -> APIRouter:
     # CheckedRoute: the key, then the content type and coding, then the body (checked_route.py)
     router = APIRouter(route_class=CheckedRoute)
-    helpers = RouteHelpers(pool, settings, state, keys)
+    helpers = RouteHelpers(pool, settings, state, keys, too_many_status=413)  # as TEI answers
     protected = helpers.protected
 
     async def embed(body: TEIEmbedRequest, request: Request) -> Response:
