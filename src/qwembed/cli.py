@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .arg_types import POSITIVE_INT, SECONDS, number
 from .backends import BUNDLED
 from .backends.quality_bars import DEFAULT_MIN_COSINE
 from .engine.instructions import instruction_option
@@ -21,35 +21,6 @@ _MODEL_HELP = (
     "bundled name (" + ", ".join(f"{k}: {v}" for k, v in BUNDLED.items()) + "), a local folder, "
     "or a Hugging Face id such as Qwen/Qwen3-Embedding-0.6B"
 )
-
-
-def _number(kind: type[int] | type[float], low: float, high: float | None = None, *, above: bool = False):
-    """``argparse`` type for a numeric option within bounds: a typo or a negative size is a usage
-    error at once, not a server that starts and then spins (a negative batch size never fills)."""
-    bound = f"above {low:g}" if above else f"at least {low:g}"
-    if high is not None:
-        bound = f"between {low:g} and {high:g}"
-
-    def parse(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError:
-            what = "an integer" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if (
-            not math.isfinite(value)
-            or value < low
-            or (above and value == low)
-            or (high is not None and value > high)
-        ):
-            raise argparse.ArgumentTypeError(f"{text!r}: must be {bound}")
-        return value
-
-    return parse
-
-
-_POSITIVE = _number(int, 1)
-_SECONDS = _number(float, 0, above=True)
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +41,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--min-bf16-cosine",
-        type=_number(float, -1, 1),
+        type=number(float, -1, 1),
         default=DEFAULT_MIN_COSINE,
         help="embedders on CPU: with --dtype auto, fall back to float32 when a calibration text's "
         f"bf16 vector has a lower cosine to its float32 vector (default {DEFAULT_MIN_COSINE})",
@@ -89,7 +60,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-tokens",
-        type=_POSITIVE,
+        type=POSITIVE_INT,
         default=None,
         help="longest input in tokens (default: the model's own limit)",
     )
@@ -117,42 +88,45 @@ def _build_parser() -> argparse.ArgumentParser:
         "yes/no recipe) or a sentence-transformers cross-encoder, as folder or hub id (repeatable)",
     )
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
-    serve.add_argument("--port", type=_number(int, 1, 65535), default=8000)
+    serve.add_argument("--port", type=number(int, 1, 65535), default=8000)
     _add_model_options(serve)
     serve.add_argument(
         "--max-batch-tokens",
-        type=_POSITIVE,
+        type=POSITIVE_INT,
         default=None,
         help="tokens per forward pass (real tokens when padding-free, else rows × longest); "
         "default 2048 on CPU, 16384 on CUDA",
     )
     serve.add_argument(
         "--max-batch-size",
-        type=_POSITIVE,
+        type=POSITIVE_INT,
         default=None,
         help="inputs per forward pass (default: 128 on CPU, 1024 on CUDA)",
     )
     serve.add_argument(
         "--streams",
-        type=_POSITIVE,
+        type=POSITIVE_INT,
         default=None,
         help="forward passes at once per model, sharing the CPU threads; default 2 on a multi-core "
         "CPU, 1 on a GPU or with --compile",
     )
     serve.add_argument(
-        "--max-queue-items", type=_POSITIVE, default=16384, help="inputs waiting at most; beyond, answer 429"
+        "--max-queue-items",
+        type=POSITIVE_INT,
+        default=16384,
+        help="inputs waiting at most; beyond, answer 429",
     )
     serve.add_argument(
         "--max-queue-wait",
-        type=_number(float, 0),
+        type=number(float, 0),
         default=5.0,
         help="answer 429 when queued work would take longer than this many seconds (0: no limit)",
     )
     serve.add_argument(
-        "--max-client-batch-size", type=_POSITIVE, default=2048, help="inputs per request at most"
+        "--max-client-batch-size", type=POSITIVE_INT, default=2048, help="inputs per request at most"
     )
     serve.add_argument(
-        "--max-body-bytes", type=_POSITIVE, default=16 * 1024 * 1024, help="request body size limit"
+        "--max-body-bytes", type=POSITIVE_INT, default=16 * 1024 * 1024, help="request body size limit"
     )
     serve.add_argument(
         "--auto-truncate",
@@ -179,10 +153,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "--cors-origin", action="append", default=[], help="allowed CORS origin (off by default)"
     )
     serve.add_argument(
-        "--header-timeout", type=_SECONDS, default=10.0, help="seconds for a request's headers to arrive"
+        "--header-timeout", type=SECONDS, default=10.0, help="seconds for a request's headers to arrive"
     )
     serve.add_argument(
-        "--body-timeout", type=_SECONDS, default=30.0, help="seconds for a request's body to arrive"
+        "--body-timeout", type=SECONDS, default=30.0, help="seconds for a request's body to arrive"
     )
     serve.add_argument(
         "--http",
@@ -211,7 +185,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="a folder whose files /v1/kb may ingest by path (repeatable; none by default)",
     )
     serve.add_argument(
-        "--shutdown-grace", type=_number(float, 0), default=30.0, help="seconds to finish in-flight work"
+        "--shutdown-grace", type=number(float, 0), default=30.0, help="seconds to finish in-flight work"
     )
     serve.set_defaults(func=_serve)
 
@@ -219,7 +193,7 @@ def _build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--model", required=True, help=_MODEL_HELP)
     embed.add_argument("texts", nargs="*", help="texts to embed")
     embed.add_argument("--file", type=Path, help="one text per line (UTF-8)")
-    embed.add_argument("--dimensions", type=_POSITIVE, help="keep the first N components, re-normalised")
+    embed.add_argument("--dimensions", type=POSITIVE_INT, help="keep the first N components, re-normalised")
     embed.add_argument("--input-type", choices=["query", "document"], help="query gets the query prompt")
     embed.add_argument("--instruction", type=instruction_option, help="task description for queries")
     embed.add_argument("--truncate", action="store_true", help="cut over-long texts instead of failing")
@@ -235,7 +209,7 @@ def _build_parser() -> argparse.ArgumentParser:
     rerank.add_argument(
         "--instruction", type=instruction_option, help="task for Qwen3-Reranker (default: web search)"
     )
-    rerank.add_argument("--top-n", type=_POSITIVE, help="print only the best N")
+    rerank.add_argument("--top-n", type=POSITIVE_INT, help="print only the best N")
     _add_model_options(rerank)
     rerank.set_defaults(func=_rerank)
 

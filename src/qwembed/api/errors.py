@@ -16,9 +16,10 @@ from starlette.routing import Match
 
 from ..backends import InputTooLongError, InvalidTokenIdsError, PairTooLongError, PromptTooLongError
 from ..engine import InvalidDimensionsError, OverloadedError, WorkerStoppedError
-from ..engine.inputs import InstructionWithTokenIdsError, InvalidTextError, lone_surrogate_message
+from ..engine.inputs import InstructionWithTokenIdsError, InvalidTextError
 from ..engine.instructions import EmptyInstructionError
 from ..engine.pool import ModelRequiredError, UnknownModelError
+from ..engine.unicode import lone_surrogate_message
 from .schemas import ErrorResponse
 
 log = logging.getLogger("qwembed.api")

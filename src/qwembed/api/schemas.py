@@ -8,15 +8,15 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from ..engine.unicode import is_unicode
+
 
 def _valid_unicode(text: str) -> str:
     """JSON may escape a lone UTF-16 surrogate (``"\\ud800"``), which is no Unicode text a tokenizer
     can take. Length-constrained strings are refused by pydantic itself (``string_unicode``); plain
     ``str`` fields are not, so they get the same error here and every text field answers alike."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise PydanticCustomError("string_unicode", "lone UTF-16 surrogate") from None
+    if not is_unicode(text):
+        raise PydanticCustomError("string_unicode", "lone UTF-16 surrogate")
     return text
 
 

@@ -16,8 +16,9 @@ from starlette.responses import Response
 
 from .. import __version__
 from ..backends import InputType
-from ..engine.inputs import EmbedOptions, lone_surrogate_message
+from ..engine.inputs import EmbedOptions
 from ..engine.pool import ModelPool, UnknownModelError
+from ..engine.unicode import is_unicode, lone_surrogate_message
 from .auth import KeyChecker
 from .checked_route import CheckedRoute
 from .encoding import vectors_body
@@ -78,11 +79,9 @@ def parse_inputs(raw: object) -> list[str] | list[list[int]]:
                     raise empty
                 message = f"inputs[{index}] is an empty string (send a space if you mean one)"
                 raise APIError(400, message, "empty_input", "inputs")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
+            if not is_unicode(text):
                 where = "inputs" if isinstance(raw, str) else f"inputs[{index}]"
-                raise APIError(400, lone_surrogate_message(where), "invalid_text", "inputs") from None
+                raise APIError(400, lone_surrogate_message(where), "invalid_text", "inputs")
         return items
     if all(_is_token_ids(item) for item in items):
         if not all(items):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ..backends import Encoder, InputTooLongError, InputType, TokenIds
 from ..backends.base import PromptTooLongError
 from .instructions import check_instruction
+from .unicode import is_unicode, lone_surrogate_message
 
 # What the OpenAI API accepts as ``input``: a text, texts, token ids, or lists of token ids.
 RawInput = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
@@ -72,20 +73,13 @@ class InvalidTextError(ValueError):
     """Text that is not valid Unicode (JSON allows lone surrogate escapes such as ``\\ud800``)."""
 
 
-def lone_surrogate_message(where: str) -> str:
-    """The one wording of the error, whether the engine or the HTTP schemas find it."""
-    return f"{where} contains a lone UTF-16 surrogate and is not valid Unicode text"
-
-
 def check_texts(texts: Sequence[str], start: int = 0, name: str = "input") -> None:
     """``start``: the first text's index in its request, ``name`` the request's field (for the
     error message; a field of one text, such as a query, is named without an index)."""
     for index, text in enumerate(texts, start):
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
+        if not is_unicode(text):
             where = name if name == "query" else f"{name}[{index}]"
-            raise InvalidTextError(lone_surrogate_message(where)) from None
+            raise InvalidTextError(lone_surrogate_message(where))
 
 
 def tokenize_texts(

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from ..arg_types import POSITIVE_INT
 from ..engine.instructions import instruction_option
 from .errors import EvalError
 from .protocol import TextEmbedder
@@ -58,7 +59,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     pairs.add_argument("--data", required=True, metavar="PAIRS", help="test pairs (0/1 labels)")
     pairs.add_argument("--shots", default="50,100,500,1000,all", help="training sizes (default: %(default)s)")
     pairs.add_argument(
-        "--seeds", type=_positive_int, default=5, help="repeats per size (default: %(default)s)"
+        "--seeds", type=POSITIVE_INT, default=5, help="repeats per size (default: %(default)s)"
     )
     pairs.add_argument(
         "--instruction", type=instruction_option, help="embed both sentences as queries with this instruction"
@@ -87,7 +88,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     )
     ret.add_argument(
         "--rerank-top-k",
-        type=_positive_int,
+        type=POSITIVE_INT,
         default=100,
         help="documents reranked per query (default: %(default)s)",
     )
@@ -136,11 +137,11 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     )
     bench.add_argument("--batch-sizes", default="1,8,32", help="(default: %(default)s)")
     bench.add_argument(
-        "--repeats", type=_positive_int, default=10, help="timed calls per batch size (default: %(default)s)"
+        "--repeats", type=POSITIVE_INT, default=10, help="timed calls per batch size (default: %(default)s)"
     )
     bench.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=POSITIVE_INT,
         default=1,
         metavar="N",
         help="callers sharing the timed calls at once (an endpoint: N concurrent clients; default 1)",
@@ -165,13 +166,13 @@ def _common(batch_size: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, metavar="R.md", help="Markdown report; PNG plots go beside it")
     p.add_argument(
         "--limit",
-        type=_positive_int,
+        type=POSITIVE_INT,
         metavar="N",
         help="quick runs: only the first N pairs / queries (pairs: of the training pairs too; bench: texts)",
     )
     if batch_size:  # (bench sets its own sizes: --batch-sizes)
         p.add_argument(
-            "--batch-size", type=_positive_int, default=64, help="texts per embed call (default: %(default)s)"
+            "--batch-size", type=POSITIVE_INT, default=64, help="texts per embed call (default: %(default)s)"
         )
     p.add_argument(
         "--device", default="auto", help="local models: auto, cpu, cuda, mps (default: %(default)s)"
@@ -179,12 +180,6 @@ def _common(batch_size: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="local models: auto, float32, float16, bfloat16")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return int(text)
 
 
 # ---- commands --------------------------------------------------------------------------------

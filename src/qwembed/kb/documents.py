@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.unicode import is_unicode
 from .errors import BadDocumentError
 
 MAX_ID_LENGTH = 512
@@ -86,16 +87,6 @@ class Document:
             digest.update(text.encode("utf-8"))
             digest.update(np.asarray(vector, dtype=np.float32).tobytes())
         return digest.hexdigest()
-
-
-def is_unicode(text: str) -> bool:
-    """False for a string holding a lone UTF-16 surrogate (JSON's ``"\\ud800"`` escape parses to
-    one): no UTF-8 encoding exists for it, so hashing or storing it would fail."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def shown(text: str) -> str:

@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .documents import INT64_MAX, INT64_MIN, is_unicode
+from ..engine.unicode import is_unicode
+from .documents import INT64_MAX, INT64_MIN
 from .errors import InvalidFilterError
 
 COLUMNS = ("document_id", "source")

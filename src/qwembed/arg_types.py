@@ -1,0 +1,40 @@
+"""``argparse`` types for numeric options, shared by the command lines (cli.py, eval/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+
+def number(
+    kind: type[int] | type[float], low: float, high: float | None = None, *, above: bool = False
+) -> Callable[[str], int | float]:
+    """``argparse`` type for a numeric option within bounds: a typo or a negative size is a usage
+    error at once, not a server that starts and then spins (a negative batch size never fills)."""
+    bound = f"above {low:g}" if above else f"at least {low:g}"
+    if high is not None:
+        bound = f"between {low:g} and {high:g}"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if (
+            not math.isfinite(value)
+            or value < low
+            or (above and value == low)
+            or (high is not None and value > high)
+        ):
+            raise argparse.ArgumentTypeError(f"{text!r}: must be {bound}")
+        return value
+
+    return parse
+
+
+#: a count: 1 or more
+POSITIVE_INT = number(int, 1)
+#: a duration in seconds, above 0
+SECONDS = number(float, 0, above=True)
