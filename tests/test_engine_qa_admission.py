@@ -245,3 +245,51 @@ def test_padded_tokens_are_what_the_forward_computed(padded):
     worker.submit([[1] * 10, [1] * 2, [1] * 3]).result(5)
     worker.stop(5)
     assert recorder.batches == [(3, 15, 30 if padded else 15)]
+
+
+# ---- bulk work (library calls on the worker: the knowledge base's ingestion) ---------------------
+
+
+def test_requests_are_admitted_past_bulk_work_they_go_before():
+    """Queued bulk work neither fills the requests' queue nor counts in their wait; it still counts
+    for more bulk work, and work running counts for both."""
+    encoder = GatedEncoder()
+    encoder.embedding.clear()  # nothing finishes: all stays queued
+    worker = BatchWorker(
+        encoder.embed_token_ids,
+        name="gated",
+        max_queue_items=10,
+        max_queue_wait=1.0,
+        min_rate_sample_tokens=1,
+    )
+    _measured(worker, tokens_per_second=100)
+    bulk = worker.submit([[1] * 30] * 9, bulk=True)  # 270 tokens queued: 2.7 s of work
+    request = worker.submit([[2] * 30] * 3)  # 9 + 3 > 10 items, 2.7 s > 1 s: both only for bulk
+    with pytest.raises(OverloadedError, match="full"):
+        worker.submit([[3]] * 2, bulk=True)
+    with pytest.raises(OverloadedError, match="busy"):
+        worker.submit([[3] * 30] * 4)  # 90 request tokens ahead + 120 > 1 s
+    worker.start()
+    encoder.embedding.set()
+    assert request.result(30).shape == (3, 2) and bulk.result(30).shape == (9, 2)
+    worker.stop(5)
+
+
+def test_a_long_library_call_on_a_served_model_is_bulk_work_and_a_query_is_not(monkeypatch):
+    encoder = GatedEncoder()
+    pool, worker = _pool(encoder, max_batch_size=4, max_batch_tokens=100)
+    lanes: list[bool] = []
+    submit = worker.submit
+    monkeypatch.setattr(
+        worker,
+        "submit",
+        lambda items, admission=None, *, bulk=False: (
+            lanes.append(bulk) or submit(items, admission, bulk=bulk)
+        ),
+    )
+    embedder = pool.embedder("gated")
+    embedder.embed(["q" * 10])  # one window's worth or less: a request
+    embedder.embed(["d" * 10] * 40)  # more than a window (a padded model's: 8 batches of 4 inputs)
+    embedder.embed(["d" * 60] * 2)  # more than a window's 100 tokens
+    assert lanes == [False, True, True]
+    pool.close(5)

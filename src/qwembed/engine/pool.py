@@ -310,12 +310,19 @@ class ModelPool:
 
 
 class _WorkerEmbedder(Embedder):
+    """The library's ``Embedder`` on a served model's worker (the knowledge base's ingestion and
+    queries). A call larger than one of the worker's windows is bulk work there, taken when no
+    request waits (worker.py): an ingestion then delays the server's requests by a window at most.
+    A smaller one (a search's query) queues with the requests, in arrival order."""
+
     def __init__(self, encoder: Encoder, worker: BatchWorker):
         super().__init__(encoder)
         self._worker = worker
 
     def _run(self, ids: list[list[int]]) -> np.ndarray:
-        return self._worker.run_sync(ids)
+        worker = self._worker
+        bulk = len(ids) > worker.window_items or sum(map(len, ids)) > worker.window_tokens
+        return worker.run_sync(ids, bulk=bulk)
 
 
 def _parts(inputs: Sequence[str] | Sequence[Sequence[int]], extra: int = 0) -> list[tuple[int, int]]:

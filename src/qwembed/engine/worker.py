@@ -1,7 +1,10 @@
 """The batching worker: a model's threads that merge queued requests into token-budget batches.
 
 Requests put their tokenised inputs on a bounded queue and await a future. The worker drains the
-queue in windows, in arrival order, and answers a request when all its inputs are done. A server's
+queue in windows, in arrival order, and answers a request when all its inputs are done. Library
+calls on a served model (the knowledge base's ingestion: ``submit(..., bulk=True)``) queue in a
+lane of their own, taken when no request waits: a request that arrives during an ingestion of
+1,395 chunks waits for the window running, not 13 s for the whole ingestion. A server's
 request is admitted before it is tokenised (``admit``, then ``hold`` as its parts are tokenised),
 so that one the queue cannot take is refused at once rather than after its tokenisation. On a CPU
 it runs two windows at once, one per stream (``streams.py``), so that the event loop and the
@@ -158,6 +161,39 @@ class _Job:
         return self.future.done()
 
 
+class _Queue:
+    """Queued inputs in two lanes, each in arrival order: requests', then bulk work's (library
+    calls). Requests go first, so a long library call delays them by a window at most; bulk work
+    waits while requests keep the model busy, as background work should."""
+
+    def __init__(self) -> None:
+        self.requests: deque[tuple[_Job, int]] = deque()
+        self.bulk: deque[tuple[_Job, int]] = deque()
+        #: tokens in the bulk lane: work that a request does not wait for
+        self.bulk_tokens = 0
+
+    def __len__(self) -> int:
+        return len(self.requests) + len(self.bulk)
+
+    def __bool__(self) -> bool:
+        return bool(self.requests or self.bulk)
+
+    def add(self, job: _Job, bulk: bool, tokens: int) -> None:
+        (self.bulk if bulk else self.requests).extend((job, i) for i in range(len(job.items)))
+        if bulk:
+            self.bulk_tokens += tokens
+
+    def first(self) -> tuple[_Job, int]:
+        return self.requests[0] if self.requests else self.bulk[0]
+
+    def take_first(self) -> tuple[_Job, int]:
+        if self.requests:
+            return self.requests.popleft()
+        job, index = self.bulk.popleft()
+        self.bulk_tokens -= len(job.items[index])
+        return job, index
+
+
 class BatchWorker:
     def __init__(
         self,
@@ -188,7 +224,7 @@ class BatchWorker:
         self.padded_batches = padded_batches
         self.streams = streams or Streams()
         self.observer = observer or _NullObserver()
-        self._pending: deque[tuple[_Job, int]] = deque()
+        self._pending = _Queue()
         self._pending_tokens = 0
         self._running = 0  # streams inside a window
         self._alone = False  # a window runs on every core: the other streams wait for it
@@ -250,11 +286,17 @@ class BatchWorker:
         recent = list(self._recent)  # (a copy: the streams append as they finish)
         return sum(t for t, _ in recent), sum(s for _, s in recent)
 
-    def estimated_wait(self, extra_tokens: int = 0) -> float:
+    def estimated_wait(self, extra_tokens: int = 0, bulk: bool = False) -> float:
         """Seconds until ``extra_tokens`` more would be embedded, at the throughput measured so far,
-        behind the work queued and the tokens of admitted requests still being tokenised."""
+        behind the work queued and the tokens of admitted requests still being tokenised (for a
+        request, not the bulk work still queued, which it goes before)."""
         rate = self.tokens_per_second
-        return 0.0 if rate is None else (self._backlog_tokens + self._reserved_tokens + extra_tokens) / rate
+        return 0.0 if rate is None else (self._tokens_ahead(bulk) + extra_tokens) / rate
+
+    def _tokens_ahead(self, bulk: bool) -> int:
+        """Tokens that new work of the lane would wait for: queued, running or being tokenised."""
+        ahead = self._backlog_tokens + self._reserved_tokens
+        return ahead if bulk else ahead - self._pending.bulk_tokens
 
     def _settle(self, tokens: int) -> None:
         with self._cond:
@@ -272,7 +314,9 @@ class BatchWorker:
         they come; ``submit`` queues it; ``release`` gives up."""
         with self._cond:
             self._check_admission(items, 0)
-            admission = Admission(items, first=not self._backlog_tokens and not self._reserved_items)
+            admission = Admission(
+                items, first=not self._tokens_ahead(bulk=False) and not self._reserved_items
+            )
             self._reserved_items += items
             return admission
 
@@ -314,20 +358,22 @@ class BatchWorker:
             self._reserved_items -= admission.items
             self._reserved_tokens -= admission.tokens
 
-    def _check_admission(self, items: int, tokens: int) -> None:
-        """Refuse ``items`` inputs of ``tokens`` tokens that the queue cannot take. Work arriving at
-        an empty queue is taken whatever its size. Called holding the lock."""
+    def _check_admission(self, items: int, tokens: int, bulk: bool = False) -> None:
+        """Refuse ``items`` inputs of ``tokens`` tokens that the queue cannot take: the lane's
+        inputs ahead of them (a request's: other requests' only) past ``max_queue_items``, or their
+        wait past ``max_queue_wait``. Work arriving at an empty queue is taken whatever its size.
+        Called holding the lock."""
         if self._stopping:
             raise WorkerStoppedError("the server is shutting down")
-        waiting = len(self._pending) + self._reserved_items
+        queued = len(self._pending) if bulk else len(self._pending.requests)
+        waiting = queued + self._reserved_items
         if waiting + items > self.max_queue_items:
             raise OverloadedError(
                 f"the queue of {self.name!r} is full ({waiting} input{'' if waiting == 1 else 's'} waiting); "
                 "retry shortly"
             )
-        wait = self.estimated_wait(tokens)
-        ahead = self._backlog_tokens + self._reserved_tokens
-        if ahead and self.max_queue_wait is not None and wait > self.max_queue_wait:
+        wait = self.estimated_wait(tokens, bulk)
+        if self._tokens_ahead(bulk) and self.max_queue_wait is not None and wait > self.max_queue_wait:
             raise self._busy(wait)
 
     def _busy(self, wait: float) -> OverloadedError:
@@ -337,10 +383,13 @@ class BatchWorker:
             retry_after=wait,
         )
 
-    def submit(self, items: Sequence[TokenIds], admission: Admission | None = None) -> Future:
+    def submit(
+        self, items: Sequence[TokenIds], admission: Admission | None = None, *, bulk: bool = False
+    ) -> Future:
         """Queue one request's inputs; the future resolves to a ``(len(items), …)`` array. With an
         ``admission`` (``admit``) the request was admitted already: its room becomes its queue
-        entries, and it is not refused now."""
+        entries, and it is not refused now. ``bulk``: library work, queued behind every request
+        (``_Queue``)."""
         job = _Job(list(items))
         tokens = sum(map(len, job.items))
         with self._cond:
@@ -352,12 +401,12 @@ class BatchWorker:
                 job.future.set_result(np.zeros((0, 0), dtype=np.float32))
                 return job.future
             if admission is None:
-                self._check_admission(len(job.items), tokens)
+                self._check_admission(len(job.items), tokens, bulk)
             elif self._stopping:
                 raise WorkerStoppedError("the server is shutting down")
             self._backlog_tokens += tokens
             self._pending_tokens += tokens
-            self._pending.extend((job, i) for i in range(len(job.items)))
+            self._pending.add(job, bulk, tokens)
             # every stream: an idle one may start, and one gathering a window takes it in
             self._cond.notify_all()
         return job.future
@@ -371,8 +420,8 @@ class BatchWorker:
             future.cancel()
             raise
 
-    def run_sync(self, items: Sequence[TokenIds]) -> np.ndarray:
-        return self.submit(items).result()
+    def run_sync(self, items: Sequence[TokenIds], *, bulk: bool = False) -> np.ndarray:
+        return self.submit(items, bulk=bulk).result()
 
     # ---- the worker thread ----------------------------------------------------------------
     def _take_window(self, idle_timeout: float | None = None) -> _Window | None:
@@ -404,11 +453,11 @@ class BatchWorker:
         window: list[tuple[_Job, int]] = []
         tokens = 0
         while self._pending and len(window) < max_items:
-            job, index = self._pending[0]
+            job, index = self._pending.first()
             length = len(job.items[index])
             if window and self._window_full(tokens, length, max_tokens, starts_request=index == 0):
                 break
-            self._pending.popleft()
+            self._pending.take_first()
             self._pending_tokens -= length
             if job.done:  # cancelled (client gone) or already failed
                 self._backlog_tokens -= length
