@@ -62,3 +62,36 @@ def test_a_hub_id_that_cannot_be_fetched_is_a_one_line_model_not_found(monkeypat
     with pytest.raises(OSError) as local:
         load(str(tmp_path))
     assert not isinstance(local.value, ModelNotFoundError)
+
+
+@pytest.mark.parametrize("name", ["minilm", "use-multilingual"])
+def test_a_bundled_embedder_is_refused_as_a_reranker_without_asking_the_hub(monkeypatch, name):
+    """Passed on, the bundled name went to the hub as a repository id: offline, half a minute of
+    connection retries, then "could not be fetched". Every caller (kb, eval, serve) loads through
+    ``load_reranker``."""
+    from qwembed.backends import ModelNotFoundError, load_reranker, registry
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr(registry, "detect_backend", no_hub)
+    with pytest.raises(ModelNotFoundError) as caught:
+        load_reranker(name)
+    message = str(caught.value)
+    assert message.startswith(f"{name!r} is a bundled embedding model, not a reranker; give a reranker: ")
+    assert "Qwen/Qwen3-Reranker-0.6B" in message and "cross-encoder" in message and "\n" not in message
+    # a name that can be no hub id fails the same way, before the hub too
+    with pytest.raises(ModelNotFoundError, match="unknown reranker 'no-owner'"):
+        load_reranker("no-owner")
+
+
+def test_serve_refuses_a_bundled_embedder_as_reranker_before_loading_anything(monkeypatch, capsys):
+    from qwembed import cli
+
+    def load(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(cli, "_load", load)
+    assert cli.main(["serve", "--model", "minilm", "--reranker", "minilm"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qwembed serve: 'minilm' is a bundled embedding model, not a reranker")

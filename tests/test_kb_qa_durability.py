@@ -208,10 +208,11 @@ def test_huge_listing_offsets_are_a_400(manager, tmp_path, stub, monkeypatch, ca
             assert response.status_code == 400, (query, response.text)
         assert client.get("/v1/kb/docs/documents?offset=2147483647").json() == {"data": []}
     kb = ["--kb-dir", str(tmp_path / "kb")]
-    code, _, err = _run(
-        ["kb", "list", "docs", "--offset", "99999999999999999999", *kb], monkeypatch, stub, capsys
-    )
-    assert code == 2 and err.strip() == "qwembed kb list: offset must be between 0 and 2147483647"
+    with pytest.raises(SystemExit) as caught:  # a usage error, refused as the options are read
+        _run(["kb", "list", "docs", "--offset", "99999999999999999999", *kb], monkeypatch, stub, capsys)
+    err = capsys.readouterr().err
+    assert caught.value.code == 2
+    assert err.strip().endswith("argument --offset: '99999999999999999999': must be between 0 and 2147483647")
 
 
 # ---- 2e. paths with a null byte, or not UTF-8 ------------------------------------------------------

@@ -12,9 +12,13 @@ def number(
 ) -> Callable[[str], int | float]:
     """``argparse`` type for a numeric option within bounds: a typo or a negative size is a usage
     error at once, not a server that starts and then spins (a negative batch size never fills)."""
-    bound = f"above {low:g}" if above else f"at least {low:g}"
+
+    def shown(value: float) -> str:  # (an int in full: 2147483647, not :g's 2.14748e+09)
+        return str(value) if kind is int else f"{value:g}"
+
+    bound = f"above {shown(low)}" if above else f"at least {shown(low)}"
     if high is not None:
-        bound = f"between {low:g} and {high:g}"
+        bound = f"between {shown(low)} and {shown(high)}"
 
     def parse(text: str) -> int | float:
         try:

@@ -277,14 +277,18 @@ def _serve(args: argparse.Namespace) -> int:
     from .api import ServerSettings, create_app
     from .api.server import run_server
     from .backends import check_model_name
+    from .backends.registry import check_reranker_name
     from .engine.pool import BatchSettings, ModelPool
 
     if not args.model and not args.reranker:
         raise SystemExit("qwembed serve: give at least one --model or --reranker")
     if args.served_name and len(args.served_name) != len(args.model):
         raise SystemExit("qwembed serve: give one --served-name per --model")
-    for model in [*args.model, *args.reranker]:
-        check_model_name(model)  # every name, before the first model takes minutes to load
+    # every name, before the first model takes minutes to load
+    for model in args.model:
+        check_model_name(model)
+    for reranker in args.reranker:
+        check_reranker_name(reranker)  # (a bundled name is an embedder: refused here, not after the loads)
     pool = ModelPool(
         BatchSettings(
             args.max_batch_tokens,
@@ -382,7 +386,41 @@ def _rerank(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the status of a command whose reader closed its standard output (``qwembed kb list | head``):
+#: 128 + SIGPIPE, what the shell reports for a C tool that SIGPIPE ended (``seq 1e9 | head``), so
+#: ``set -o pipefail`` scripts treat it like theirs; not 0, as the output was cut short
+BROKEN_PIPE_STATUS = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Every subcommand (and ``--help``): a reader that closed the pipe ends it quietly."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # output still buffered is written here, where a closed pipe is caught, not at exit
+            # (where Python prints "Exception ignored … BrokenPipeError" and exits 120); None: the
+            # command started with its stdout closed
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return BROKEN_PIPE_STATUS
+
+
+def _stdout_to_devnull() -> None:
+    """Python's recipe (docs: signal, "Note on SIGPIPE"): the interpreter flushes stdout once more
+    as it exits, so its file descriptor must lead somewhere that takes the rest of the buffer."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by an object without one (tests)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, descriptor)
+    os.close(devnull)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -398,6 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             resolve_device(args.device)  # a device this machine lacks fails before any model loads
             # (eval and bench check it where a local model would use it: models.check_device)
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # (an OSError, but the user's reader went away: main ends quietly)
+        raise
     except ModelLoadError as error:
         print(f"{_program(args)}: {error}", file=sys.stderr)
         return 1

@@ -16,13 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..kb.documents import Document, shown
 from ..kb.errors import KBError
 from ..kb.ingest import Failure, confine, read_paths
-from ..kb.manager import MAX_LISTING, KnowledgeBaseManager
+from ..kb.manager import MAX_K, MAX_LISTING, MAX_PAGE, KnowledgeBaseManager
 from ..kb.search import hit_json
+from ..kb.settings import MIN_CHUNK_TOKENS
 from .checked_route import CheckedRoute
 from .errors import ERROR_RESPONSES, APIError, from_engine_error
 
 MAX_DOCUMENTS_PER_REQUEST = 2048
-MAX_K = 1000
 
 
 class _Strict(BaseModel):
@@ -31,7 +31,7 @@ class _Strict(BaseModel):
 
 
 class ChunkingBody(_Strict):
-    chunk_tokens: int = Field(ge=8)
+    chunk_tokens: int = Field(ge=MIN_CHUNK_TOKENS)
     overlap_tokens: int = Field(default=0, ge=0)
 
 
@@ -182,8 +182,8 @@ def build_kb_router(manager: KnowledgeBaseManager, key_dependency) -> APIRouter:
 
     @router.get("/{name}/documents")
     async def list_documents(name: str, limit: int = 100, offset: int = 0) -> dict[str, Any]:
-        if not 1 <= limit <= 10_000:
-            raise APIError(400, "limit must be 1..10000", "invalid_request", "limit")
+        if not 1 <= limit <= MAX_PAGE:
+            raise APIError(400, f"limit must be 1..{MAX_PAGE}", "invalid_request", "limit")
         if not 0 <= offset <= MAX_LISTING:  # (a larger offset overflows LanceDB's)
             raise APIError(400, f"offset must be 0..{MAX_LISTING}", "invalid_request", "offset")
         infos = await _call(lambda: manager.get(name).documents(limit, offset))

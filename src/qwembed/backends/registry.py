@@ -128,6 +128,33 @@ def check_model_name(name_or_path: str) -> None:
     )
 
 
+#: what a reranker may be, for the messages that refuse a name
+_RERANKER_FORMS = (
+    "a Qwen3-Reranker checkpoint (Qwen/Qwen3-Reranker-0.6B) or a sentence-transformers cross-encoder "
+    "(cross-encoder/ms-marco-MiniLM-L6-v2), as a local folder or a Hugging Face id"
+)
+
+
+def check_reranker_name(name_or_path: str) -> None:
+    """Raise ModelNotFoundError, without loading anything or asking the hub, for a name that can name
+    no reranker. A bundled name is an embedding model: passed on, it went to the hub as a repository
+    id, which offline meant half a minute of connection retries before a misleading "could not be
+    fetched". Like ``check_model_name``, anything else must be a folder or an ``owner/name`` id."""
+    if name_or_path in BUNDLED:
+        # bundled names win over a folder of the same name, as for embedders: say how to reach it
+        folder = (
+            f" (for the folder {name_or_path!r}, give ./{name_or_path})"
+            if Path(name_or_path).is_dir()
+            else ""
+        )
+        raise ModelNotFoundError(
+            f"{name_or_path!r} is a bundled embedding model, not a reranker; give a reranker: "
+            f"{_RERANKER_FORMS}{folder}"
+        )
+    if _check_folder(name_or_path) is None and not _is_hub_id(name_or_path):
+        raise ModelNotFoundError(f"unknown reranker {name_or_path!r}: give {_RERANKER_FORMS}")
+
+
 @contextmanager
 def _fetched_from_the_hub(name_or_path: str) -> Iterator[None]:
     """A hub id that cannot be fetched (offline, no such repository, gated) is a model not found,
@@ -196,7 +223,7 @@ def load_reranker(
     Rerankers are named as such on the command line (``--reranker``) because a Qwen3-Reranker and
     a Qwen3-Embedding checkpoint cannot be told apart reliably from their configs."""
     options = options or LoadOptions()
-    _check_folder(name_or_path)
+    check_reranker_name(name_or_path)  # here, so that every caller (serve, kb, eval) gets it
     bound_shape_caches()
     kwargs = {"name": name or served_name(name_or_path), **_load_kwargs(options)}
     with _fetched_from_the_hub(name_or_path):

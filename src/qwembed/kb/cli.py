@@ -12,10 +12,22 @@ import logging
 import sys
 from pathlib import Path
 
+from ..arg_types import POSITIVE_INT, number
 from ..engine.instructions import instruction_option
-from .errors import KBError
-from .manager import KnowledgeBaseManager, UnavailableCollection, collection_not_found, default_kb_dir
+from .errors import DocumentNotFoundError, InvalidSettingError, KBError
+from .manager import (
+    MAX_K,
+    MAX_LISTING,
+    MAX_PAGE,
+    Collection,
+    KnowledgeBaseManager,
+    UnavailableCollection,
+    collection_not_found,
+    default_kb_dir,
+)
+from .parsers import PARSERS
 from .search import FUSIONS, MODES, hit_json
+from .settings import MIN_CHUNK_TOKENS
 
 _ID_HELP = (
     "document ids, as `kb list NAME` shows them: a JSONL record's own id, a file's absolute path "
@@ -37,19 +49,33 @@ def _manager(args: argparse.Namespace) -> KnowledgeBaseManager:
     return KnowledgeBaseManager(args.kb_dir, load_embedder, reranker_factory=load_reranker)
 
 
+#: a new collection's settings as the HTTP body spells them → the options that give them here
+_CREATE_OPTIONS = {
+    "dimensions": "--dimensions",
+    "chunking.chunk_tokens": "--chunk-tokens",
+    "chunking.overlap_tokens": "--overlap-tokens",
+}
+
+
 def _create(args: argparse.Namespace) -> int:
     chunking = None
     if args.chunk_tokens is not None:
         overlap = args.overlap_tokens if args.overlap_tokens is not None else args.chunk_tokens // 8
         chunking = {"chunk_tokens": args.chunk_tokens, "overlap_tokens": overlap}
-    settings, created = _manager(args).create(
-        args.name,
-        args.model,
-        dimensions=args.dimensions,
-        chunking=chunking,
-        query_instruction=args.instruction,
-        store=args.store,
-    )
+    elif args.overlap_tokens is not None:  # (else it would be dropped without a word)
+        raise KBError("--overlap-tokens needs --chunk-tokens (the default chunk size depends on the model)")
+    try:
+        settings, created = _manager(args).create(
+            args.name,
+            args.model,
+            dimensions=args.dimensions,
+            chunking=chunking,
+            query_instruction=args.instruction,
+            store=args.store,
+        )
+    except InvalidSettingError as error:  # named as the user typed it, not as the HTTP body's field
+        option = _CREATE_OPTIONS.get(error.field, error.field)
+        raise KBError(f"{option} must be {error.bound}, got {error.value}", error.param) from None
     print(f"{'created' if created else 'exists'}: {json.dumps(settings.public(), ensure_ascii=False)}")
     return 0
 
@@ -89,6 +115,10 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
+    if args.rerank is not None:
+        from ..backends.registry import check_reranker_name
+
+        check_reranker_name(args.rerank)  # before the collection's embedder takes seconds to load
     hits = _manager(args).search(
         args.name,
         args.query,
@@ -111,6 +141,31 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _looks_like_a_relative_path(text: str) -> bool:
+    """``gone.txt``, ``docs/guide.md``, ``./notes``: typed as a file's path, not a record's id."""
+    path = Path(text)
+    return not path.is_absolute() and (path.suffix.lower() in PARSERS or text.startswith(("./", "../", "~")))
+
+
+def _path_hint(collection: Collection, missing: list[str]) -> str:
+    """For missing ids typed as paths of files that are gone (so not mapped to their ids): the id
+    `kb list` shows for such a file, its absolute path, and whether the collection has it."""
+    from .ingest import file_document_id
+
+    typed = {i: file_document_id(i) for i in missing if _looks_like_a_relative_path(i)}
+    if not typed:
+        return ""
+    stored = collection.existing(list(typed.values()))
+    notes = [
+        f"{i!r} was stored as {a!r}" if a in stored else f"{i!r} would be {a!r}, not stored either"
+        for i, a in typed.items()
+    ]
+    return (
+        f" (a file's id is its absolute path, as `qwembed kb list {collection.settings.name}` shows: "
+        f"{'; '.join(notes)})"
+    )
+
+
 def _delete(args: argparse.Namespace) -> int:
     from .ingest import file_document_id
 
@@ -118,7 +173,11 @@ def _delete(args: argparse.Namespace) -> int:
     present = collection.existing(args.ids)
     # an id the collection lacks that names an existing file is that file's id (its absolute path)
     ids = [i if i in present or not Path(i).is_file() else file_document_id(i) for i in args.ids]
-    collection.delete_many(ids)  # all or none
+    try:
+        collection.delete_many(ids)  # all or none
+    except DocumentNotFoundError as error:
+        hint = _path_hint(collection, [i for i in ids if i not in present])
+        raise DocumentNotFoundError(f"{error}{hint}", error.param) from None
     for doc_id in dict.fromkeys(ids):
         print(f"deleted {doc_id}")
     return 0
@@ -210,14 +269,28 @@ def add_kb_parser(subparsers) -> None:
     create = command("create", "create a collection", _create)
     create.add_argument("name")
     create.add_argument("--model", required=True, help="minilm, use-multilingual, a folder or a hub id")
-    create.add_argument("--dimensions", type=int, default=None, help="Matryoshka width (default: full)")
+    create.add_argument(
+        "--dimensions",
+        type=POSITIVE_INT,
+        default=None,
+        help="Matryoshka width, up to the model's (default: full)",
+    )
     create.add_argument(
         "--store", default="lance", help="lance (default), milvus-lite:FILE.db, milvus://HOST:PORT"
     )
+    # (the upper bounds depend on the model: the collection's create checks them once it is loaded)
     create.add_argument(
-        "--chunk-tokens", type=int, default=None, help="tokens per chunk (default min(256, limit))"
+        "--chunk-tokens",
+        type=number(int, MIN_CHUNK_TOKENS),
+        default=None,
+        help=f"tokens per chunk, {MIN_CHUNK_TOKENS} to the model's limit (default min(256, limit))",
     )
-    create.add_argument("--overlap-tokens", type=int, default=None, help="overlap (default chunk/8)")
+    create.add_argument(
+        "--overlap-tokens",
+        type=number(int, 0),
+        default=None,
+        help="overlap, 0 to chunk/2, with --chunk-tokens (default chunk/8)",
+    )
     create.add_argument(
         "--instruction",
         type=instruction_option,
@@ -235,12 +308,14 @@ def add_kb_parser(subparsers) -> None:
     add.add_argument(
         "paths", nargs="+", help=".txt .md .html .pdf .docx .jsonl files, or folders (other types skipped)"
     )
-    add.add_argument("--batch-documents", type=int, default=64, help="documents per commit")
+    add.add_argument("--batch-documents", type=POSITIVE_INT, default=64, help="documents per commit")
 
     search = command("search", "search a collection", _search)
     search.add_argument("name")
     search.add_argument("query")
-    search.add_argument("-k", "--k", type=int, default=5, help="results to show, 1-1000 (default 5)")
+    search.add_argument(
+        "-k", "--k", type=number(int, 1, MAX_K), default=5, help=f"results to show, 1-{MAX_K} (default 5)"
+    )
     search.add_argument("--mode", choices=MODES, default="hybrid", help="default hybrid: dense + keyword")
     search.add_argument(
         "--all-chunks",
@@ -264,8 +339,16 @@ def add_kb_parser(subparsers) -> None:
 
     listing = command("list", "list collections, or a collection's documents", _list)
     listing.add_argument("name", nargs="?", help="a collection: list its documents (id, chunks, source)")
-    listing.add_argument("--limit", type=int, default=1000, help="documents to list (default 1000)")
-    listing.add_argument("--offset", type=int, default=0, help="documents to skip first (default 0)")
+    # the bounds of GET /v1/kb/NAME/documents
+    listing.add_argument(
+        "--limit",
+        type=number(int, 1, MAX_PAGE),
+        default=1000,
+        help=f"documents to list, 1-{MAX_PAGE} (default 1000; --offset for more)",
+    )
+    listing.add_argument(
+        "--offset", type=number(int, 0, MAX_LISTING), default=0, help="documents to skip first (default 0)"
+    )
 
     drop = command("drop", "delete a whole collection (asks for --yes)", _drop)
     drop.add_argument("name")

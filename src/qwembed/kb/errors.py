@@ -37,6 +37,20 @@ class SettingsMismatchError(KBError):
     code = "settings_mismatch"
 
 
+class InvalidSettingError(KBError):
+    """A new collection's ``dimensions`` or chunking that the model cannot have (wider than its
+    vectors, chunks over its token limit): a 400, since nothing stored conflicts with it (that is
+    :class:`SettingsMismatchError`'s 409). ``field`` is the setting as the HTTP body spells it
+    (``chunking.overlap_tokens``), ``bound`` what it must be, so the CLI can name its own option."""
+
+    def __init__(self, field: str, value: int, bound: str):
+        # param: the body's top-level field, as the API's validation errors name it
+        super().__init__(f"{field} must be {bound}, got {value}", field.partition(".")[0])
+        self.field = field
+        self.value = value
+        self.bound = bound
+
+
 class InvalidNameError(KBError):
     code = "invalid_name"
 

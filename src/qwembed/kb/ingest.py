@@ -4,7 +4,10 @@ A file's document id is its absolute path (symlinks resolved, ``/`` separators),
 named alone or found inside a folder, from the CLI or through the server: one file is one document
 however it is reached, and two files never share an id. (Before, a lone file was keyed by its name
 and a folder's files by their path inside the folder, so ``a/notes.txt`` and ``b/notes.txt``
-overwrote each other.) JSONL records carry their own ids.
+overwrote each other.) JSONL records carry their own ids; a record without a ``source`` gets
+``FILE:LINE`` with the file's id, its absolute path, for the same reason: written relative, one
+file read from two working folders (or by a server and the CLI) gave each record two sources, and
+so two content hashes, and each read replaced what the other had stored.
 """
 
 from __future__ import annotations
@@ -106,7 +109,10 @@ def _chunks(record: dict[str, Any]) -> list[tuple[str, list[float]]] | None:
 
 
 def read_jsonl(path: Path) -> Iterator[Document | Failure]:
-    """Records ``{"id", "text", "metadata"?, "source"?}``, or ``"chunks": [{"text", "embedding"}]``."""
+    """Records ``{"id", "text", "metadata"?, "source"?}``, or ``"chunks": [{"text", "embedding"}]``.
+    A record's default source is ``FILE:LINE``, FILE as its document id (see the module docstring);
+    failures name the line as the path was given, for the person who gave it."""
+    origin = file_document_id(path)
     with open(path, encoding="utf-8", errors="strict") as handle:
         try:
             for number, line in enumerate(handle, start=1):
@@ -123,7 +129,7 @@ def read_jsonl(path: Path) -> Iterator[Document | Failure]:
                         id=_record_id(record),
                         text=_string(record, "text", ""),
                         metadata=record.get("metadata") or {},
-                        source=_string(record, "source", where),
+                        source=_string(record, "source", f"{origin}:{number}"),
                         chunks=_chunks(record),
                     )
                 except (ValueError, KeyError, TypeError) as error:

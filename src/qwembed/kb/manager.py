@@ -29,6 +29,7 @@ from .errors import (
     CollectionDamagedError,
     CollectionNotFoundError,
     DocumentNotFoundError,
+    InvalidSettingError,
     KBError,
     RerankUnavailableError,
     SettingsMismatchError,
@@ -63,6 +64,10 @@ from .store import ChunkBatch, ChunkStore, DocumentInfo
 log = logging.getLogger("qwembed.kb")
 
 MAX_LISTING = 2**31 - 1  # largest limit/offset of a document listing
+# One page of a listing over HTTP or the CLI: a larger one is a long answer nobody reads (the
+# library call takes up to MAX_LISTING for a program that wants everything at once).
+MAX_PAGE = 10_000
+MAX_K = 1000  # results per search at most (each is read up to 4k deep, and reranked)
 _MAX_DEPTH = 4000  # candidates per list at most, when one document's chunks crowd the top
 EmbedderFactory = Callable[[str], Any]  # model → qwembed.engine.Embedder (or the same interface)
 RerankerFactory = Callable[[str], Any]  # model → qwembed.backends.Reranker
@@ -371,8 +376,8 @@ class Collection:
             raise KBError(f"mode must be one of {', '.join(MODES)}", "mode")
         if fusion not in FUSIONS:
             raise KBError(f"fusion must be one of {', '.join(FUSIONS)}", "fusion")
-        if not 1 <= k <= 1000:
-            raise KBError("k must be between 1 and 1000", "k")
+        if not 1 <= k <= MAX_K:
+            raise KBError(f"k must be between 1 and {MAX_K}", "k")
         if not isinstance(query, str):
             raise TypeError(f"query must be a string, not {type(query).__name__}")
         if not query.strip():
@@ -564,8 +569,8 @@ class KnowledgeBaseManager:
             return existing, False
         embedder = self.embedder(model)
         if dimensions is not None and not 1 <= dimensions <= embedder.dimension:
-            raise SettingsMismatchError(
-                f"dimensions must be between 1 and the model's {embedder.dimension}", "dimensions"
+            raise InvalidSettingError(
+                "dimensions", dimensions, f"between 1 and the model's width, {embedder.dimension}"
             )
         chunking = chunking or default_chunking(embedder.max_tokens)
         chunking.validate(embedder.max_tokens)

@@ -13,10 +13,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CollectionDamagedError, InvalidNameError, KBError, SettingsMismatchError
+from .errors import (
+    CollectionDamagedError,
+    InvalidNameError,
+    InvalidSettingError,
+    KBError,
+    SettingsMismatchError,
+)
 
 SCHEMA_VERSION = 1
 SETTINGS_FILE = "collection.json"
+#: the smallest chunk: below it a chunk holds little beyond the model's special tokens
+MIN_CHUNK_TOKENS = 8
 # Collection names become directory names and table names: keep them boring.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -53,16 +61,19 @@ class ChunkingSettings:
     overlap_tokens: int = 32
 
     def validate(self, max_tokens: int) -> None:
-        if not 8 <= self.chunk_tokens <= max_tokens:
-            raise SettingsMismatchError(
-                f"chunking.chunk_tokens must be between 8 and the model's limit {max_tokens}, "
-                f"got {self.chunk_tokens}",
-                "chunking",
+        """For a new collection: values the model cannot have are the request's error (400), not a
+        conflict with stored settings (there are none yet)."""
+        if not MIN_CHUNK_TOKENS <= self.chunk_tokens <= max_tokens:
+            raise InvalidSettingError(
+                "chunking.chunk_tokens",
+                self.chunk_tokens,
+                f"between {MIN_CHUNK_TOKENS} and the model's limit of {max_tokens} tokens",
             )
         if not 0 <= self.overlap_tokens <= self.chunk_tokens // 2:
-            raise SettingsMismatchError(
-                f"chunking.overlap_tokens must be between 0 and chunk_tokens/2, got {self.overlap_tokens}",
-                "chunking",
+            raise InvalidSettingError(
+                "chunking.overlap_tokens",
+                self.overlap_tokens,
+                f"between 0 and half the chunk size ({self.chunk_tokens // 2})",
             )
 
 
