@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from qwembed.eval.cli import add_eval_parser, main
+from qwembed.eval.errors import EvalError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not found at {DATA}")
@@ -145,6 +146,8 @@ def test_usage_errors_exit_2(tmp_path, capsys, argv, expected):
         ("http://", "not an http(s) URL"),
         ("a/b/c", "unknown model 'a/b/c'"),  # neither a folder nor a hub id (owner/name)
         ("htp://typo", "unknown model 'htp://typo'"),
+        # 16 GB a copy for 40 texts: the OOM killer ended the run without a word
+        ("hashing:100000000", "--model 'hashing:100000000': DIM is at most 65536"),
     ],
 )
 def test_every_model_is_checked_before_the_first_runs(tmp_path, capsys, monkeypatch, spec, expected):
@@ -224,21 +227,200 @@ def test_a_reranker_that_is_no_model_is_one_line(tmp_path, capsys):
         assert code == 2 and f"--rerank '{rerank}'" in err and expected in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("case", ["same file", "a folder", "unwritable"])
+@pytest.mark.parametrize(
+    "case", ["same file", "a folder", "unwritable", "out in a file", "report under a file", "transforms"]
+)
 def test_outputs_that_cannot_be_written_fail_before_any_model_runs(tmp_path, capsys, monkeypatch, case):
     from qwembed.eval import models
 
     monkeypatch.setattr(models, "open_embedder", lambda *a, **k: pytest.fail("a model was opened"))
-    out = tmp_path / "r.json"
+    out, file = tmp_path / "r.json", tmp_path / "afile"
+    file.write_text("not a folder", encoding="utf-8")
     outputs = {
         "same file": ["--out", str(out), "--report", str(out)],
         "a folder": ["--out", str(tmp_path)],
         "unwritable": ["--out", "/proc/no-such-dir/r.json"],
+        "out in a file": ["--out", str(file / "r.json")],
+        "report under a file": ["--out", str(out), "--report", str(file / "sub" / "r.md")],
+        "transforms": ["--out", str(out), "--save-transforms", str(file / "t")],
     }[case]
-    code = main(["eval", "sts", "--model", "minilm", "--data", "no-such.tsv", *outputs])
+    command = ["sweep"] if case == "transforms" else ["sts"]
+    code = main(["eval", *command, "--model", "minilm", "--data", "no-such.tsv", *outputs])
     err = capsys.readouterr().err
+    # (a file in the way once read "cannot be written (File exists)", naming neither what nor where)
+    in_the_way = f"{file} is a file, not a directory"
     expected = {"same file": "the same file", "a folder": "is a folder", "unwritable": "cannot be written"}
-    assert code == 2 and expected[case] in err and "Traceback" not in err
+    assert code == 2 and expected.get(case, in_the_way) in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_the_hashing_baseline_has_a_largest_size():
+    from qwembed.eval.hashing_embedder import MAX_DIMENSION, HashingEmbedder
+    from qwembed.eval.models import check_spec
+
+    check_spec(f"hashing:{MAX_DIMENSION}")
+    assert MAX_DIMENSION == 2**16 and HashingEmbedder(MAX_DIMENSION).dimension == MAX_DIMENSION
+    with pytest.raises(EvalError, match="DIM is at most 65536"):
+        check_spec(f"hashing:{MAX_DIMENSION + 1}")
+    with pytest.raises(ValueError, match="between 1 and 65536"):
+        HashingEmbedder(MAX_DIMENSION + 1)
+
+
+@pytest.mark.parametrize("where", ["embedding", "loading", "cuda"])
+def test_running_out_of_memory_is_one_line_and_keeps_the_earlier_results(
+    tmp_path, capsys, monkeypatch, where
+):
+    """A MemoryError anywhere in a run (here the second model's) is the one line the docs promise."""
+    import torch
+
+    from qwembed.engine.embedder import Embedder
+    from qwembed.eval.hashing_embedder import HashingEmbedder
+
+    embed = HashingEmbedder.embed
+
+    def runs_out(self, texts, **kwargs):
+        if self.dimension == 32 and where == "cuda":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.\nSee the docs")
+        if self.dimension == 32:
+            raise MemoryError
+        return embed(self, texts, **kwargs)
+
+    def loads_out(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(HashingEmbedder, "embed", runs_out)
+    monkeypatch.setattr(Embedder, "load", loads_out)
+    out = tmp_path / "o.json"
+    second = "minilm" if where == "loading" else "hashing:32"
+    argv = ["eval", "retrieval", "--quiet", "--data", "builtin:zh-hard", "--out", str(out)]
+    code = main([*argv, "--model", "hashing:64", "--model", second])
+    err = capsys.readouterr().err
+    expected = {
+        "embedding": "error: --model 'hashing:32': out of memory; try a smaller model, batch size",
+        "loading": "error: --model 'minilm': cannot load: out of memory",
+        "cuda": "--model 'hashing:32': out of memory (CUDA out of memory. Tried to allocate 2.00 GiB.);",
+    }[where]
+    assert code == 2 and expected in err and "Traceback" not in err
+    assert "the results of the 1 model(s) before the error were written" in err
+    assert [r["model"] for r in records(out)] == ["hashing:64"]
+
+
+def pair_file(folder: Path, name: str, n: int = 40, tag: str = "") -> str:
+    """``n`` labelled 0/1 pairs, written as ``folder/name``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    lines = (f"{tag}句子{i}号\t{tag}第{i}个句子\t{i % 2}\n" for i in range(n))
+    path.write_text("".join(lines), encoding="utf-8")
+    return str(path)
+
+
+def test_pairs_evaluates_every_data_set(tmp_path, capsys):
+    """Once only the last --data (and --train) were used; now one --train serves every --data, or
+    the n-th --train the n-th --data."""
+    train_a, train_b = pair_file(tmp_path, "a.train", tag="甲"), pair_file(tmp_path, "b.train", tag="乙")
+    test_a, test_b = pair_file(tmp_path, "a.test", tag="丙"), pair_file(tmp_path, "b.test", tag="丁")
+    base = ["eval", "pairs", "--quiet", "--model", "hashing:32", "--shots", "10,all", "--seeds", "2"]
+    out, rep = tmp_path / "p.json", tmp_path / "p.md"
+    argv = [*base, "--train", train_a, "--data", test_a, "--train", train_b, "--data", test_b]
+    assert main([*argv, "--out", str(out), "--report", str(rep)]) == 0
+    trained = [(r["dataset"], Path(r["data"]["train_path"]).name) for r in records(out)]
+    assert trained == [("a.test", "a.train"), ("b.test", "b.train")]
+    report = rep.read_text(encoding="utf-8")
+    assert "pair classification: a.test" in report and "pair classification: b.test" in report
+    assert main([*base, "--train", train_a, "--data", test_a, "--data", test_b, "--out", str(out)]) == 0
+    assert [(r["dataset"], Path(r["data"]["train_path"]).name) for r in records(out)] == [
+        ("a.test", "a.train"),
+        ("b.test", "a.train"),
+    ]
+    capsys.readouterr()
+    argv = [
+        *base,
+        "--train",
+        train_a,
+        "--train",
+        train_b,
+        "--data",
+        test_a,
+        "--data",
+        test_b,
+        "--data",
+        test_a,
+    ]
+    assert main([*argv, "--out", str(tmp_path / "n.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--train: 2 given for 3 --data; give one --train for all of them, or one per --data" in err
+
+
+def test_sweep_evaluates_every_data_set(tmp_path):
+    """Once only the last --data was swept; each set's transforms get a folder of their own."""
+    sts = pair_file(tmp_path, "s.tsv", n=60)
+    out, rep, saved = tmp_path / "s.json", tmp_path / "s.md", tmp_path / "t"
+    argv = ["eval", "sweep", "--quiet", "--model", "hashing:32", "--dims", "16,full", "--post", "none,pca:8"]
+    argv += ["--data", "builtin:zh-hard", "--data", sts, "--save-transforms", str(saved)]
+    assert main([*argv, "--out", str(out), "--report", str(rep)]) == 0
+    assert [(r["dataset"], r["config"]["kind"]) for r in records(out)] == [
+        ("builtin:zh-hard", "retrieval"),
+        ("s.tsv", "sts"),
+    ]
+    report = rep.read_text(encoding="utf-8")
+    assert "## Sweep: hashing:32 on builtin:zh-hard" in report and "## Sweep: hashing:32 on s.tsv" in report
+    assert len(list((saved / "builtin_zh-hard").glob("*.npz"))) == 2
+    assert len(list((saved / "s.tsv").glob("*.npz"))) == 4  # (STS: one fit per instruction setting)
+
+
+def test_data_sets_of_the_same_name_keep_apart(tmp_path):
+    """Two folders' ``p.tsv``: records, report sections and plots are keyed by the set's name."""
+    first, second = pair_file(tmp_path / "a", "p.tsv"), pair_file(tmp_path / "b", "p.tsv", tag="乙")
+    out, rep = tmp_path / "o.json", tmp_path / "o.md"
+    argv = ["eval", "sts", "--quiet", "--model", "hashing", "--data", first, "--data", second]
+    assert main([*argv, "--out", str(out), "--report", str(rep)]) == 0
+    assert [r["dataset"] for r in records(out)] == ["p.tsv", f"p.tsv ({second})"]
+    assert rep.read_text(encoding="utf-8").count("## STS: p.tsv") == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["sweep", "--data", "builtin:zh-hard", "--dims", "8,8"], "--dims: '8' is given twice"),
+        (
+            ["sweep", "--data", "builtin:zh-hard", "--dims", "full,8,all"],
+            "--dims: 'full' and 'all' are the same",
+        ),
+        (["sweep", "--data", "builtin:zh-hard", "--post", "none,none"], "--post: 'none' is given twice"),
+        (
+            ["sweep", "--data", "builtin:zh-hard", "--post", "whiten:8,whitening:08"],
+            "'whiten:8' and 'whitening:08'",
+        ),
+        (
+            ["retrieval", "--data", "builtin:zh-hard", "--data", "builtin:zh-hard"],
+            "--data: 'builtin:zh-hard' is",
+        ),
+        (["sts", "--data", "{s}", "--data", "{s}"], "--data: '{s}' is given twice"),
+        (["sts", "--data", "{s}", "--data", "{same}"], "--data: '{s}' and '{same}' are the same"),
+        (["sweep", "--data", "{s}", "--data", "{s}"], "--data: '{s}' is given twice"),
+        (["pairs", "--train", "{s}", "--data", "{s}", "--shots", "10,10"], "--shots: '10' is given twice"),
+        (["pairs", "--train", "{s}", "--data", "{s}", "--data", "{s}"], "--data: '{s}' is given twice"),
+    ],
+)
+def test_a_setting_given_twice_is_refused(tmp_path, capsys, monkeypatch, argv, expected):
+    """As a repeated --model is: a repeat only evaluated the same thing again (``--dims 8,8 --post
+    none,none``: four identical rows per instruction setting; a file twice: two identical sections)."""
+    s = pair_file(tmp_path, "s.tsv")
+    monkeypatch.chdir(tmp_path)
+    names = {"s": s, "same": "./s.tsv"}
+    argv = [arg.format(**names) for arg in argv]
+    out = tmp_path / "o.json"
+    code = main(["eval", *argv, "--model", "hashing", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{expected.format(**names)}" in err and "give each once" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_batch_size_given_twice_is_refused(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["bench", "--model", "hashing", "--batch-sizes", "1,8,1", "--out", str(out)]) == 2
+    assert "--batch-sizes: '1' is given twice; give each once" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_models_of_the_same_name_keep_apart(tmp_path, monkeypatch):

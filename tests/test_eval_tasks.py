@@ -126,6 +126,9 @@ def test_parse_shots():
     assert parse_shots("50, 100,all") == [50, 100, None]
     with pytest.raises(Exception, match="neither a positive integer"):
         parse_shots("50,lots")
+    assert parse_shots("5000,all") == [5000, None]  # (may meet at run time: one row, see below)
+    with pytest.raises(Exception, match="'50' and '050' are the same; give each once"):
+        parse_shots("50,100,050")
 
 
 @needs_data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from qwembed.eval.errors import EvalError
 from qwembed.eval.hashing_embedder import HashingEmbedder
 from qwembed.eval.pairs_data import load_pairs
 from qwembed.eval.retrieval_data import load_retrieval
-from qwembed.eval.sweep import parse_dims, run_sweep
+from qwembed.eval.sweep import parse_dims, parse_posts, run_sweep
 from qwembed.eval.transforms import (
     PCA,
     LinearTransform,
@@ -137,3 +138,79 @@ def test_sweep_everything_skipped():
         run_sweep(
             HashingEmbedder(16), load_retrieval("builtin:zh-hard"), dims=[64], posts=["none"], progress=False
         )
+
+
+def few_documents(tmp_path, n: int = 30):
+    """A retrieval set of ``n`` queries and documents: too few vectors for most whitenings."""
+    path = tmp_path / "few.jsonl"
+    lines = (json.dumps({"query": f"问题{i}", "positive": f"第{i}个答案的文字"}) for i in range(n))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return load_retrieval(str(path))
+
+
+def test_each_warned_sweep_row_has_a_footnote_naming_it(tmp_path, caplog):
+    """Footnotes were keyed by the directions kept: "32 / whiten:16 ⚠" and "64 / whiten:16 ⚠" shared
+    one "⚠ whiten:16 at 16 dims", which names no row; and each warning was logged twice, though one
+    corpus fit serves both instruction settings."""
+    from qwembed.eval.report import render_report
+
+    with caplog.at_level("WARNING", logger="qwembed.eval.sweep"):
+        rec = run_sweep(
+            HashingEmbedder(64),
+            few_documents(tmp_path),
+            dims=parse_dims("16,32,full"),
+            posts=["none", "whiten", "whiten:8"],
+            progress=False,
+        )
+    warned = {(r["dims"], r["post"]) for r in rec.details["rows"] if r.get("warning")}
+    assert warned == {
+        (16, "whiten"),
+        (32, "whiten"),
+        (64, "whiten"),
+        (16, "whiten:8"),
+        (32, "whiten:8"),
+        (64, "whiten:8"),
+    }
+    report = render_report([rec.as_dict()])
+    notes = dict(re.findall(r"^⚠(\d+) (\d+ dims, [\w:]+): ", report, flags=re.MULTILINE))
+    marked = re.findall(r"^\| (\d+) \| (on|off) \| ([\w:]+) ⚠(\d+) \|", report, flags=re.MULTILINE)
+    assert len(marked) == 2 * len(warned) and len(notes) == len(warned)
+    for dims, _, post, number in marked:
+        assert notes[number] == f"{dims} dims, {post}"  # the note a row points to names that row
+    assert len(caplog.records) == len(warned)  # one fit each, one warning each
+
+
+def test_an_sts_sweep_warns_once_per_fit(tmp_path, caplog):
+    """STS fits each instruction setting on its own sentences: one warning for each, saying which."""
+    path = tmp_path / "p.tsv"
+    path.write_text("".join(f"句子{i}号\t第{i}个句子\t{i % 3}\n" for i in range(30)), encoding="utf-8")
+    with caplog.at_level("WARNING", logger="qwembed.eval.sweep"):
+        run_sweep(HashingEmbedder(32), load_pairs(path), dims=[None], posts=["whiten"], progress=False)
+    assert [("instruction on" in m, "instruction off" in m) for m in caplog.messages] == [
+        (True, False),
+        (False, True),
+    ]
+
+
+def test_sizes_that_meet_at_run_time_give_one_row_each():
+    """``64,full`` on a 64-dimensional model is one size, not two identical sets of rows."""
+    rec = run_sweep(
+        HashingEmbedder(64),
+        load_retrieval("builtin:zh-hard"),
+        dims=parse_dims("32,64,full"),
+        posts=parse_posts("none,whitening"),
+        progress=False,
+    )
+    keys = [(r["dims"], r["instruction"], r["post"]) for r in rec.details["rows"]]
+    assert len(keys) == len(set(keys)) == 2 * 2 * 2
+    assert {post for _, _, post in keys} == {"none", "whiten"}  # one spelling, in rows and file names
+
+
+def test_parse_posts_and_dims_refuse_repeats():
+    assert parse_posts(" None,PCA:064,whitening:8") == ["none", "pca:64", "whiten:8"]
+    for text in ("none,none", "pca:8,pca:08", "whiten,whitening"):
+        with pytest.raises(EvalError, match=r"--post: .* give each once"):
+            parse_posts(text)
+    for text in ("8,8", "full,all", "8,08"):
+        with pytest.raises(EvalError, match=r"--dims: .* give each once"):
+            parse_dims(text)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .encoding import truncation_kwargs
-from .errors import EvalError
+from .errors import EvalError, refuse_repeats
 from .protocol import TextEmbedder
 from .results import EvalRecord
 
@@ -29,13 +29,12 @@ CHILD_POLL_S = 1.0
 
 
 def parse_batch_sizes(text: str) -> list[int]:
-    sizes = []
-    for part in text.split(","):
-        part = part.strip()
+    parts = [part.strip() for part in text.split(",")]
+    for part in parts:
         if not (part.isdigit() and int(part) > 0):
             raise EvalError(f"--batch-sizes: {part!r} is not a positive integer")
-        sizes.append(int(part))
-    return sizes
+    refuse_repeats("--batch-sizes", parts, key=int)  # (a repeat would time the same size twice)
+    return [int(part) for part in parts]
 
 
 def measure_latency(

@@ -9,23 +9,33 @@ them. A model that fails to load after others have run keeps their results in ``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
+import os
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from ..arg_types import POSITIVE_INT
 from ..engine.instructions import instruction_option
-from .errors import EvalError
+from .errors import EvalError, refuse_repeats
 from .protocol import TextEmbedder
 from .results import EvalRecord
+
+if TYPE_CHECKING:
+    from .pairs_data import PairSet
+    from .retrieval_data import RetrievalSet
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 
 Task = Callable[[TextEmbedder], list[EvalRecord]]
+#: a ``--data`` set of any task (the sweep takes either kind)
+DataSet = TypeVar("DataSet", bound="PairSet | RetrievalSet")
 
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -55,8 +65,17 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     pairs = sub.add_parser(
         "pairs", help="few-shot pair classification (LogisticRegression)", parents=[_common()]
     )
-    pairs.add_argument("--train", required=True, metavar="PAIRS", help="training pairs (0/1 labels)")
-    pairs.add_argument("--data", required=True, metavar="PAIRS", help="test pairs (0/1 labels)")
+    pairs.add_argument(
+        "--train",
+        action="append",
+        required=True,
+        metavar="PAIRS",
+        help="training pairs (0/1 labels): one for every --data, or one per --data (the n-th --train "
+        "trains for the n-th --data)",
+    )
+    pairs.add_argument(
+        "--data", action="append", required=True, metavar="PAIRS", help="test pairs (0/1 labels); repeatable"
+    )
     pairs.add_argument("--shots", default="50,100,500,1000,all", help="training sizes (default: %(default)s)")
     pairs.add_argument(
         "--seeds", type=POSITIVE_INT, default=5, help="repeats per size (default: %(default)s)"
@@ -100,7 +119,13 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     sweep = sub.add_parser(
         "sweep", help="dimensions × instruction on/off × post-processing", parents=[_common()]
     )
-    sweep.add_argument("--data", required=True, metavar="SET", help="a retrieval set or an STS pair file")
+    sweep.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="SET",
+        help="a retrieval set or an STS pair file; repeatable",
+    )
     sweep.add_argument("--dims", default="32,64,128,256,512,1024,full", help="(default: %(default)s)")
     sweep.add_argument(
         "--post", default="none,pca:128,whiten", help="none, pca:K, whiten, whiten:K (default: %(default)s)"
@@ -115,7 +140,8 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         "--save-transforms",
         type=Path,
         metavar="DIR",
-        help="save each fitted PCA/whitening as DIR/<model>-<dims>-<post>.npz",
+        help="save each fitted PCA/whitening as DIR/<model>-<dims>-<post>.npz (in DIR/<data set>/ "
+        "where there are several --data)",
     )
     sweep.set_defaults(func=cmd_sweep)
 
@@ -188,7 +214,7 @@ def cmd_sts(args: argparse.Namespace) -> int:
         from .pairs_data import load_pairs
         from .sts import run_sts
 
-        sets = [load_pairs(p).head(args.limit) for p in args.data]
+        sets = _load_sets(args.data, load_pairs, args.limit)
         return lambda m: [
             run_sts(m, s, instruction=args.instruction, batch_size=args.batch_size, progress=not args.quiet)
             for s in sets
@@ -203,12 +229,15 @@ def cmd_pairs(args: argparse.Namespace) -> int:
         from .pairs_data import load_pairs
 
         shots = parse_shots(args.shots)
-        train, test = load_pairs(args.train).head(args.limit), load_pairs(args.data).head(args.limit)
-        train.binary_labels(), test.binary_labels()  # fail on a bad label before loading any model
+        trains = _training_files(args.train, args.data)
+        tests = _load_sets(args.data, load_pairs, args.limit)
+        loaded = {spec: load_pairs(spec).head(args.limit) for spec in dict.fromkeys(trains)}
+        for pairs in [*loaded.values(), *tests]:
+            pairs.binary_labels()  # fail on a bad label before loading any model
         return lambda m: [
             run_pairs(
                 m,
-                train,
+                loaded[train],
                 test,
                 shots=shots,
                 seeds=args.seeds,
@@ -216,6 +245,7 @@ def cmd_pairs(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 progress=not args.quiet,
             )
+            for train, test in zip(trains, tests, strict=True)
         ]
 
     return _run(args, prepare)
@@ -227,7 +257,7 @@ def cmd_retrieval(args: argparse.Namespace) -> int:
         from .retrieval import run_retrieval_stages
         from .retrieval_data import load_retrieval
 
-        sets = [load_retrieval(spec, split=args.split).head(args.limit) for spec in args.data]
+        sets = _load_sets(args.data, partial(load_retrieval, split=args.split), args.limit)
         reranker = open_reranker(args.rerank, device=args.device, dtype=args.dtype) if args.rerank else None
         return lambda m: [
             record
@@ -254,10 +284,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from .sweep import parse_dims, parse_posts, run_sweep
 
         dims, posts = parse_dims(args.dims), parse_posts(args.post)
-        if is_retrieval_spec(args.data):
-            data = load_retrieval(args.data, split=args.split).head(args.limit)
-        else:
-            data = load_pairs(args.data).head(args.limit)
+
+        def load(spec: str) -> PairSet | RetrievalSet:
+            return load_retrieval(spec, split=args.split) if is_retrieval_spec(spec) else load_pairs(spec)
+
+        sets = _load_sets(args.data, load, args.limit)
+        several = len(sets) > 1
         return lambda m: [
             run_sweep(
                 m,
@@ -267,11 +299,60 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 instruction=args.instruction,
                 batch_size=args.batch_size,
                 progress=not args.quiet,
-                save_dir=args.save_transforms,
+                save_dir=_transforms_dir(args.save_transforms, data.name, several),
             )
+            for data in sets
         ]
 
     return _run(args, prepare)
+
+
+def _load_sets(specs: list[str], load: Callable[[str], DataSet], limit: int | None) -> list[DataSet]:
+    """Every ``--data`` set, each once, under names of its own (``--limit`` applied)."""
+    refuse_repeats("--data", specs, key=_data_key)
+    return _named_apart([load(spec).head(limit) for spec in specs], specs)
+
+
+def _data_key(spec: str) -> str:
+    """What a ``--data`` value names: a built-in set by its name, a file or folder by its real path
+    (``S`` and ``./S`` are one set)."""
+    from .retrieval_data import BUILTIN_PREFIX
+
+    return spec if spec.startswith(BUILTIN_PREFIX) else os.path.realpath(spec)
+
+
+def _named_apart(sets: list[DataSet], specs: list[str]) -> list[DataSet]:
+    """Sets named alike (two folders' ``test.data``) as ``name (--data value)`` after the first:
+    records, report sections and plots are keyed by a set's name, and would merge."""
+    names: set[str] = set()
+    apart: list[DataSet] = []
+    for data, spec in zip(sets, specs, strict=True):
+        if data.name in names:
+            data = dataclasses.replace(data, name=f"{data.name} ({spec})")
+        names.add(data.name)
+        apart.append(data)
+    return apart
+
+
+def _training_files(trains: list[str], tests: list[str]) -> list[str]:
+    """The ``--train`` of each ``--data``: one for them all, or the n-th for the n-th (a test set
+    with its own training split, as LCQMC's and BQ's); any other count is a mistake to say."""
+    if len(trains) == 1:
+        return trains * len(tests)
+    if len(trains) != len(tests):
+        raise EvalError(
+            f"--train: {len(trains)} given for {len(tests)} --data; give one --train for all of them, "
+            "or one per --data (the n-th --train trains for the n-th --data)"
+        )
+    return trains
+
+
+def _transforms_dir(root: Path | None, dataset: str, several: bool) -> Path | None:
+    """Where a sweep saves its transforms: ``--save-transforms``, or with several ``--data`` a folder
+    per set in it, as their files would share names (``<model>-<dims>-<post>.npz``)."""
+    from .sweep import slug
+
+    return root / slug(dataset) if root is not None and several else root
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -350,31 +431,35 @@ def _drive(args: argparse.Namespace, command: str, doing: str, prepare: Callable
     """Check every option, model name and output path, prepare the data, then run each ``--model``
     in turn and write ``--out`` (and ``--report``). Whatever stops a run part-way, the records of
     the models before it are written: an evaluation can take hours."""
-    from .models import check_device, check_spec
+    from .models import check_device, check_spec, is_out_of_memory
 
     records: list[EvalRecord] = []
+    stage = "preparing the data"  # what ran when memory ran out, for the one-line error
     try:
         _check_outputs(args)
         for spec in args.model:
             check_spec(spec)
-        if len(set(args.model)) < len(args.model):
-            raise EvalError(f"--model: a model is given twice: {', '.join(args.model)}")
+        refuse_repeats("--model", args.model)
         check_device(args.device, args.model)
         _quiet_libraries(args)  # (before prepare, which may load a reranker)
         run_model = prepare()
         labels: dict[str, str] = {}  # model name → the --model value that used it first
         for i, spec in enumerate(args.model, start=1):
+            stage = f"--model {spec!r}"
             _say(args, f"[{i}/{len(args.model)}] {doing} {spec}")
             label = partial(_distinct_label, spec=spec, specs=args.model, labels=labels)
             for record in run_model(spec, label):
                 record.model_spec = spec
                 records.append(record)
+        stage = "writing the results"
         _write(args, records)
     except EvalError as exc:
         _write_partial(args, command, records)
         print(f"qwembed {command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:
+        if is_out_of_memory(exc):
+            return _out_of_memory(args, command, stage, exc, records)
         _write_partial(args, command, records)
         from ..engine.remote import RemoteError
 
@@ -383,6 +468,26 @@ def _drive(args: argparse.Namespace, command: str, doing: str, prepare: Callable
             return EXIT_FAILED
         raise
     return 0
+
+
+def _out_of_memory(
+    args: argparse.Namespace, command: str, stage: str, error: Exception, records: list[EvalRecord]
+) -> int:
+    """Memory ran out (a model too big for the machine, a huge batch): one line, as for any error
+    the user can act on, and the earlier models' results kept."""
+    from .models import out_of_memory_reason
+
+    # the traceback's frames still hold the arrays that filled memory: free them before writing
+    traceback.clear_frames(error.__traceback__)
+    gc.collect()
+    if stage != "writing the results":
+        _write_partial(args, command, records)
+    print(
+        f"qwembed {command}: error: {stage}: {out_of_memory_reason(error)}; "
+        "try a smaller model, batch size or --limit",
+        file=sys.stderr,
+    )
+    return EXIT_USAGE
 
 
 def _evaluate(args: argparse.Namespace, spec: str, task: Task, label: Label) -> list[EvalRecord]:
@@ -443,6 +548,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
     for option, path in outputs:
         if path.is_dir():
             raise EvalError(f"{option} {path}: is a folder; give a file name")
+        _refuse_a_file_in_the_way(option, path, path.parent)
         existed = path.exists()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -452,6 +558,20 @@ def _check_outputs(args: argparse.Namespace) -> None:
             raise EvalError(f"{option} {path}: cannot be written ({exc.strerror or exc})") from None
         if not existed:
             path.unlink()
+    folder = getattr(args, "save_transforms", None)  # (sweep's; written as each model runs)
+    if folder is not None:
+        _refuse_a_file_in_the_way("--save-transforms", folder, folder)
+
+
+def _refuse_a_file_in_the_way(option: str, path: Path, folder: Path) -> None:
+    """EvalError where ``folder`` (that ``path`` goes in), or the nearest of its parents that exists,
+    is not a directory: creating it would fail with "File exists" or "Not a directory", which name
+    neither the culprit nor what is wrong with it."""
+    for place in (folder, *folder.parents):
+        if place.exists():
+            if not place.is_dir():
+                raise EvalError(f"{option} {path}: {place} is a file, not a directory")
+            return
 
 
 def _write_partial(args: argparse.Namespace, command: str, records: list[EvalRecord]) -> None:

@@ -12,12 +12,13 @@ Specs:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import st_peer
 from .errors import EvalError
-from .hashing_embedder import HashingEmbedder
+from .hashing_embedder import MAX_DIMENSION, HashingEmbedder
 from .protocol import TextEmbedder
 
 if TYPE_CHECKING:
@@ -63,6 +64,12 @@ def check_spec(spec: str) -> None:
         dim = spec.partition(":")[2]
         if dim and not (dim.isdigit() and int(dim) > 0):
             raise EvalError(f"--model {spec!r}: expected hashing:DIM with a positive integer DIM")
+        if dim and int(dim) > MAX_DIMENSION:
+            raise EvalError(
+                f"--model {spec!r}: DIM is at most {MAX_DIMENSION}: every text gets a dense vector of "
+                f"4 bytes a dimension ({MAX_DIMENSION} is already 256 KiB a text), and the baseline's "
+                "scores stop improving by a few thousand"
+            )
         return
     from ..backends import ModelNotFoundError, check_model_name
 
@@ -137,4 +144,23 @@ def _reason(error: Exception) -> str:
 
     if isinstance(error, ModelNotFoundError | OSError):
         return str(error)
+    if is_out_of_memory(error):
+        return out_of_memory_reason(error)
     return f"{type(error).__name__}: {error}"
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A MemoryError, or torch's out-of-memory error (a RuntimeError, raised for a GPU's memory);
+    torch is only looked at where something has imported it already."""
+    if isinstance(error, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None)
+    return isinstance(oom, type) and isinstance(error, oom)
+
+
+def out_of_memory_reason(error: BaseException) -> str:
+    """``out of memory``, with the first line of what the allocator said (torch's runs on with
+    advice over several sentences; a bare MemoryError says nothing)."""
+    said = str(error).strip().splitlines()
+    return f"out of memory ({said[0]})" if said else "out of memory"

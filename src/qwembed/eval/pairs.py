@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
 from .encoding import DEFAULT_BATCH_SIZE, EncodeStats, encode
-from .errors import EvalError
+from .errors import EvalError, refuse_repeats
 from .metrics import best_threshold, classification_scores, row_cosine
 from .pairs_data import PairSet
 from .protocol import TextEmbedder
@@ -81,17 +81,20 @@ def shared_pairs(train: PairSet, test: PairSet) -> int:
 
 
 def parse_shots(text: str) -> list[int | None]:
-    """``"50,100,all"`` → ``[50, 100, None]``."""
-    shots: list[int | None] = []
-    for part in text.split(","):
-        part = part.strip().lower()
-        if part == "all":
-            shots.append(None)
-        elif part.isdigit() and int(part) > 0:
-            shots.append(int(part))
-        else:
-            raise EvalError(f"--shots: {part!r} is neither a positive integer nor 'all'")
+    """``"50,100,all"`` → ``[50, 100, None]``. A size written twice is refused; sizes that only
+    meet at run time (``5000,all`` on 3,000 training pairs) give one row."""
+    parts = [part.strip().lower() for part in text.split(",")]
+    shots = [_shot(part) for part in parts]
+    refuse_repeats("--shots", parts, key=_shot)
     return shots
+
+
+def _shot(part: str) -> int | None:
+    if part == "all":
+        return None
+    if part.isdigit() and int(part) > 0:
+        return int(part)
+    raise EvalError(f"--shots: {part!r} is neither a positive integer nor 'all'")
 
 
 def _fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:

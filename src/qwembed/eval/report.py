@@ -143,12 +143,11 @@ def _sweep(group: list[Record], dataset: str, plots_dir: Path | None, stem: str)
     for rec in group:
         metric_names = rec["config"]["metrics"]
         rows = []
-        warnings: dict[str, str] = {}  # post setting → its first warning, marked "⚠" in the table
+        notes = _SweepNotes()
         for row in rec["details"]["rows"]:
             post = row["post"]
             if row.get("warning"):
-                warnings.setdefault(f"{post} at {row.get('output_dims', row['dims'])} dims", row["warning"])
-                post += " ⚠"
+                post += f" ⚠{notes.number(row)}"
             cells = [str(row["dims"]), "on" if row["instruction"] else "off", post]
             if row.get("skipped"):
                 cells += [f"skipped: {row['skipped']}"] + [""] * (len(metric_names) - 1)
@@ -162,8 +161,8 @@ def _sweep(group: list[Record], dataset: str, plots_dir: Path | None, stem: str)
             "",
             *_table(["dims", "instruction", "post", *metric_names], rows),
         ]
-        if warnings:
-            out += ["", *(f"⚠ {where}: {warning}." for where, warning in warnings.items())]
+        if notes.lines():
+            out += ["", *notes.lines()]
         if plots_dir is not None:
             from .plots import sweep_lines
 
@@ -176,6 +175,23 @@ def _sweep(group: list[Record], dataset: str, plots_dir: Path | None, stem: str)
             out += ["", f"![sweep]({png.name})"]
         out.append("")
     return out
+
+
+class _SweepNotes:
+    """The footnotes of a sweep table's ⚠ rows, numbered, each labelled by the columns of the rows
+    it marks (dims and post), so that a row's note names that row. Both instruction settings of a
+    retrieval sweep share one corpus fit, and so one note; an STS sweep's fits, one per instruction
+    setting, warn alike, as they fit the same number of sentences."""
+
+    def __init__(self) -> None:
+        self._numbers: dict[tuple[int, str, str], int] = {}  # (dims, post, warning) → its number
+
+    def number(self, row: Record) -> int:
+        key = (row["dims"], row["post"], row["warning"])
+        return self._numbers.setdefault(key, len(self._numbers) + 1)
+
+    def lines(self) -> list[str]:
+        return [f"⚠{n} {dims} dims, {post}: {warning}." for (dims, post, warning), n in self._numbers.items()]
 
 
 def _bench(group: list[Record], dataset: str, plots_dir: Path | None, stem: str) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .encoding import DEFAULT_BATCH_SIZE, EncodeStats, encode, normalize_rows
-from .errors import EvalError
+from .errors import EvalError, refuse_repeats
 from .metrics import row_cosine, sts_scores
 from .pairs_data import PairSet
 from .protocol import TextEmbedder
@@ -40,26 +40,37 @@ STS_METRICS = ["cosine_spearman", "cosine_pearson"]
 
 def parse_dims(text: str) -> list[int | None]:
     """``"32,64,full"`` → ``[32, 64, None]`` (None = the model's full dimension)."""
-    dims: list[int | None] = []
-    for part in text.split(","):
-        part = part.strip().lower()
-        if part in ("full", "all"):
-            dims.append(None)
-        elif part.isdigit() and int(part) > 0:
-            dims.append(int(part))
-        else:
-            raise EvalError(f"--dims: {part!r} is neither a positive integer nor 'full'")
+    parts = [part.strip().lower() for part in text.split(",")]
+    dims = [_dim(part) for part in parts]
+    refuse_repeats("--dims", parts, key=_dim)
     return dims
 
 
+def _dim(part: str) -> int | None:
+    if part in ("full", "all"):
+        return None
+    if part.isdigit() and int(part) > 0:
+        return int(part)
+    raise EvalError(f"--dims: {part!r} is neither a positive integer nor 'full'")
+
+
 def parse_posts(text: str) -> list[str]:
-    posts = [p.strip().lower() for p in text.split(",") if p.strip()]
-    for p in posts:
-        try:
-            parse_post(p)
-        except ValueError as exc:
-            raise EvalError(f"--post: {exc}") from None
+    """``"none, PCA:64,whitening"`` → ``["none", "pca:64", "whiten"]``: each setting under one
+    spelling, so that its rows, plots and saved files are named alike however it was written."""
+    parts = [p.strip().lower() for p in text.split(",") if p.strip()]
+    posts = [_canonical_post(p) for p in parts]
+    refuse_repeats("--post", parts, key=_canonical_post)
     return posts
+
+
+def _canonical_post(spec: str) -> str:
+    try:
+        transform = parse_post(spec)
+    except ValueError as exc:
+        raise EvalError(f"--post: {exc}") from None
+    if transform is None:
+        return "none"
+    return transform.kind + (f":{transform.n_components}" if transform.n_components else "")
 
 
 def truncate(x: np.ndarray, d: int) -> np.ndarray:
@@ -127,8 +138,7 @@ def run_sweep(
     fitted_on: dict[tuple[int, str], int] = {}  # vectors each transform was fitted on
     for use_instruction in (True, False):
         left_full, right_full = variants[use_instruction]
-        for d_req in dims:
-            d = full if d_req is None else d_req
+        for d in _distinct_sizes(dims, full):
             for post in posts:
                 row: dict[str, Any] = {"dims": d, "instruction": use_instruction, "post": post}
                 rows.append(row)
@@ -148,13 +158,14 @@ def run_sweep(
                     # retrieval fits on the documents, shared by both query variants; STS on
                     # the variant's own sentences
                     key = (d, post) if retrieval else (d, f"{post}|{use_instruction}")
-                    if key not in fitted:
+                    new_fit = key not in fitted
+                    if new_fit:
                         fitting = right if retrieval else np.vstack([left, right])
                         fitted[key] = transform.fit(fitting)
                         fitted_on[key] = len(fitting)
                         if save_dir is not None:
                             tag = "" if retrieval else ("-instr" if use_instruction else "-noinstr")
-                            fitted[key].save(save_dir / f"{_slug(model.name)}-{d}-{_slug(post)}{tag}.npz")
+                            fitted[key].save(save_dir / f"{slug(model.name)}-{d}-{slug(post)}{tag}.npz")
                     transform = fitted[key]
                     assert transform is not None
                     left, right = transform.transform(left), transform.transform(right)
@@ -162,7 +173,11 @@ def run_sweep(
                     warning = few_vectors_warning(transform, fitted_on[key])
                     if warning:
                         row["warning"] = warning
-                        log.warning("%s, %s, dims %d: %s", model.name, post, d, warning)
+                        if new_fit:  # once per fit: a retrieval fit serves both instruction settings
+                            fit = "" if retrieval else f", instruction {'on' if use_instruction else 'off'}"
+                            log.warning(
+                                "%s on %s, %s, dims %d%s: %s", model.name, data.name, post, d, fit, warning
+                            )
                 if retrieval:
                     metrics, _ = score_rankings(data, left, right)  # type: ignore[arg-type]
                 else:
@@ -206,6 +221,12 @@ def run_sweep(
     )
 
 
+def _distinct_sizes(dims: Sequence[int | None], full: int) -> list[int]:
+    """The sizes ``dims`` asks for, ``full`` for None, each once: ``64,full`` on a 64-dimensional
+    model is one size, and would otherwise give the same rows twice."""
+    return list(dict.fromkeys(full if d is None else d for d in dims))
+
+
 #: vectors per direction below which a whitening's smallest variances are mostly noise (a common
 #: rule of thumb for estimating a covariance); whitening divides by them, magnifying that noise
 MIN_VECTORS_PER_DIRECTION = 10
@@ -224,5 +245,6 @@ def few_vectors_warning(transform: LinearTransform, n_vectors: int) -> str | Non
     )
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """``text`` as a file name: anything but letters, digits and ``._-`` becomes ``_``."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
