@@ -9,8 +9,10 @@ import subprocess
 import sys
 import textwrap
 import threading
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -19,7 +21,7 @@ from qwembed.kb import Document, KnowledgeBaseManager
 from qwembed.kb import cli as kb_cli
 from qwembed.kb.errors import DocumentNotFoundError, KBError, StoreUnavailableError, is_out_of_space
 from qwembed.kb.ingest import Failure, Skipped, file_document_id, read_paths
-from qwembed.kb.search import distribution_based_score_fusion, reciprocal_rank_fusion
+from qwembed.kb.search import distribution_based_score_fusion, fuse, reciprocal_rank_fusion
 from qwembed.kb.store import Hit
 
 TESTS = Path(__file__).parent
@@ -344,6 +346,63 @@ def test_a_clear_winner_in_one_list_survives_fusion():
     flat = [_hit(f"n{i}#0", 0.31 - i * 0.0005) for i in range(20)]
     exact = [_hit("k#0", 12.0), *(_hit(f"w{i}#0", 2.0) for i in range(7))]
     assert distribution_based_score_fusion([flat, exact], 10)[0].document_id == "k"
+
+
+def test_a_lone_keyword_hit_outranks_dense_noise_when_the_keyword_list_is_complete():
+    """The QA report: 熊猫 matched one document of a mixed folder; with minilm reading Chinese as
+    noise, hybrid put it third behind two unrelated chunks, since a one-hit list was its own mean
+    (0.5). Every chunk without the word scores 0 on the keyword side, which a complete list says."""
+    dense = [
+        _hit("apple#0", 0.62),
+        _hit("junk#3", 0.55),
+        *(_hit(f"n{i}#0", 0.50 - 0.002 * i) for i in range(30)),
+    ]
+    dense.insert(17, _hit("panda#0", 0.49))
+    keyword = [_hit("panda#0", 10.8)]
+    assert fuse("dbsf", dense, keyword, 10)[0].document_id != "panda"  # (a list read only so deep)
+    fused = fuse("dbsf", dense, keyword, 10, keyword_complete=True)
+    assert fused[0].document_id == "panda"
+    # a word in a few chunks: each match counts far above the 0 of every other candidate
+    keyword = [_hit("panda#0", 10.8), _hit("n5#0", 4.0)]
+    assert [h.document_id for h in fuse("dbsf", dense, keyword, 10, keyword_complete=True)[:2]] == [
+        "panda",
+        "n5",
+    ]
+
+
+class NoiseEmbedder(StubEmbedder):
+    """A model that cannot read the language: vectors seeded by the text, but a text about phones
+    close to the query by chance (the QA report's 苹果公司发布了新款手机 at 1.41, a dense standout)."""
+
+    QUERY = "熊猫吃什么"
+
+    def embed(self, texts, *, input_type=None, instruction=None, dimensions=None, truncate=False):
+        single = isinstance(texts, str)
+        rows = []
+        for text in [texts] if single else texts:
+            vector = np.random.default_rng(zlib.crc32(text.encode())).standard_normal(self.dimension)
+            if "手机" in text:  # the query's own vector, blurred
+                vector = 0.5 * vector + np.random.default_rng(
+                    zlib.crc32(self.QUERY.encode())
+                ).standard_normal(self.dimension)
+            rows.append(vector / np.linalg.norm(vector))
+        matrix = np.stack(rows).astype(np.float32)
+        return matrix[0] if single else matrix
+
+
+def test_a_lone_keyword_hit_leads_a_real_hybrid_search(tmp_path):
+    manager = KnowledgeBaseManager(tmp_path / "kb", lambda model: NoiseEmbedder())
+    manager.create("docs", "stub")
+    news = "条新闻：天气预报说明天有雨，出门记得带伞。"
+    documents = [
+        Document("panda", "大熊猫以竹子为食，生活在四川的山林里。"),
+        Document("phone", "苹果公司发布了新款手机。"),
+    ]
+    manager.add("docs", [*documents, *(Document(f"noise{i}", f"第{i}{news}") for i in range(40))])
+    query = NoiseEmbedder.QUERY
+    assert [hit.document_id for hit in manager.search("docs", query, mode="keyword", k=3)] == ["panda"]
+    assert manager.search("docs", query, mode="dense", k=3)[0].document_id == "phone"
+    assert manager.search("docs", query, k=3)[0].document_id == "panda"
 
 
 def test_results_are_one_chunk_per_document_by_default(manager):

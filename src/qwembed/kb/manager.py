@@ -393,7 +393,10 @@ class Collection:
         while True:
             dense = self.store.dense_search(vector, depth, where) if vector is not None else []
             keyword = self.store.keyword_search(terms, depth, where) if mode != "dense" else []
-            hits = fuse(fusion, dense, keyword, 2 * depth) if mode == "hybrid" else dense or keyword
+            if mode == "hybrid":
+                hits = fuse(fusion, dense, keyword, 2 * depth, keyword_complete=len(keyword) < depth)
+            else:
+                hits = dense or keyword
             if per_document:
                 hits = best_per_document(hits)
             wanted = 4 * k if reranker is not None else k

@@ -2,7 +2,9 @@
 
 Hybrid search fuses by default with *distribution-based score fusion* (DBSF, as in Qdrant): each
 list's scores are mapped from [mean − 3σ, mean + 3σ] over the candidates read to [0, 1], and a
-chunk's fused score is the sum over the lists it is in. A clear winner (a score far above its
+chunk's fused score is the sum over the lists it is in. A keyword list that came back shorter than
+asked holds every chunk with a query word, so the dense list's other chunks count in its mean and σ
+with their keyword score, 0: a rare word's lone match is then the standout it is. A clear winner (a score far above its
 list's spread) counts for more than a list's noise, and neither list is weighted by hand. Options:
 ``relative_score`` (Weaviate's default: min-max normalised, 0.75 dense + 0.25 keyword) and ``rrf``
 (reciprocal rank fusion, k = 60: Elastic, OpenSearch). docs/knowledge-base.md, "Hybrid fusion",
@@ -97,28 +99,45 @@ def relative_score_fusion(
     return _summed(((dense, weighted(dense, alpha)), (keyword, weighted(keyword, 1.0 - alpha))), k)
 
 
-def distribution_based_score_fusion(lists: Sequence[Sequence[Hit]], k: int) -> list[Hit]:
+def distribution_based_score_fusion(
+    lists: Sequence[Sequence[Hit]], k: int, zeros: Sequence[int] | None = None
+) -> list[Hit]:
     """Σ over lists of (score − (μ − 3σ)) / 6σ, μ and σ over that list's candidates; a list whose
-    scores are all equal gives each of its chunks 0.5 (its mean)."""
+    candidates all score alike gives each of them 0.5 (its mean).
 
-    def normalised(hits: Sequence[Hit]) -> list[float]:
+    ``zeros``: per list, how many other candidates are known to score 0 in it, counted in μ and σ.
+    A keyword list that holds every chunk with a query word (it came back shorter than asked)
+    scores 0 for the dense list's other chunks; left out, its lone hit (a rare, exact word) was
+    its own mean, 0.5, below a dense list's noise, and a few hits barely above it."""
+
+    def normalised(hits: Sequence[Hit], zeros: int) -> list[float]:
         if not hits:
             return []
         values = np.array([hit.score for hit in hits], dtype=np.float64)
-        mean, spread = float(values.mean()), float(values.std())
+        scored = np.concatenate([values, np.zeros(zeros)])
+        mean, spread = float(scored.mean()), float(scored.std())
         if not spread > 0:
             return [0.5] * len(hits)
         return [float((value - (mean - 3 * spread)) / (6 * spread)) for value in values]
 
-    return _summed(((hits, normalised(hits)) for hits in lists), k)
+    zeros = zeros or [0] * len(lists)
+    return _summed(((hits, normalised(hits, n)) for hits, n in zip(lists, zeros, strict=True)), k)
 
 
-def fuse(fusion: Fusion, dense: Sequence[Hit], keyword: Sequence[Hit], k: int) -> list[Hit]:
+def fuse(
+    fusion: Fusion, dense: Sequence[Hit], keyword: Sequence[Hit], k: int, keyword_complete: bool = False
+) -> list[Hit]:
+    """The two lists as one, best first. ``keyword_complete``: the keyword list holds every chunk
+    with a query word (the store had fewer than asked), so the dense list's others score 0 there."""
     if fusion == "rrf":
         return reciprocal_rank_fusion([dense, keyword], k)
     if fusion == "relative_score":
         return relative_score_fusion(dense, keyword, k)
-    return distribution_based_score_fusion([dense, keyword], k)
+    unmatched = 0
+    if keyword_complete:
+        matched = {hit.chunk_id for hit in keyword}
+        unmatched = sum(hit.chunk_id not in matched for hit in dense)
+    return distribution_based_score_fusion([dense, keyword], k, zeros=[0, unmatched])
 
 
 def best_per_document(hits: Sequence[Hit]) -> list[Hit]:
