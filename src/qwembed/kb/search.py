@@ -4,8 +4,9 @@ Hybrid search fuses by default with *distribution-based score fusion* (DBSF, as 
 list's scores are mapped from [mean − 3σ, mean + 3σ] over the candidates read to [0, 1], and a
 chunk's fused score is the sum over the lists it is in. A keyword list that came back shorter than
 asked holds every chunk with a query word, so the dense list's other chunks count in its mean and σ
-with their keyword score, 0: a rare word's lone match is then the standout it is. A clear winner (a score far above its
-list's spread) counts for more than a list's noise, and neither list is weighted by hand. Options:
+with their keyword score, 0: a rare word's lone match is then the standout it is. A clear winner
+(a score far above its list's spread) counts for more than a list's noise, and neither list is
+weighted by hand. Options:
 ``relative_score`` (Weaviate's default: min-max normalised, 0.75 dense + 0.25 keyword) and ``rrf``
 (reciprocal rank fusion, k = 60: Elastic, OpenSearch). docs/knowledge-base.md, "Hybrid fusion",
 has the measurements behind the choice: DBSF was the only one at or above RRF on every set, and the
