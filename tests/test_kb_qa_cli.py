@@ -233,3 +233,14 @@ def test_kb_search_refuses_a_bundled_embedder_as_reranker_at_once(
     assert (code, out) == (2, "")
     assert err.startswith("qwembed kb search: 'minilm' is a bundled embedding model, not a reranker; give")
     assert stub.calls == embedded  # refused before the query was embedded
+
+
+def test_the_library_refuses_a_batch_size_below_one(tmp_path):
+    manager = KnowledgeBaseManager(tmp_path / "kb", lambda model: StubEmbedder())
+    manager.create("docs", "stub")
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            list(manager.add_stream("docs", [Document("a", "text")], batch_size=bad))
+    assert [report.added for report in manager.add_stream("docs", [Document("a", "text")], batch_size=1)] == [
+        ["a"]
+    ]

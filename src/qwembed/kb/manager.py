@@ -688,6 +688,9 @@ class KnowledgeBaseManager:
         self, name: str, documents: Iterable[Document], batch_size: int = 64
     ) -> Iterator[AddReport]:
         """Commit every ``batch_size`` documents; each yielded report is durable."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            # (0 or less committed one document at a time, silently: the CLI refuses it too)
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         collection = self.open(name)
         pending: list[Document] = []
         for document in documents:
