@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from common import REPO, emit, free_port, machine, scratch_dir
+from common import REPO, emit, free_port, machine, scratch_dir, wait_until_ready
 
 DATA = REPO.parent / "shared" / "data" / "StackFAQ" / "stackExchange-FAQ.json"
 
@@ -47,18 +47,7 @@ def serve(src: Path, model: str, port: int, kb_dir: Path, root: Path) -> subproc
     command += ["--kb-dir", str(kb_dir), "--kb-file-root", str(root)]
     env = {**os.environ, "PYTHONPATH": str(src)}
     server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None:
-            raise RuntimeError(f"server from {src} exited with {server.returncode}")
-        time.sleep(0.2)
-    server.kill()
-    raise RuntimeError("server did not become ready")
+    return wait_until_ready(server, port)
 
 
 def measure(src: Path, model: str, paths: list[Path], scratch: Path, label: str) -> dict:

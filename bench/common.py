@@ -100,6 +100,11 @@ def start_server(model: str, port: int, extra: list[str], timeout: float = 300) 
         *extra,
     ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return wait_until_ready(server, port, timeout)
+
+
+def wait_until_ready(server: subprocess.Popen, port: int, timeout: float = 300) -> subprocess.Popen:
+    """``server`` once its ``/ready`` answers 200; killed, and an error, if it exits or times out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

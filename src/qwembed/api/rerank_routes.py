@@ -109,15 +109,9 @@ def refuse_unsupported(body: RerankRequest) -> None:
 
 
 def token_caps(body: RerankRequest) -> TokenCaps:
-    """The body's token caps for the engine, which cuts to them (Cohere's per text, vLLM's per pair)."""
+    """The body's token caps for the engine, which cuts to them (Cohere's per text, vLLM's per pair;
+    the schema refused 0 and values below -1)."""
     pair = body.truncate_prompt_tokens
-    if pair == 0:
-        raise APIError(
-            400,
-            "truncate_prompt_tokens must be -1 (the model's limit) or at least 1, got 0",
-            "invalid_value",
-            "truncate_prompt_tokens",
-        )
     return TokenCaps(
         query=body.max_tokens_per_query,
         document=body.max_tokens_per_doc,

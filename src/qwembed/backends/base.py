@@ -216,6 +216,10 @@ class Reranker(ABC):
         :class:`PairTooLongError`; a template (with its instruction) that leaves no room for both is
         a :class:`PromptTooLongError`."""
 
+    def pair_limit(self, max_tokens: int | None) -> int:
+        """The tokens a pair may have: the model's limit, or a request's cap where that is smaller."""
+        return self.max_tokens if max_tokens is None else min(max_tokens, self.max_tokens)
+
     def cut_texts(self, texts: Sequence[str], max_tokens: int) -> list[str]:
         """Each text cut after its ``max_tokens``-th token, as text, the others unchanged (Cohere's
         ``max_tokens_per_doc``; backends/token_caps.py). Families without a tokenizer that knows

@@ -157,7 +157,7 @@ class CrossEncoderReranker(Reranker):
         # CrossEncoder.predict would ignore it.
         if not documents:
             return []
-        limit = self.max_tokens if max_tokens is None else min(max_tokens, self.max_tokens)
+        limit = self.pair_limit(max_tokens)
         specials = self.tokenizer.num_special_tokens_to_add(pair=True)
         if limit < specials + 2:  # not one token each of query and document
             raise PromptTooLongError(

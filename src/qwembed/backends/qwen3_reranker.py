@@ -116,8 +116,7 @@ class Qwen3Reranker(Reranker):
         # merges never cross the template's boundaries, so the template ids are fixed.
         self.prefix_ids: TokenIds = tokenizer(PREFIX, add_special_tokens=False)["input_ids"]
         self.suffix_ids: TokenIds = tokenizer(SUFFIX, add_special_tokens=False)["input_ids"]
-        self.body_budget = limit - len(self.prefix_ids) - len(self.suffix_ids)
-        if self.body_budget < 1:
+        if self._body_budget(limit) < 1:
             raise ValueError(f"max_tokens={limit} leaves no room for the query and document")
         no_id, yes_id = (self._single_token_id(tokenizer, word) for word in ("no", "yes"))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else no_id
@@ -138,6 +137,10 @@ class Qwen3Reranker(Reranker):
                 *tokenizer(format_body(query, "", instruction), add_special_tokens=False)["input_ids"],
             ]
         )
+
+    def _body_budget(self, limit: int) -> int:
+        """Tokens left for the body (instruction, query and document) in a pair of ``limit``."""
+        return limit - len(self.prefix_ids) - len(self.suffix_ids)
 
     @staticmethod
     def _single_token_id(tokenizer: PreTrainedTokenizerBase, word: str) -> int:
@@ -192,10 +195,8 @@ class Qwen3Reranker(Reranker):
     ) -> list[TokenIds]:
         if not documents:
             return []
-        limit, budget = self.max_tokens, self.body_budget
-        if max_tokens is not None and max_tokens < limit:  # the request's cap on a pair
-            limit = max_tokens
-            budget = limit - len(self.prefix_ids) - len(self.suffix_ids)
+        limit = self.pair_limit(max_tokens)
+        budget = self._body_budget(limit)
         if self.prefix_cache is not None:
             self.prefix_cache.remember(self.instruction_prefix(task_of(instruction)))
         bodies = [format_body(query, document, instruction) for document in documents]

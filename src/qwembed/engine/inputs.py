@@ -37,13 +37,17 @@ class EmbedOptions:
             raise ValueError(f"input_type must be 'query', 'document' or None, not {self.input_type!r}")
         if self.instruction is not None and not isinstance(self.instruction, str):
             raise TypeError(f"instruction must be a string or None, not {type(self.instruction).__name__}")
-        cap = self.max_tokens
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-            raise ValueError(f"max_tokens must be a positive integer or None, not {cap!r}")
+        check_token_cap(self.max_tokens, "max_tokens")
 
     def limit(self, encoder: Encoder) -> int:
         """The most tokens an input may keep: the model's limit, or the cap where that is smaller."""
         return encoder.max_tokens if self.max_tokens is None else min(self.max_tokens, encoder.max_tokens)
+
+
+def check_token_cap(cap: object, what: str) -> None:
+    """A caller's cap on tokens: None, or a positive integer (not a bool, not a float)."""
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise ValueError(f"{what} must be a positive integer or None, got {cap!r}")
 
 
 def text_list(texts: Iterable[str], name: str = "texts") -> list[str]:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..backends.base import Reranker
 from .batching import default_batch_tokens, plan_batches
-from .inputs import check_texts, text_list
+from .inputs import check_texts, check_token_cap, text_list
 from .instructions import check_instruction
 
 DEFAULT_MAX_BATCH_SIZE = 64
@@ -36,9 +36,7 @@ class TokenCaps:
 
     def __post_init__(self) -> None:
         for name in ("query", "document", "pair"):
-            cap = getattr(self, name)
-            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-                raise ValueError(f"a {name} token cap must be a positive integer or None, got {cap!r}")
+            check_token_cap(getattr(self, name), f"a {name} token cap")
 
     def cut_query(self, reranker: Reranker, query: str) -> str:
         return query if self.query is None else reranker.cut_texts([query], self.query)[0]
