@@ -125,12 +125,15 @@ def test_normalize_true_or_null_gives_unit_vectors(client, normalize):
     )
 
 
-def test_normalize_false_is_refused_naming_the_field(client):
-    # the models return L2-normalised vectors (Encoder.embed_token_ids): there is no unnormalised
-    # vector to give back, and answering unit vectors would silently ignore the request
+def test_normalize_false_gives_the_pooled_vectors(client, models):
+    # the model's last-token state before normalisation (tests/test_normalize_option.py checks it
+    # against transformers'); here: the route answers that, not unit vectors
     response = client.post("/embed", json={"model": "qwen3-tiny", "inputs": "raw", "normalize": False})
-    error = error_of(response, 400, "unsupported_parameter", "normalize")
-    assert "normalize: false is not supported" in error["message"]
+    assert response.status_code == 200, response.text
+    encoder = models["qwen3-tiny"]
+    pooled = encoder.pool_token_ids(encoder.tokenize(["raw"]))
+    np.testing.assert_allclose(np.array(response.json(), dtype=np.float32), pooled, rtol=1e-5, atol=1e-5)
+    assert not np.isclose(np.linalg.norm(pooled), 1.0, atol=0.05)
 
 
 def test_dimensions_truncate_then_renormalise_as_the_openai_route(client):
@@ -371,11 +374,14 @@ def test_huggingface_hub_inference_client(models, monkeypatch):
             texts[0], prompt_name="query", truncate=True, truncation_direction="right"
         )
         np.testing.assert_allclose(single, want[:1], atol=1e-6)  # (MiniLM has no query prompt)
+        raw = inference.feature_extraction(texts, normalize=False)  # the pooled vectors
+        np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), want, atol=1e-6)
+        assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=0.05)
         # its errors carry the status and qwembed's message
         with pytest.raises(huggingface_hub.errors.HfHubHTTPError) as raised:
-            inference.feature_extraction("x", normalize=False)
+            inference.feature_extraction("x", prompt_name="passage")
         assert raised.value.response.status_code == 400
-        assert "normalize: false is not supported" in str(raised.value)
+        assert "prompt_name 'passage' is not known" in str(raised.value)
         with pytest.raises(huggingface_hub.errors.HfHubHTTPError) as raised:
             huggingface_hub.InferenceClient(base_url=url).feature_extraction("x")
         assert raised.value.response.status_code == 401

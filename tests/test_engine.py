@@ -142,6 +142,19 @@ def test_check_dimensions_rejects(bad):
         check_dimensions(bad, 3)
 
 
+@pytest.mark.parametrize("bad", [2.0, True, "2", np.float32(2)])
+def test_dimensions_of_a_wrong_type_are_a_type_error(bad):
+    with pytest.raises(TypeError, match="dimensions must be an integer"):
+        check_dimensions(bad, 3)
+
+
+@pytest.mark.parametrize("bad", [0, 4])
+def test_dimensions_out_of_range_are_a_value_error_only(bad):
+    with pytest.raises(InvalidDimensionsError) as raised:
+        check_dimensions(bad, 3)
+    assert not isinstance(raised.value, TypeError)
+
+
 @pytest.fixture(scope="module")
 def qwen3(qwen3_dirs) -> Embedder:
     return Embedder.load(str(qwen3_dirs["plain"]), device="cpu", dtype="float32")

@@ -317,10 +317,12 @@ def test_the_embeddings_route_takes_vllms_truncate_prompt_tokens(qwen3):
                 "input_too_long",
                 "truncate_prompt_tokens",
             ),
-            ({"normalize": False}, "unsupported_parameter", "normalize"),
         ):
             response = post(**fields)
             assert response.status_code == 400, response.text
             error = response.json()["error"]
             assert (error["code"], error["param"]) == (code, param), error
         assert post(normalize=True).status_code == 200
+        # vLLM's normalize: false, the pooled vectors (tests/test_normalize_option.py checks them)
+        raw = np.array([item["embedding"] for item in post(normalize=False).json()["data"]], dtype=np.float32)
+        np.testing.assert_allclose(raw, qwen3.embed(CAPPED_TEXTS, normalize=False), rtol=1e-5, atol=1e-5)

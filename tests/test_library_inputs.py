@@ -39,7 +39,8 @@ def test_any_iterable_of_strings_is_embedded_and_nothing_gives_no_rows(embedder)
         ({"a", "b"}, "not set"),
         (["a", None], r"texts\[1\] must be a string, not NoneType"),
         ([b"x"], r"texts\[0\] must be a string, not bytes"),
-        (None, "NoneType"),
+        (None, "texts must be a list of strings, not NoneType"),
+        (5, "texts must be a list of strings, not int"),
     ],
 )
 def test_a_wrong_type_names_the_argument(embedder, texts, says):
@@ -97,3 +98,16 @@ def test_a_collection_handle_after_its_collection_is_dropped(tmp_path):
     manager.drop("c")
     with pytest.raises(CollectionNotFoundError):  # once lance's raw "Not found" RuntimeError
         collection.search("five")
+
+
+@pytest.mark.parametrize("family", ["minilm", "qwen3"])
+def test_no_texts_give_no_rows_with_a_real_tokenizer(family, request):
+    # (a Hugging Face tokenizer given an empty list raises IndexError: the fakes above never did)
+    if family == "minilm":
+        folder = request.getfixturevalue("minilm_dir")
+    else:
+        folder = request.getfixturevalue("qwen3_dirs")["appends"]
+    embedder = Embedder.load(str(folder), dtype="float32")
+    for input_type in (None, "query", "document"):
+        assert embedder.embed([], input_type=input_type).shape == (0, embedder.dimension)
+    assert embedder.tokenize([]) == []

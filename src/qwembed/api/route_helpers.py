@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 from starlette.responses import Response
 
 from ..engine.pool import Kind, ModelPool, ModelRequiredError, UnknownModelError
+from ..engine.postprocess import NormalizeUnsupportedError, check_normalize
 from .auth import KeyChecker
 from .errors import APIError, client_closed_response, from_engine_error
 from .settings import ServerSettings
@@ -65,18 +66,6 @@ def count_of(count: int, param: str) -> str:
     return f"{count} {singular if count == 1 else plural}"
 
 
-def refuse_unnormalised(normalize: bool | None) -> None:
-    """TEI's and vLLM's ``normalize: false``: a 400, as qwembed's models return unit vectors only."""
-    if normalize is False:
-        raise APIError(
-            400,
-            "normalize: false is not supported: qwembed's models return unit-length (L2-normalised) "
-            "vectors only; leave normalize out or send true",
-            "unsupported_parameter",
-            "normalize",
-        )
-
-
 #: why token ids are refused by default, and what each kind of client should do instead
 TOKEN_IDS_REFUSED = (
     "token-id input is off on this server: ids are model-specific, and most clients that send them "
@@ -112,6 +101,17 @@ class RouteHelpers:
             return self.pool.resolve(name, kind)
         except (UnknownModelError, ModelRequiredError) as error:
             raise from_engine_error(error) from None
+
+    def normalization(self, model: str, normalize: bool | None) -> bool:
+        """TEI's and vLLM's ``normalize`` for a resolved embedding model: null is true; false is
+        the pooled vectors, or a 400 naming the field for a model that has unit vectors only,
+        rather than unit vectors that would ignore it."""
+        wanted = normalize is not False
+        try:
+            check_normalize(self.pool.encoder(model), wanted)
+        except NormalizeUnsupportedError as error:
+            raise APIError(400, str(error), "unsupported_parameter", "normalize") from None
+        return wanted
 
     def check_ready(self) -> None:
         if not self.state["ready"]:

@@ -14,7 +14,7 @@ from .checked_route import CheckedRoute
 from .encoding import embeddings_body
 from .errors import ERROR_RESPONSES, APIError, from_engine_error
 from .metrics import Metrics
-from .route_helpers import RouteHelpers, normalise_input, refuse_unnormalised
+from .route_helpers import RouteHelpers, normalise_input
 from .schemas import (
     EmbeddingRequest,
     EmbeddingResponse,
@@ -48,13 +48,13 @@ def build_router(
             raise APIError(400, "input must not be empty", "empty_input", "input")
         helpers.check_count(len(inputs), "input")  # empty strings were refused by the schema already
         helpers.check_token_ids(inputs, "input")
-        refuse_unnormalised(body.normalize)
+        normalize = helpers.normalization(model, body.normalize)
         truncate = settings.auto_truncate if body.truncate is None else body.truncate
         cap = body.truncate_prompt_tokens
         if cap == -1:  # (vLLM's: cut to the model's limit)
             truncate, cap = True, None
         options = EmbedOptions(body.input_type, body.instruction, truncate, cap)
-        work = pool.embed(model, inputs, options, body.dimensions)
+        work = pool.embed(model, inputs, options, body.dimensions, normalize)
         # (the engine calls the cap max_tokens, after the library's argument)
         result = await helpers.answer(request, work, fields={"max_tokens": "truncate_prompt_tokens"})
         if isinstance(result, Response):

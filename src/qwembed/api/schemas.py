@@ -60,7 +60,8 @@ class EmbeddingRequest(BaseModel):
         None,
         # documented, not enforced here: the engine checks it against the model and names the range
         json_schema_extra={"minimum": 1},
-        description="Keep the first N components and re-normalise (Matryoshka); 1 ≤ N ≤ model dimension.",
+        description="Keep the first N components, then normalise unless `normalize` is false "
+        "(Matryoshka); 1 ≤ N ≤ model dimension.",
     )
     user: str | None = Field(None, description="Accepted for OpenAI compatibility; not stored.")
     input_type: Literal["query", "document"] | None = Field(
@@ -84,7 +85,8 @@ class EmbeddingRequest(BaseModel):
     )
     normalize: bool | None = Field(
         None,
-        description="vLLM's: `true` or null; `false` is a 400 (qwembed returns unit vectors only).",
+        description="vLLM's: `true` or null: unit-length vectors; `false`: the model's pooled vectors "
+        "before L2 normalisation (as TEI's `normalize: false`).",
     )
 
 

@@ -1,8 +1,8 @@
 """text-embeddings-inference's routes, so that a TEI client switches by changing only its URL:
 ``POST /embed`` (also ``POST /``, where TEI serves an embedding model's ``/embed``), ``POST /rerank``
 and ``GET /info``. Field names and defaults are TEI's (router/src/http/types.rs); what qwembed cannot
-do as TEI does (``normalize: false``, left truncation, named prompts other than ``query`` and
-``document``) is a 400 naming the field, never silently ignored.
+do as TEI does (left truncation, named prompts other than ``query`` and ``document``) is a 400
+naming the field, never silently ignored.
 ``/rerank`` also takes the body vLLM's and Infinity's ``/rerank`` take (``documents``), answered as
 ``/v1/rerank`` answers it.
 
@@ -24,7 +24,7 @@ from .checked_route import CheckedRoute
 from .encoding import vectors_body
 from .errors import ERROR_RESPONSES, APIError, from_engine_error
 from .rerank_routes import rank_cohere, rank_documents, rerank_answer
-from .route_helpers import RouteHelpers, refuse_unnormalised
+from .route_helpers import RouteHelpers
 from .schemas import RerankRequest, RerankResponse
 from .settings import ServerSettings
 from .tei_schemas import (
@@ -112,8 +112,8 @@ def rerank_truncation(body: TEIRerankRequest) -> bool:
 
 
 def embed_options(body: TEIEmbedRequest, token_ids: bool, auto_truncate: bool) -> EmbedOptions:
-    """TEI's options as the engine's, or a 400 naming the one qwembed cannot honour."""
-    refuse_unnormalised(body.normalize)
+    """TEI's options as the engine's, or a 400 naming the one qwembed cannot honour (``normalize``
+    is the model's to check: ``RouteHelpers.normalization``)."""
     refuse_left_truncation(
         body.truncation_direction, "the end of the text, keeping the model's prompt and special tokens"
     )
@@ -158,9 +158,10 @@ def build_tei_router(pool: ModelPool, settings: ServerSettings, state: dict, key
         options = embed_options(body, isinstance(inputs[0], list), settings.auto_truncate)
         helpers.check_ready()
         model = helpers.resolve_model(body.model, "embedding")
+        normalize = helpers.normalization(model, body.normalize)
         helpers.check_count(len(inputs), "inputs")
         helpers.check_token_ids(inputs, "inputs")
-        work = pool.embed(model, inputs, options, body.dimensions)
+        work = pool.embed(model, inputs, options, body.dimensions, normalize)
         result = await helpers.answer(request, work, fields={"input": "inputs"})
         if isinstance(result, Response):
             return result

@@ -52,8 +52,8 @@ class TEIEmbedRequest(BaseModel):
     )
     normalize: bool | None = Field(
         True,
-        description="Unit-length vectors (TEI's default); null means true. `false` is refused (400): "
-        "qwembed's models return normalised vectors only.",
+        description="Unit-length vectors (TEI's default); null means true. `false`: the model's "
+        "pooled vectors before L2 normalisation.",
     )
     truncate: bool | None = Field(
         None,
@@ -75,7 +75,8 @@ class TEIEmbedRequest(BaseModel):
         None,
         # documented, not enforced here: the engine checks it against the model and names the range
         json_schema_extra={"minimum": 1},
-        description="Keep the first N components and re-normalise (Matryoshka); 1 ≤ N ≤ model dimension.",
+        description="Keep the first N components, then normalise unless `normalize` is false "
+        "(Matryoshka); 1 ≤ N ≤ model dimension.",
     )
 
 

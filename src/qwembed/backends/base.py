@@ -4,8 +4,12 @@ An :class:`Encoder` is split in two halves on purpose:
 
 * text → token ids (``format`` + ``tokenize`` + ``fit_token_ids``) is cheap, runs on the
   request's thread and gives the engine *exact* token counts for limits, usage and batching;
-* token ids → unit vectors (``embed_token_ids``) is the expensive part the engine's worker
-  runs on batches it assembles from many requests.
+* token ids → vectors is the expensive part the engine's worker runs on batches it assembles
+  from many requests: ``pool_token_ids`` gives the model's pooled vectors before normalisation,
+  ``embed_token_ids`` those L2-normalised (unit vectors). The worker runs the first where a
+  family has it, and each request normalises its own rows after it (engine/postprocess.py), as one
+  batch mixes requests that want unit vectors with requests that do not (TEI's and vLLM's
+  ``normalize: false``).
 
 Because the model only ever sees token ids, a text's vector does not depend on which other
 texts share its batch, and token-id inputs (as the OpenAI API allows) take the same path.
@@ -25,6 +29,16 @@ from .framing import Framing
 
 InputType = Literal["query", "document"]
 TokenIds = list[int]
+
+
+def l2_normalize(vectors: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 rows of ``vectors`` ``(n, d)`` scaled to unit length (an all-zero row stays zero),
+    into ``out`` where given (``vectors`` itself: in place, when the caller owns them). One pass
+    over the rows, no per-row Python; ``einsum`` makes no squared copy."""
+    vectors = vectors.astype(np.float32, copy=False)
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+    np.maximum(norms, np.finfo(np.float32).tiny, out=norms)
+    return np.divide(vectors, norms[:, None], out=out)
 
 
 class InputTooLongError(ValueError):
@@ -169,9 +183,26 @@ class Encoder(ABC):
         return len(self.tokenize([self.format("", input_type, instruction)])[0])
 
     # ---- token ids → vectors ----------------------------------------------------------
-    @abstractmethod
+    def pool_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
+        """float32 array ``(len(batch), dimension)``: the model's pooled vectors, not normalised
+        (what TEI answers with ``normalize: false``: MiniLM's mean of its token states, as its
+        sentence-transformers Pooling module gives it; Qwen3's final hidden state at the last
+        token). Each family implements it; an encoder that has unit vectors only implements
+        ``embed_token_ids`` instead (``has_pooled_vectors`` is then False)."""
+        raise NotImplementedError(f"{type(self).__name__} gives unit vectors only (embed_token_ids)")
+
     def embed_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
-        """float32 array ``(len(batch), dimension)`` of L2-normalised vectors."""
+        """float32 array ``(len(batch), dimension)`` of L2-normalised vectors: ``pool_token_ids``,
+        normalised."""
+        return l2_normalize(self.pool_token_ids(batch))
+
+    @property
+    def has_pooled_vectors(self) -> bool:
+        """Whether ``pool_token_ids`` gives vectors before normalisation. False for an encoder
+        that overrides ``embed_token_ids`` alone (one whose model normalises inside its forward,
+        or a test's stand-in): the engine then serves what it returns as it is, and refuses
+        ``normalize=False`` rather than answer unit vectors to it."""
+        return type(self).pool_token_ids is not Encoder.pool_token_ids
 
     def check_token_ids(self, ids: Sequence[int]) -> None:
         # (a float would be cut to an integer, True read as 1, by the tensor the ids go into)

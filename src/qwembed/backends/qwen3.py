@@ -1,4 +1,5 @@
-"""Qwen3-Embedding: left padding, ``<|endoftext|>`` last, last-token pooling, L2 normalisation.
+"""Qwen3-Embedding: left padding, ``<|endoftext|>`` last, last-token pooling (L2 normalisation
+after it, in ``Encoder.embed_token_ids`` or per request in the engine).
 
 This follows the model card's reference procedure, and fixes the two places where serving stacks
 usually go wrong: the end token is appended exactly once whether or not the tokenizer's
@@ -138,7 +139,9 @@ class Qwen3Encoder(TorchEncoder):
         return [[*ids, self.end_id] for ids in encoded]
 
     @torch.inference_mode()
-    def embed_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
+    def pool_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
+        """The final hidden state (after the model's last norm) at each sequence's last token, the
+        end token: the model card's pooling, before its L2 normalisation."""
         if self.packed:
             with self.precision.autocast():
                 pooled = packed_qwen3_pooled(
@@ -147,7 +150,7 @@ class Qwen3Encoder(TorchEncoder):
                     self.pointwise,
                     self.prefix_cache,
                 )
-            return torch.nn.functional.normalize(pooled.float(), p=2, dim=-1).cpu().numpy()
+            return pooled.float().contiguous().cpu().numpy()
         # left padding: every sequence ends in the last column, where it is pooled
         input_ids, mask = pad_token_ids(batch, self.pad_id, left=True, shape=self.padded_shape(batch))
         positions = positions_from_mask(mask)
@@ -157,5 +160,5 @@ class Qwen3Encoder(TorchEncoder):
                 attention_mask=mask.to(self.device),
                 position_ids=positions.to(self.device),
             ).last_hidden_state
-        pooled = hidden[: len(batch), -1].float()
-        return torch.nn.functional.normalize(pooled, p=2, dim=-1).cpu().numpy()
+        # (contiguous: a view would keep the whole batch's hidden states alive with the vectors)
+        return hidden[: len(batch), -1].float().contiguous().cpu().numpy()

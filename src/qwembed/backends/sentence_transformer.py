@@ -90,9 +90,11 @@ class SentenceTransformerEncoder(TorchEncoder):
         return self.tokenizer(list(texts), add_special_tokens=True, verbose=False)["input_ids"]
 
     @torch.inference_mode()
-    def embed_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
+    def pool_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
+        """The model's own modules up to its pooled vector (Pooling, and any Dense after it), not
+        its trailing ``Normalize``: what sentence-transformers' Pooling module outputs for MiniLM."""
         if self.packed:
-            return self._embed_packed(batch)
+            return self._pool_packed(batch)
         shape = self.padded_shape(batch)
         input_ids, mask = pad_token_ids(batch, self.pad_id, left=self.pad_left, shape=shape)
         features = {"input_ids": input_ids, "attention_mask": mask}
@@ -100,13 +102,15 @@ class SentenceTransformerEncoder(TorchEncoder):
             features["token_type_ids"] = torch.zeros_like(input_ids)
         features = {key: value.to(self.device) for key, value in features.items()}
         with self.precision.autocast():
-            pooled = self.model(features)["sentence_embedding"][: len(batch)].float()
-        return torch.nn.functional.normalize(pooled, p=2, dim=-1).cpu().numpy()
+            # (SentenceTransformer.forward is these modules in turn, passing no keyword arguments)
+            for module in (self.model[0], *self.pooling_modules):
+                features = module(features)
+        return _numpy(features["sentence_embedding"][: len(batch)])
 
-    def _embed_packed(self, batch: Sequence[TokenIds]) -> np.ndarray:
+    def _pool_packed(self, batch: Sequence[TokenIds]) -> np.ndarray:
         """BERT without padding in its Linear layers (backends/packed_bert.py), then the model's
-        own pooling and normalisation modules: on the packed tokens where sentence-transformers'
-        pooling reads them so (its unpadded-attention input), else on the padded view."""
+        own pooling modules: on the packed tokens where sentence-transformers' pooling reads them
+        so (its unpadded-attention input), else on the padded view."""
         rows, longest = self.padded_shape(batch)
         packed = PackedBatch.of(list(batch), rows, longest).to(self.device)
         with self.precision.autocast():
@@ -124,11 +128,20 @@ class SentenceTransformerEncoder(TorchEncoder):
             else:
                 hidden = packed_bert_forward(self.compile_target(), packed)
                 features = {"token_embeddings": packed.pad(hidden), "attention_mask": packed.mask()}
-            for module in list(self.model)[1:]:
+            for module in self.pooling_modules:
                 features = module(features)
-        pooled = features["sentence_embedding"].float()
-        pooled = packed.in_caller_order(pooled) if in_packed_order else pooled[: len(batch)]
-        return torch.nn.functional.normalize(pooled, p=2, dim=-1).cpu().numpy()
+        pooled = features["sentence_embedding"]
+        return _numpy(packed.in_caller_order(pooled) if in_packed_order else pooled[: len(batch)])
+
+    @property
+    def pooling_modules(self) -> list[torch.nn.Module]:
+        """The modules after the transformer up to the pooled vector: a trailing ``Normalize`` left
+        out (``pool_token_ids`` gives the vector before it). Read per batch, as the model's own
+        list (a caller may swap a module)."""
+        modules = list(self.model)[1:]
+        while modules and isinstance(modules[-1], Normalize):
+            modules.pop()
+        return modules
 
     def _pools_first_tokens(self) -> bool:
         """Pooling on packed tokens that reads each text's first token only (CLS pooling: BGE,
@@ -146,3 +159,8 @@ class SentenceTransformerEncoder(TorchEncoder):
             and hasattr(after[0], "_forward_flattened")
             and all(isinstance(module, (Pooling, Normalize, Dense)) for module in after)
         )
+
+
+def _numpy(pooled: torch.Tensor) -> np.ndarray:
+    # (contiguous: a view of the padded batch would keep all of it alive with the vectors)
+    return pooled.float().contiguous().cpu().numpy()

@@ -47,6 +47,9 @@ class UniversalSentenceEncoder(Encoder):
         return [encode(text, out_type=int, add_bos=True, add_eos=True) for text in texts]
 
     def embed_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
+        # Unit vectors only (so no pool_token_ids, and normalize=False is refused for this model):
+        # the package's batch kernel L2-normalises as the last step of the one routine that
+        # computes the vector, and a unit vector does not tell the length it had before.
         out = np.empty((len(batch), self.dimension), dtype=np.float32)
         kernel = self._use._model
         n_tokens = sum(len(ids) for ids in batch)

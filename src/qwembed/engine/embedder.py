@@ -16,7 +16,7 @@ from ..backends.precision import DEFAULT_MIN_COSINE
 from ..backends.registry import BackendName
 from .batching import check_sizes, default_batch_size, default_batch_tokens, plan_batches
 from .inputs import EmbedOptions, text_list, tokenize_ids, tokenize_texts
-from .postprocess import check_dimensions, truncate_dimensions
+from .postprocess import batch_function, check_dimensions, check_normalize, finish
 from .streams import StreamExecutor, Streams
 
 
@@ -98,12 +98,16 @@ class Embedder:
         options = EmbedOptions(input_type, instruction, truncate, max_tokens)
         return tokenize_texts(self.encoder, text_list(texts), options)
 
-    def embed_token_ids(self, batch: Sequence[TokenIds], *, truncate: bool = False) -> np.ndarray:
+    def embed_token_ids(
+        self, batch: Sequence[TokenIds], *, truncate: bool = False, normalize: bool = True
+    ) -> np.ndarray:
         """Embed already-tokenised inputs, a list of token-id lists (the model's end token is
-        added where missing)."""
+        added where missing); ``normalize`` as for ``embed``."""
         if batch and not isinstance(batch[0], Sequence):
             raise TypeError("batch must be a list of token-id lists: wrap one input's ids as [ids]")
-        return self._run(tokenize_ids(self.encoder, batch, EmbedOptions(truncate=truncate)))
+        check_normalize(self.encoder, normalize)
+        ids = tokenize_ids(self.encoder, batch, EmbedOptions(truncate=truncate))
+        return finish(self._run(ids), normalize=normalize, pooled=self.encoder.has_pooled_vectors)
 
     def embed(
         self,
@@ -114,18 +118,21 @@ class Embedder:
         dimensions: int | None = None,
         truncate: bool = False,
         max_tokens: int | None = None,
+        normalize: bool = True,
     ) -> np.ndarray:
         """float32 unit vectors, one row per text (a 1-D vector for a single string; ``(0, dim)``
-        for no texts).
+        for no texts); with ``normalize=False`` the model's pooled vectors as they are (TEI's
+        ``normalize: false``; ``NormalizeUnsupportedError`` for a model that gives unit vectors only).
 
         ``input_type``: ``"query"`` gets the model's query prompt (Qwen3: the instruction),
         ``"document"`` never one, None the text as given unless ``instruction`` is set.
-        ``dimensions``: keep the first N components, re-normalised (Matryoshka). ``truncate``:
+        ``dimensions``: keep the first N components, then normalise (Matryoshka). ``truncate``:
         cut over-long texts instead of raising ``InputTooLongError``. ``max_tokens``: cut every
         text to at most N tokens, prompt and special tokens included (a cut asked for, so with or
         without ``truncate``)."""
         single = isinstance(texts, str)
         check_dimensions(dimensions, self.dimension)
+        check_normalize(self.encoder, normalize)
         ids = self.tokenize(
             [texts] if single else texts,
             input_type=input_type,
@@ -133,10 +140,13 @@ class Embedder:
             truncate=truncate,
             max_tokens=max_tokens,
         )
-        vectors = truncate_dimensions(self._run(ids), dimensions)
+        pooled = self.encoder.has_pooled_vectors
+        vectors = finish(self._run(ids), dimensions, normalize=normalize, pooled=pooled)
         return vectors[0] if single else vectors
 
     def _run(self, ids: list[TokenIds]) -> np.ndarray:
+        """What the model's forward passes give for ``ids`` (``postprocess.batch_function``: pooled
+        vectors, not yet normalised), in a new array of the caller's own."""
         out = np.empty((len(ids), self.dimension), dtype=np.float32)
         if not ids:
             return out
@@ -147,8 +157,10 @@ class Embedder:
             lengths, self.max_batch_tokens, self.max_batch_size, padded=padded, streams=streams
         )
 
+        run = batch_function(self.encoder)
+
         def embed(batch: list[int]) -> np.ndarray:
-            return self.encoder.embed_token_ids([ids[i] for i in batch])
+            return run([ids[i] for i in batch])
 
         for batch, vectors in zip(batches, self.streams.map(embed, batches), strict=True):
             out[batch] = vectors

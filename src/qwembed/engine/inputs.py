@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..backends import Encoder, InputTooLongError, InputType, TokenIds
 from ..backends.base import PromptTooLongError
-from .instructions import check_instruction
+from .instructions import NO_PROMPT_HINT, check_instruction
 from .unicode import is_unicode, lone_surrogate_message
 
 # What the OpenAI API accepts as ``input``: a text, texts, token ids, or lists of token ids.
@@ -54,7 +54,7 @@ def text_list(texts: Iterable[str], name: str = "texts") -> list[str]:
     """A library caller's texts as a list (a generator is read once, here), each checked to be a
     string: a wrong type fails with its name and index instead of deep inside a tokenizer. A dict
     or a set is refused (no order a result could follow), as are bytes (not text)."""
-    if isinstance(texts, str | bytes | bytearray | Mapping | Set):
+    if isinstance(texts, str | bytes | bytearray | Mapping | Set) or not isinstance(texts, Iterable):
         raise TypeError(f"{name} must be a list of strings, not {type(texts).__name__}")
     items = list(texts)
     for index, text in enumerate(items):
@@ -91,7 +91,9 @@ def tokenize_texts(
 ) -> list[TokenIds]:
     """``start``: the first text's index in its request, when a request is tokenised in parts."""
     check_texts(texts, start)
-    check_instruction(options.instruction)
+    check_instruction(options.instruction, NO_PROMPT_HINT)
+    if not texts:  # (a Hugging Face tokenizer given no texts raises IndexError)
+        return []
     formatted = [encoder.format(text, options.input_type, options.instruction) for text in texts]
     batch = encoder.tokenize(formatted)
     limit = options.limit(encoder)

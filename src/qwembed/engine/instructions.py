@@ -11,16 +11,20 @@ class EmptyInstructionError(ValueError):
     """An instruction of only whitespace: almost always a client's unset template variable, and
     neither reading (no instruction, or the official format around an empty task) is safe to guess."""
 
-    def __init__(self) -> None:
+    def __init__(self, hint: str = "") -> None:
         super().__init__(
-            "instruction is empty: leave it out (null in JSON) for the model's default task, "
-            "and input_type too for no instruction at all"
+            f"instruction is empty: leave it out (null in JSON) for the model's default task{hint}"
         )
 
 
-def check_instruction(instruction: str | None) -> None:
+#: what an embedding request may add to the empty instruction's message (a reranker's request has
+#: no input_type, so its message does not mention one)
+NO_PROMPT_HINT = ", and input_type too for no instruction at all"
+
+
+def check_instruction(instruction: str | None, hint: str = "") -> None:
     if instruction is not None and not instruction.strip():
-        raise EmptyInstructionError()
+        raise EmptyInstructionError(hint)
 
 
 def instruction_option(value: str) -> str:

@@ -3,8 +3,8 @@
 A route hands the pool a parsed request; the pool has the model's worker admit it (or refuse it at
 once when its queue is full), turns texts into token ids (off the event loop) part by part, the
 worker counting each part's tokens against its queue, queues them, waits, and post-processes
-(``dimensions`` for embeddings, ordering for reranking). That is the whole path from request to
-answer.
+(``dimensions`` and ``normalize`` for embeddings, ordering for reranking). That is the whole path
+from request to answer.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .batching import check_sizes, default_batch_size, default_batch_tokens
 from .embedder import Embedder
 from .inputs import EmbedOptions, tokenize_ids, tokenize_texts
 from .openmp import release_thread_pool
-from .postprocess import check_dimensions, truncate_dimensions
+from .postprocess import batch_function, check_dimensions, check_normalize, finish
 from .rerank import NO_CAPS, RerankResult, TokenCaps, checked_pair_inputs, rank
 from .streams import Streams
 from .worker import Admission, BatchObserver, BatchWorker
@@ -126,7 +126,8 @@ class ModelPool:
 
     # ---- what is served -------------------------------------------------------------------
     def add_encoder(self, encoder: Encoder) -> None:
-        self._add(encoder, encoder.embed_token_ids)
+        # pooled vectors: a batch mixes requests with and without normalisation (``embed`` finishes each)
+        self._add(encoder, batch_function(encoder))
 
     def add_reranker(self, reranker: Reranker) -> None:
         self._add(reranker, reranker.score_token_ids)
@@ -239,16 +240,22 @@ class ModelPool:
         inputs: Sequence[str] | Sequence[Sequence[int]],
         options: EmbedOptions,
         dimensions: int | None = None,
+        normalize: bool = True,
     ) -> Embeddings:
+        """``dimensions``: keep the first N components (Matryoshka); ``normalize``: L2-normalise
+        (after the cut), else the model's pooled vectors as they are (TEI's and vLLM's
+        ``normalize: false``; ``NormalizeUnsupportedError`` for a model without them)."""
         encoder = self.encoder(name)
         check_dimensions(dimensions, encoder.dimension)
+        check_normalize(encoder, normalize)
         worker = self._models[name].worker
         # Admitted (or refused) before tokenising, which for a large request takes seconds.
         with worker.admitted(len(inputs)) as admission:
             # Tokenising a large request takes milliseconds to seconds: keep it off the event loop.
             ids = await asyncio.to_thread(self.tokenize, name, inputs, options, admission)
             vectors = await worker.run(ids, admission)
-        return Embeddings(truncate_dimensions(vectors, dimensions), [len(x) for x in ids])
+        vectors = finish(vectors, dimensions, normalize=normalize, pooled=encoder.has_pooled_vectors)
+        return Embeddings(vectors, [len(x) for x in ids])
 
     # ---- reranking ----------------------------------------------------------------------------
     async def rerank(

@@ -48,7 +48,9 @@ class RemoteEmbedder:
 
     ``model`` may be None when the server serves a single model (qwembed then picks it).
     Vectors are asked for as base64 float32 (a quarter of the JSON size) and re-normalised
-    here, so a service that returns slightly off-unit vectors still compares by cosine.
+    here, so a service that returns slightly off-unit vectors still compares by cosine; with
+    ``normalize=False`` they are asked for unnormalised (vLLM's ``normalize: false``, which qwembed
+    honours too) and returned as the service sent them.
     """
 
     def __init__(
@@ -97,17 +99,21 @@ class RemoteEmbedder:
         input_type: InputType | None = None,
         instruction: str | None = None,
         dimensions: int | None = None,
+        normalize: bool = True,
     ) -> np.ndarray:
         texts = list(texts)
         if not texts:
             return np.zeros((0, dimensions or self.dimension), np.float32)
+        options = (input_type, instruction, dimensions, normalize)
         parts = [
-            self._embed_batch(texts[lo : lo + self.batch_size], input_type, instruction, dimensions)
+            self._embed_batch(texts[lo : lo + self.batch_size], *options)
             for lo in range(0, len(texts), self.batch_size)
         ]
         out = np.concatenate(parts)
         if dimensions is None and self._dimension is None:
             self._dimension = int(out.shape[1])
+        if not normalize:
+            return out
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
     # ---- plumbing --------------------------------------------------------------------------
@@ -126,6 +132,7 @@ class RemoteEmbedder:
         input_type: InputType | None,
         instruction: str | None,
         dimensions: int | None,
+        normalize: bool = True,
     ) -> np.ndarray:
         body: dict[str, Any] = {"input": texts, "encoding_format": "base64"}
         if self.model is not None:
@@ -136,6 +143,8 @@ class RemoteEmbedder:
             body["input_type"] = input_type
         if instruction is not None:
             body["instruction"] = instruction
+        if not normalize:  # (only then: strict OpenAI-compatible services refuse fields they do not know)
+            body["normalize"] = False
         payload = self._request("POST", "/embeddings", json=body)
         usage = payload.get("usage") if isinstance(payload, dict) else None
         if isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
