@@ -225,6 +225,7 @@ def cmd_sts(args: argparse.Namespace) -> int:
 
 def cmd_pairs(args: argparse.Namespace) -> int:
     def prepare() -> Task:
+        from .encoding import EmbeddingCache
         from .pairs import parse_shots, run_pairs
         from .pairs_data import load_pairs
 
@@ -234,19 +235,26 @@ def cmd_pairs(args: argparse.Namespace) -> int:
         loaded = {spec: load_pairs(spec).head(args.limit) for spec in dict.fromkeys(trains)}
         for pairs in [*loaded.values(), *tests]:
             pairs.binary_labels()  # fail on a bad label before loading any model
-        return lambda m: [
-            run_pairs(
-                m,
-                loaded[train],
-                test,
-                shots=shots,
-                seeds=args.seeds,
-                instruction=args.instruction,
-                batch_size=args.batch_size,
-                progress=not args.quiet,
-            )
-            for train, test in zip(trains, tests, strict=True)
-        ]
+
+        def task(m: TextEmbedder) -> list[EvalRecord]:
+            # one cache per model: a --train shared by several --data is embedded once, not per set
+            cache = EmbeddingCache(m)
+            return [
+                run_pairs(
+                    m,
+                    loaded[train],
+                    test,
+                    shots=shots,
+                    seeds=args.seeds,
+                    instruction=args.instruction,
+                    batch_size=args.batch_size,
+                    progress=not args.quiet,
+                    cache=cache,
+                )
+                for train, test in zip(trains, tests, strict=True)
+            ]
+
+        return task
 
     return _run(args, prepare)
 

@@ -12,6 +12,7 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
-from .encoding import DEFAULT_BATCH_SIZE, EncodeStats, encode
+from .encoding import DEFAULT_BATCH_SIZE, EmbeddingCache, EncodeStats, encode
 from .errors import EvalError, refuse_repeats
 from .metrics import best_threshold, classification_scores, row_cosine
 from .pairs_data import PairSet
@@ -116,7 +117,10 @@ def run_pairs(
     instruction: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
+    cache: EmbeddingCache | None = None,
 ) -> EvalRecord:
+    """One test set's record. ``cache`` (of ``model``) is where a run that trains several test sets
+    on the same pairs keeps their vectors between calls; without one, each call embeds its own."""
     start = time.perf_counter()
     y_train = train.binary_labels()
     y_test = test.binary_labels()
@@ -131,21 +135,25 @@ def run_pairs(
             len(test),
         )
     stats = EncodeStats()
-    texts = train.sentence1 + train.sentence2 + test.sentence1 + test.sentence2
     input_type = "query" if instruction else None
-    vectors = encode(
+    embed = partial(
+        encode,
         model,
-        texts,
         input_type=input_type,
         instruction=instruction,
         batch_size=batch_size,
         stats=stats,
         progress=progress,
-        desc=f"pairs {train.name}+{test.name}",
+        cache=cache if cache is not None else EmbeddingCache(model),
     )
+    # the cache keeps the training vectors for the next test set trained on them (one --train for
+    # several --data); the test vectors are this set's alone, so they are looked up (a test set that
+    # is also the training set) but not kept
+    train_vectors = embed(train.sentence1 + train.sentence2, desc=f"pairs {train.name} (training)")
+    test_vectors = embed(test.sentence1 + test.sentence2, desc=f"pairs {test.name}", remember=False)
     n_tr, n_te = len(train), len(test)
-    u_tr, v_tr = vectors[:n_tr], vectors[n_tr : 2 * n_tr]
-    u_te, v_te = vectors[2 * n_tr : 2 * n_tr + n_te], vectors[2 * n_tr + n_te :]
+    u_tr, v_tr = train_vectors[:n_tr], train_vectors[n_tr:]
+    u_te, v_te = test_vectors[:n_te], test_vectors[n_te:]
     x_train, x_test = pair_features(u_tr, v_tr), pair_features(u_te, v_te)
 
     rows: list[dict[str, Any]] = []
@@ -194,7 +202,7 @@ def run_pairs(
             "test_pairs_in_train": overlap,
         },
         model=model.name,
-        dimension=int(vectors.shape[1]),
+        dimension=int(train_vectors.shape[1]),
         metrics={
             "accuracy": largest["accuracy_mean"],
             "f1": largest["f1_mean"],
