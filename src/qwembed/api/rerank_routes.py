@@ -9,7 +9,6 @@ import math
 import uuid
 from dataclasses import dataclass
 
-import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -69,13 +68,13 @@ def build_rerank_router(
 
 @dataclass
 class Ranked:
-    """A rerank request's answer before it is shaped: the model, the documents' texts, the ranking
-    (best first) and each result's score as the request asked for it (a probability, or a logit)."""
+    """A rerank request's answer before it is shaped: the model, the documents' texts and the
+    ranking (best first), each result's score as the request asked for it (a probability, or a
+    logit)."""
 
     model: str
     documents: list[str]
     ranking: Ranking
-    scores: list[float]
 
 
 def refuse_unsupported(body: RerankRequest) -> None:
@@ -138,17 +137,21 @@ async def rank_documents(
     helpers.check_count(len(documents), param)
     pool = helpers.pool
     work = pool.rerank(
-        model, query, documents, instruction=instruction, top_n=top_n, truncate=truncate, caps=caps
+        model,
+        query,
+        documents,
+        instruction=instruction,
+        top_n=top_n,
+        truncate=truncate,
+        caps=caps,
+        raw=raw_scores,
     )
     # (the engine calls the pair cap max_tokens, after the library's argument)
     fields = {"documents": param, "max_tokens": "truncate_prompt_tokens"}
     ranking = await helpers.answer(request, work, fields=fields)
     if isinstance(ranking, Response):
         return ranking
-    scores = np.array([r.score for r in ranking.results], dtype=np.float32)
-    if raw_scores:
-        scores = pool.reranker(model).raw_scores(scores)
-    return Ranked(model, documents, ranking, [float(score) for score in scores])
+    return Ranked(model, documents, ranking)
 
 
 async def rank_cohere(helpers: RouteHelpers, body: RerankRequest, request: Request) -> Ranked | Response:
@@ -177,10 +180,10 @@ def _results(ranked: Ranked, return_documents: bool | None) -> list[RerankResult
     return [
         RerankResult(
             index=result.index,
-            relevance_score=score,
+            relevance_score=result.score,
             document=RerankDocument(text=ranked.documents[result.index]) if return_documents else None,
         )
-        for result, score in zip(ranked.ranking.results, ranked.scores, strict=True)
+        for result in ranked.ranking.results
     ]
 
 

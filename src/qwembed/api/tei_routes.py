@@ -209,8 +209,10 @@ def build_tei_router(pool: ModelPool, settings: ServerSettings, state: dict, key
         if isinstance(ranked, Response):
             return ranked
         items = [
-            TEIRerankItem(index=r.index, score=score, text=body.texts[r.index] if body.return_text else None)
-            for r, score in zip(ranked.ranking.results, ranked.scores, strict=True)
+            TEIRerankItem(
+                index=r.index, score=r.score, text=body.texts[r.index] if body.return_text else None
+            )
+            for r in ranked.ranking.results
         ]
         return Response(
             TEIRerankList(items).model_dump_json(exclude_none=True), media_type="application/json"

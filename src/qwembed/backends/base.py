@@ -257,13 +257,33 @@ class Reranker(ABC):
         character offsets cannot."""
         raise NotImplementedError(f"{type(self).__name__} cannot cut a text to a number of tokens")
 
-    @abstractmethod
-    def score_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
-        """float32 array ``(len(batch),)`` of relevance scores."""
+    def logits_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
+        """float32 array ``(len(batch),)``: each pair's score before the model's final activation
+        (TEI's ``raw_scores``, vLLM's ``use_activation: false``): Qwen3-Reranker's yes-minus-no
+        logit, a cross-encoder's logit. Each family implements it; a reranker that has activated
+        scores only implements ``score_token_ids`` instead (``has_logits`` is then False).
 
-    def raw_scores(self, scores: np.ndarray) -> np.ndarray:
-        """Scores before the model's final activation (TEI's ``raw_scores``): logits, not probabilities."""
-        return scores
+        The engine runs this, not ``score_token_ids``, and activates each request's scores after:
+        logits read back from float32 probabilities are clipped (a probability of 1 - 1e-7 is a
+        logit of 16.1, so every confident pair tied there), and ranking on them keeps apart pairs
+        whose probabilities round to the same float."""
+        raise NotImplementedError(f"{type(self).__name__} gives activated scores only (score_token_ids)")
+
+    def activate(self, logits: np.ndarray) -> np.ndarray:
+        """The model's final activation on ``logits_token_ids``' output (identity unless a family
+        has one), float32."""
+        return np.asarray(logits, dtype=np.float32)
+
+    def score_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
+        """float32 array ``(len(batch),)`` of relevance scores: ``logits_token_ids``, activated."""
+        return self.activate(self.logits_token_ids(batch))
+
+    @property
+    def has_logits(self) -> bool:
+        """Whether ``logits_token_ids`` gives scores before the activation. False for a reranker
+        that overrides ``score_token_ids`` alone (a test's stand-in): its scores are then served as
+        they are, raw or not."""
+        return type(self).logits_token_ids is not Reranker.logits_token_ids
 
     def card(self) -> ModelCard:
         return ModelCard(self.name, "reranker", self.backend, None, self.max_tokens, self.source)

@@ -195,13 +195,19 @@ class CrossEncoderReranker(Reranker):
         return [0] * cut + [1] * (len(ids) - cut)
 
     @torch.inference_mode()
-    def score_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
+    def logits_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
         if not batch:
             return np.zeros(0, dtype=np.float32)
         scores = self._packed_logits(batch) if self.packed else self._padded_logits(batch)
-        if self.activation is not None:
-            scores = self.activation(scores)
         return scores.reshape(len(batch)).cpu().numpy().astype(np.float32)
+
+    @torch.inference_mode()
+    def activate(self, logits: np.ndarray) -> np.ndarray:
+        """The activation ``CrossEncoder.predict`` applies (sigmoid for one label by default)."""
+        logits = np.asarray(logits, dtype=np.float32)
+        if self.activation is None:
+            return logits
+        return self.activation(torch.from_numpy(logits)).numpy().astype(np.float32, copy=False)
 
     def _packed_logits(self, batch: Sequence[TokenIds]) -> torch.Tensor:
         """The sequence classifier's logits from the packed forward: the transformer on real tokens
@@ -228,10 +234,3 @@ class CrossEncoderReranker(Reranker):
         # a model defines; the activation is the one predict() applies.
         with self.precision.autocast():
             return self.model({**features, "modality": "text"})["scores"].float()
-
-    def raw_scores(self, scores: np.ndarray) -> np.ndarray:
-        """Undo a sigmoid activation (what 1-label cross-encoders use by default); others are raw."""
-        if isinstance(self.activation, torch.nn.Sigmoid):
-            p = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1 - 1e-7)
-            return np.log(p / (1 - p)).astype(np.float32)
-        return scores

@@ -24,6 +24,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from scipy.special import expit
 
 from . import skinny_linear
 from .quality_bars import DEFAULT_MAX_SCORE_DELTA, DEFAULT_MIN_COSINE
@@ -196,8 +197,7 @@ class _Scoring(Protocol):
     def tokenize_pairs(
         self, query: str, documents: Sequence[str], instruction: str | None
     ) -> list[list[int]]: ...
-    def score_token_ids(self, batch: Sequence[list[int]]) -> np.ndarray: ...
-    def raw_scores(self, scores: np.ndarray) -> np.ndarray: ...
+    def logits_token_ids(self, batch: Sequence[list[int]]) -> np.ndarray: ...
 
 
 #: queries of the rerankers' calibration pairs: English, Chinese, mixed
@@ -216,8 +216,7 @@ def calibration_probabilities(reranker: _Scoring) -> np.ndarray:
         for turn, query in enumerate(CALIBRATION_QUERIES)
         for ids in reranker.tokenize_pairs(query, CALIBRATION_TEXTS[turn::count], None)
     ]
-    raw = reranker.raw_scores(reranker.score_token_ids(pairs)).astype(np.float64)
-    return 1.0 / (1.0 + np.exp(-raw))
+    return expit(reranker.logits_token_ids(pairs).astype(np.float64))
 
 
 def score_check(max_delta: float = DEFAULT_MAX_SCORE_DELTA) -> Check:

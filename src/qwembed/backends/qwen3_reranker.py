@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy.special import expit
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from .base import PairTooLongError, PromptTooLongError, Reranker, TokenIds
@@ -116,8 +117,16 @@ class Qwen3Reranker(Reranker):
         # merges never cross the template's boundaries, so the template ids are fixed.
         self.prefix_ids: TokenIds = tokenizer(PREFIX, add_special_tokens=False)["input_ids"]
         self.suffix_ids: TokenIds = tokenizer(SUFFIX, add_special_tokens=False)["input_ids"]
-        if self._body_budget(limit) < 1:
-            raise ValueError(f"max_tokens={limit} leaves no room for the query and document")
+        # The template with the default instruction must leave a token each for a query and a
+        # document: a limit below that loaded, then failed the warm-up's first pair and stopped
+        # the server after it said it was serving.
+        template = len(self.prefix_ids) + len(self.suffix_ids) + len(self._encode([format_body("", "")])[0])
+        if limit < template + 2:
+            raise ValueError(
+                f"max_tokens={limit} leaves no room for a query and a document: the reranker's "
+                f"template with its default instruction takes {template} tokens; give at least "
+                f"{template + 2} (--max-tokens applies to rerankers too)"
+            )
         no_id, yes_id = (self._single_token_id(tokenizer, word) for word in ("no", "yes"))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else no_id
         # Only these two LM-head rows are ever read; keep them in float32 so the 2-way softmax
@@ -273,7 +282,9 @@ class Qwen3Reranker(Reranker):
             keep_query = max(0, keep_query - over)
 
     @torch.inference_mode()
-    def score_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
+    def logits_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:
+        """Each pair's ``yes`` logit minus its ``no`` logit: the official P(yes), a softmax over
+        the two, is this difference's sigmoid (``activate``)."""
         if not batch:
             return np.zeros(0, dtype=np.float32)
         with self.precision.autocast():
@@ -281,7 +292,12 @@ class Qwen3Reranker(Reranker):
         logits = hidden.float() @ self._head_weight.T  # (n, 2): [no, yes]
         if self._head_bias is not None:
             logits = logits + self._head_bias
-        return torch.softmax(logits, dim=-1)[:, 1].cpu().numpy().astype(np.float32)
+        return (logits[:, 1] - logits[:, 0]).cpu().numpy().astype(np.float32)
+
+    def activate(self, logits: np.ndarray) -> np.ndarray:
+        """P(yes): the sigmoid of the logit difference, in float64 so that it saturates only where
+        float32 itself cannot tell the probability from 1."""
+        return expit(np.asarray(logits, dtype=np.float64)).astype(np.float32)
 
     def _last_hidden(self, batch: Sequence[TokenIds]) -> torch.Tensor:
         """The final-norm hidden state at each pair's last position (where the answer comes)."""
@@ -299,8 +315,3 @@ class Qwen3Reranker(Reranker):
             use_cache=False,
         ).last_hidden_state
         return hidden[:, -1]
-
-    def raw_scores(self, scores: np.ndarray) -> np.ndarray:
-        """P(yes) back to the yes-minus-no logit difference (softmax over two tokens is a sigmoid)."""
-        p = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1 - 1e-7)
-        return np.log(p / (1 - p)).astype(np.float32)

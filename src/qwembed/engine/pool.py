@@ -22,7 +22,8 @@ from .embedder import Embedder
 from .inputs import EmbedOptions, tokenize_ids, tokenize_texts
 from .openmp import release_thread_pool
 from .postprocess import batch_function, check_dimensions, check_normalize, finish
-from .rerank import NO_CAPS, RerankResult, TokenCaps, checked_pair_inputs, rank
+from .rerank import NO_CAPS, RerankResult, TokenCaps, checked_pair_inputs, ranked
+from .rerank import batch_function as rerank_batch_function
 from .streams import Streams
 from .worker import Admission, BatchObserver, BatchWorker
 
@@ -130,7 +131,8 @@ class ModelPool:
         self._add(encoder, batch_function(encoder))
 
     def add_reranker(self, reranker: Reranker) -> None:
-        self._add(reranker, reranker.score_token_ids)
+        # logits: a batch mixes requests that want them with requests that want scores (``rerank``)
+        self._add(reranker, rerank_batch_function(reranker))
 
     def _add(self, model: Encoder | Reranker, run_batch) -> None:
         if model.name in self._models:
@@ -268,10 +270,12 @@ class ModelPool:
         top_n: int | None = None,
         truncate: bool = True,
         caps: TokenCaps = NO_CAPS,
+        raw: bool = False,
     ) -> Ranking:
-        """``documents`` ranked against ``query``, best first. The query and documents are first cut
-        to the request's ``caps``; then an over-long pair is cut (the longer of query and document
-        loses tokens) or, with ``truncate=False``, is a ``PairTooLongError``."""
+        """``documents`` ranked against ``query``, best first, with the model's scores or with
+        ``raw`` its logits (TEI's ``raw_scores``). The query and documents are first cut to the
+        request's ``caps``; then an over-long pair is cut (the longer of query and document loses
+        tokens) or, with ``truncate=False``, is a ``PairTooLongError``."""
         reranker = self.reranker(name)
         worker = self._models[name].worker
 
@@ -291,8 +295,8 @@ class ModelPool:
 
         with worker.admitted(len(documents)) as admission:  # as for embeddings
             sequences = await asyncio.to_thread(tokenize, admission)
-            scores = await worker.run(sequences, admission)
-        return Ranking(rank(scores, top_n), sum(len(ids) for ids in sequences))
+            outputs = await worker.run(sequences, admission)
+        return Ranking(ranked(reranker, outputs, top_n, raw), sum(len(ids) for ids in sequences))
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:

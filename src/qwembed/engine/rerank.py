@@ -7,12 +7,12 @@ float32; in bf16 it moves within the dtype's rounding (up to ~1e-3 across batch 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..backends.base import Reranker
+from ..backends.base import Reranker, TokenIds
 from .batching import default_batch_tokens, plan_batches
 from .inputs import check_texts, check_token_cap, text_list
 from .instructions import check_instruction
@@ -79,21 +79,67 @@ def score_pairs(
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     truncate: bool = True,
     caps: TokenCaps = NO_CAPS,
+    raw: bool = False,
 ) -> np.ndarray:
-    """float32 scores in the documents' order (what evaluation wants before sorting). The query and
-    documents are first cut to ``caps``; then an over-long pair is cut longest first, or with
-    ``truncate=False`` is a ``PairTooLongError``."""
+    """float32 scores in the documents' order (what evaluation wants before sorting); with
+    ``raw`` the scores before the model's activation (logits). The query and documents are first
+    cut to ``caps``; then an over-long pair is cut longest first, or with ``truncate=False`` is a
+    ``PairTooLongError``."""
+    return _activated(
+        reranker,
+        _outputs(reranker, query, documents, instruction, max_batch_tokens, max_batch_size, truncate, caps),
+        raw,
+    )
+
+
+def _outputs(
+    reranker: Reranker,
+    query: str,
+    documents: Sequence[str],
+    instruction: str | None,
+    max_batch_tokens: int | None,
+    max_batch_size: int,
+    truncate: bool,
+    caps: TokenCaps,
+) -> np.ndarray:
+    """What ``batch_function`` gives for every pair, in the documents' order."""
     documents = checked_pair_inputs(query, documents, instruction)
     query, documents = caps.cut_query(reranker, query), caps.cut_documents(reranker, documents)
     sequences = reranker.tokenize_pairs(query, documents, instruction, truncate, caps.pair)
-    scores = np.zeros(len(sequences), dtype=np.float32)
+    outputs = np.zeros(len(sequences), dtype=np.float32)
     lengths = [len(ids) for ids in sequences]
     budget = max_batch_tokens or default_batch_tokens(reranker)
     # duck-typed rerankers (a remote one, a test stub) need not say; padded is the safe budget
     padded = not getattr(reranker, "packed", False)
+    run = batch_function(reranker)
     for batch in plan_batches(lengths, budget, max_batch_size, padded=padded):
-        scores[batch] = reranker.score_token_ids([sequences[i] for i in batch])
-    return scores
+        outputs[batch] = run([sequences[i] for i in batch])
+    return outputs
+
+
+def batch_function(reranker: Reranker) -> Callable[[Sequence[TokenIds]], np.ndarray]:
+    """What the engine runs on a batch of pairs: the logits, which each request then activates or
+    not (``ranked``); the scores of a reranker that has no logits."""
+    return reranker.logits_token_ids if _has_logits(reranker) else reranker.score_token_ids
+
+
+def _has_logits(reranker: Reranker) -> bool:
+    return getattr(reranker, "has_logits", False)  # (duck-typed rerankers have scores only)
+
+
+def _activated(reranker: Reranker, outputs: np.ndarray, raw: bool) -> np.ndarray:
+    return reranker.activate(outputs) if _has_logits(reranker) and not raw else outputs
+
+
+def ranked(reranker: Reranker, outputs: np.ndarray, top_n: int | None, raw: bool) -> list[RerankResult]:
+    """``batch_function``'s outputs for a request's pairs ranked, best first, and reported as the
+    model's scores, or with ``raw`` as logits. The ranking is on the logits: a confident pair's
+    probability rounds to 1.0 in float32, which would tie it with every other."""
+    order = rank(outputs, top_n)
+    if not order or raw or not _has_logits(reranker):
+        return order
+    scores = reranker.activate(outputs[[result.index for result in order]])
+    return [RerankResult(result.index, float(score)) for result, score in zip(order, scores, strict=True)]
 
 
 def rank(scores: Sequence[float] | np.ndarray, top_n: int | None = None) -> list[RerankResult]:
@@ -115,18 +161,13 @@ def rerank(
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     truncate: bool = True,
     caps: TokenCaps = NO_CAPS,
+    raw: bool = False,
 ) -> list[RerankResult]:
-    """Score every document against ``query`` and return the ``top_n`` best (all by default)."""
+    """Score every document against ``query`` and return the ``top_n`` best (all by default);
+    ``raw``: scores before the model's activation (logits)."""
     if top_n is not None and top_n < 1:
         raise ValueError(f"top_n must be at least 1, got {top_n}")
-    scores = score_pairs(
-        reranker,
-        query,
-        documents,
-        instruction=instruction,
-        max_batch_tokens=max_batch_tokens,
-        max_batch_size=max_batch_size,
-        truncate=truncate,
-        caps=caps,
+    outputs = _outputs(
+        reranker, query, documents, instruction, max_batch_tokens, max_batch_size, truncate, caps
     )
-    return rank(scores, top_n)
+    return ranked(reranker, outputs, top_n, raw)
