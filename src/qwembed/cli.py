@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
@@ -23,6 +24,17 @@ _MODEL_HELP = (
 )
 
 
+def add_dtype_option(parser: argparse.ArgumentParser) -> None:
+    """``--dtype``, one definition for every command that loads a model (serve, embed, rerank, and
+    ``kb create|add|search``)."""
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (bfloat16 on CUDA and on CPUs with AMX/AVX512-BF16, checked against float32 at load; "
+        "float32 elsewhere), float32, bfloat16, float16",
+    )
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level",
@@ -33,12 +45,21 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 …"
     )
+    add_dtype_option(parser)
     parser.add_argument(
-        "--dtype",
-        default="auto",
-        help="auto (bfloat16 on CUDA and on CPUs with AMX/AVX512-BF16, checked against float32 at load; "
-        "float32 elsewhere), float32, bfloat16, float16",
+        "--max-tokens",
+        type=POSITIVE_INT,
+        default=None,
+        help="longest input in tokens (default: the model's own limit); for a reranker, the "
+        "longest query-document pair, its template included",
     )
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow model code from the checkpoint (off: safer)"
+    )
+
+
+def _add_embedder_options(parser: argparse.ArgumentParser) -> None:
+    """Options only embedders read (``qwembed rerank`` has none of them, rather than ignore them)."""
     parser.add_argument(
         "--min-bf16-cosine",
         type=number(float, -1, 1),
@@ -57,15 +78,6 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         default="auto",
         choices=["auto", "qwen3", "sentence-transformers", "use"],
         help="model family; auto reads the model's config (Qwen3 checkpoints → qwen3 recipe)",
-    )
-    parser.add_argument(
-        "--max-tokens",
-        type=POSITIVE_INT,
-        default=None,
-        help="longest input in tokens (default: the model's own limit)",
-    )
-    parser.add_argument(
-        "--trust-remote-code", action="store_true", help="allow model code from the checkpoint (off: safer)"
     )
 
 
@@ -90,6 +102,7 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
     serve.add_argument("--port", type=number(int, 1, 65535), default=8000)
     _add_model_options(serve)
+    _add_embedder_options(serve)
     serve.add_argument(
         "--max-batch-tokens",
         type=POSITIVE_INT,
@@ -199,6 +212,7 @@ def _build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--truncate", action="store_true", help="cut over-long texts instead of failing")
     embed.add_argument("--out", type=Path, help="F.jsonl or F.npy (default: JSON lines on stdout)")
     _add_model_options(embed)
+    _add_embedder_options(embed)
     embed.set_defaults(func=_embed)
 
     rerank = commands.add_parser("rerank", help="score documents against a query with a reranker")
@@ -241,17 +255,11 @@ class ModelLoadError(RuntimeError):
 def _load(model: str, args: argparse.Namespace, name: str | None = None, kind: str = "embedding"):
     from .backends import LoadOptions, ModelNotFoundError, load_encoder, load_reranker
 
-    options = LoadOptions(
-        args.device,
-        args.dtype,
-        args.max_tokens,
-        args.trust_remote_code,
-        compile=args.compile,
-        min_bf16_cosine=args.min_bf16_cosine,
-    )
+    options = LoadOptions(args.device, args.dtype, args.max_tokens, args.trust_remote_code)
     try:
         if kind == "reranker":
             return load_reranker(model, options=options)
+        options = replace(options, compile=args.compile, min_bf16_cosine=args.min_bf16_cosine)
         return load_encoder(model, name=name, backend=args.backend, options=options)
     except ModelNotFoundError:
         raise
@@ -273,11 +281,23 @@ def _knowledge_base(args: argparse.Namespace, pool):
     )
 
 
+def _check_unique_names(names: list[str]) -> None:
+    """Clients pick a model by name, so two served models may not share one (both kinds count)."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise SystemExit(
+                f"qwembed serve: two models would be served as {name!r}; name them apart with "
+                "--served-name (one per --model)"
+            )
+        seen.add(name)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .api import ServerSettings, create_app
     from .api.server import run_server
     from .backends import check_model_name
-    from .backends.registry import check_reranker_name
+    from .backends.registry import check_reranker_name, served_name
     from .engine.pool import BatchSettings, ModelPool
 
     if not args.model and not args.reranker:
@@ -289,6 +309,8 @@ def _serve(args: argparse.Namespace) -> int:
         check_model_name(model)
     for reranker in args.reranker:
         check_reranker_name(reranker)  # (a bundled name is an embedder: refused here, not after the loads)
+    names = args.served_name or [served_name(model, args.backend) for model in args.model]
+    _check_unique_names([*names, *(served_name(reranker) for reranker in args.reranker)])
     pool = ModelPool(
         BatchSettings(
             args.max_batch_tokens,
@@ -298,7 +320,6 @@ def _serve(args: argparse.Namespace) -> int:
             streams=args.streams,
         )
     )
-    names = args.served_name or [None] * len(args.model)
     for model, name in zip(args.model, names, strict=True):
         log.info("loading %s", model)
         pool.add_encoder(_load(model, args, name))
@@ -330,10 +351,39 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class InputFileError(ValueError):
+    """A ``--file`` that cannot be read as one text per line."""
+
+
+def read_lines(path: Path) -> list[str]:
+    """One text per line of a UTF-8 file, so that output row i is line i + 1. Lines end at a
+    newline (LF or CR LF) only, not at the other breaks ``str.splitlines`` cuts at (U+2028, form
+    feed, U+0085 …), which are text. A blank line would have to be dropped or refused as an empty
+    input, and either would break the rows' match to the lines: it is refused, named."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # (a BOM is not text)
+    except UnicodeDecodeError as error:
+        line = path.read_bytes()[: error.start].count(b"\n") + 1
+        raise InputFileError(
+            f"{path}: line {line} is not UTF-8 (byte 0x{error.object[error.start]:02x})"
+        ) from None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the final line's newline ends it; it starts no empty line
+    lines = [line.removesuffix("\r") for line in lines]
+    for line_number, line in enumerate(lines, 1):
+        if not line.strip():
+            raise InputFileError(
+                f"{path}: line {line_number} is blank; every line is one input (row {line_number} of the "
+                "output), so remove blank lines"
+            )
+    return lines
+
+
 def _read_texts(args: argparse.Namespace) -> list[str]:
     texts = list(args.texts)
     if args.file:
-        texts += [line for line in args.file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts += read_lines(args.file)
     if not texts:
         raise SystemExit("qwembed embed: give texts as arguments or --file")
     return texts
@@ -376,7 +426,7 @@ def _rerank(args: argparse.Namespace) -> int:
 
     documents = list(args.documents)
     if args.file:
-        documents += [line for line in args.file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        documents += read_lines(args.file)
     if not documents:
         raise SystemExit("qwembed rerank: give documents as arguments or --file")
     reranker = _load(args.model, args, kind="reranker")
@@ -456,7 +506,14 @@ def _explained_by_the_input(error: Exception) -> bool:
     from .engine import InvalidDimensionsError
     from .engine.inputs import InvalidTextError
 
-    explained = (DeviceError, ModelNotFoundError, InputTooLongError, InvalidDimensionsError, InvalidTextError)
+    explained = (
+        DeviceError,
+        ModelNotFoundError,
+        InputTooLongError,
+        InvalidDimensionsError,
+        InvalidTextError,
+        InputFileError,
+    )
     return isinstance(error, (*explained, OSError))
 
 

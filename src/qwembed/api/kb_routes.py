@@ -69,6 +69,9 @@ class SearchBody(_Strict):
     mode: Literal["dense", "keyword", "hybrid"] = "hybrid"
     filter: dict[str, Any] | None = None
     rerank: str | None = None
+    #: the reranker's task (default: the collection's query instruction, else the reranker's own;
+    #: Collection.rerank_task); only with ``rerank``
+    rerank_instruction: str | None = None
     #: only each document's best chunk (false: chunks, so one document can take several places)
     per_document: bool = True
     #: how hybrid mode merges the dense and keyword lists (kb/search.py)
@@ -162,6 +165,7 @@ def build_kb_router(manager: KnowledgeBaseManager, key_dependency) -> APIRouter:
             mode=body.mode,
             filter=body.filter,
             rerank=body.rerank,
+            rerank_instruction=body.rerank_instruction,
             per_document=body.per_document,
             fusion=body.fusion,
         )

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 #: device types a model can be loaded on
 DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+log = logging.getLogger("qwembed.backends")
 
 
 class DeviceError(ValueError):
@@ -43,14 +47,63 @@ def resolve_device(device: str = "auto") -> torch.device:
 def load_transformers_model(
     auto_class, name_or_path: str, *, device: torch.device, dtype: torch.dtype, trust_remote_code: bool
 ):
-    """Tokenizer and model from a folder or hub id: safetensors only, eval mode, on ``device``."""
+    """Tokenizer and model from a folder or hub id: safetensors only, eval mode, on ``device``.
+
+    A checkpoint that lacks weights the model needs is refused (``CheckpointMismatchError``):
+    transformers would initialise them at random and say so only in its load report, and the
+    model would then serve random scores that change with every start (a Qwen3-Embedding folder
+    given as ``--reranker`` has no ``lm_head``). Weights the model does not use are logged."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    model = auto_class.from_pretrained(
-        name_or_path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+    model, info = auto_class.from_pretrained(
+        name_or_path,
+        dtype=dtype,
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+        output_loading_info=True,
     )
+    check_loaded_weights(name_or_path, type(model).__name__, info)
     return model.eval().to(device), tokenizer
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint without weights its model needs: they would be random."""
+
+
+#: what a weight missing from, or left over in, a checkpoint says about it
+_LM_HEAD_MISSING = (
+    "; a reranker needs a Qwen3-Reranker (causal LM) checkpoint, which has an LM head: is this an "
+    "embedding model? Serve embedding models with --model"
+)
+_LM_HEAD_UNUSED = (
+    ": the checkpoint has an LM head, which Qwen3-Embedding checkpoints have not. Is it a "
+    "reranker (serve it with --reranker) or a chat model? Its last hidden states are served as "
+    "embeddings"
+)
+
+
+def check_loaded_weights(name_or_path: str, model_class: str, info: dict) -> None:
+    """Refuse missing weights, log unused ones (``info``: transformers' ``output_loading_info``)."""
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        hint = _LM_HEAD_MISSING if any(key.startswith("lm_head.") for key in missing) else ""
+        raise CheckpointMismatchError(
+            f"{name_or_path!r} lacks weights that {model_class} needs ({shown}); they would be "
+            f"initialised at random{hint}"
+        )
+    unused = sorted(info.get("unexpected_keys") or ())
+    if unused:
+        hint = _LM_HEAD_UNUSED if any(key.startswith("lm_head.") for key in unused) else ""
+        log.warning(
+            "%r: %d weight(s) not used by %s (%s)%s",
+            name_or_path,
+            len(unused),
+            model_class,
+            ", ".join(unused[:5]),
+            hint,
+        )
 
 
 def transformers_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -148,10 +148,13 @@ class Loader(Generic[K]):
         check: Callable[[K], float],
         tolerance: float,
         log: logging.Logger,
+        unit: str = "",
     ):
         self.name, self.fallback, self.switch = name, fallback, switch
         self.source, self.flags, self.cpu_flags = source, flags, cpu_flags
         self.open_library, self.check, self.tolerance, self.log = open_library, check, tolerance, log
+        #: what ``check`` measures its difference in, for the log (" rounding steps"; "": absolute)
+        self.unit = unit
         self._lock = threading.Lock()
         self._loaded: list[K | None] = []  # empty until the first get()
 
@@ -198,8 +201,15 @@ class Loader(Generic[K]):
             self.log.warning("%s (the %s failed to build or load: %s)", self.fallback, self.name, error)
             return None
         if not worst <= self.tolerance:
-            message = "%s (the %s is off by %.3g > %.3g in its check)"
-            self.log.warning(message, self.fallback, self.name, worst, self.tolerance)
+            message = "%s (the %s is off by %.3g%s > %.3g in its check)"
+            self.log.warning(message, self.fallback, self.name, worst, self.unit, self.tolerance)
             return None
-        self.log.info("%s %s serves (within %.3g of PyTorch's in its check)", self.name, path.name, worst)
+        self.log.info(
+            "%s %s serves (within %.3g%s of PyTorch's in its check, limit %.3g)",
+            self.name,
+            path.name,
+            worst,
+            self.unit,
+            self.tolerance,
+        )
         return kernel

@@ -77,8 +77,11 @@ def detect_backend(name_or_path: str, trust_remote_code: bool = False) -> Backen
     return "qwen3" if model_type == "qwen3" else "sentence-transformers"
 
 
-def served_name(name_or_path: str) -> str:
-    """The name clients use: the short name, the hub id, or the folder's name."""
+def served_name(name_or_path: str, backend: BackendName = "auto") -> str:
+    """The name clients use when none is given: the short name, the hub id, or the folder's name
+    (``use-multilingual`` for the USE backend, which has no folder)."""
+    if backend == "use":
+        return "use-multilingual"
     path = Path(name_or_path)
     return path.resolve().name if path.is_dir() else name_or_path
 
@@ -192,16 +195,13 @@ def load_encoder(
     options = options or LoadOptions()
     kwargs = _load_kwargs(options)
     bound_shape_caches()  # before the load's first oneDNN call (its checks run the model)
+    name = name or served_name(name_or_path, backend)
     if name_or_path == "use-multilingual" or backend == "use":
         from .universal_sentence_encoder import UniversalSentenceEncoder
 
-        return UniversalSentenceEncoder(name=name or "use-multilingual", max_tokens=options.max_tokens)
+        return UniversalSentenceEncoder(name=name, max_tokens=options.max_tokens)
     check_model_name(name_or_path)
-    source = name_or_path
-    if name_or_path == "minilm":
-        source = str(bundled_minilm_path())
-        name = name or "minilm"
-    name = name or served_name(name_or_path)
+    source = str(bundled_minilm_path()) if name_or_path == "minilm" else name_or_path
     kwargs.update(compile=options.compile, min_bf16_cosine=options.min_bf16_cosine)
     with _fetched_from_the_hub(source):
         if backend == "auto":

@@ -117,6 +117,7 @@ LIBRARY = native.Loader(
     open_library=Library,
     check=check,
     tolerance=CHECK_TOLERANCE,
+    unit=" bf16 rounding steps",
     log=log,
 )
 

@@ -184,6 +184,7 @@ def _build(dtype: torch.dtype, flags: tuple[str, ...], cpu_flags: tuple[str, ...
         open_library=lambda path: Library(path, dtype),
         check=check,
         tolerance=CHECK_TOLERANCE[dtype],
+        unit=" rounding steps",
         log=log,
     )
 
@@ -334,11 +335,14 @@ def settle(model: torch.nn.Module, dtype: torch.dtype) -> None:
         return
     last_won = seconds[max(seconds)][0] <= seconds[max(seconds)][1]
     unsettled = last_won and max(seconds) < MOST_ROWS  # (the budget ran out before a loss)
+    rows = _settled[dtype]
     log.info(
-        "%s Linear layers of up to %d rows go to the skinny kernel on this CPU (its speed against "
-        "oneDNN's on %d of the model's layers, measured in %.2f s: %s%s; %s pins the count)",
+        "%s Linear layers %s on this CPU (its speed against oneDNN's on %d of the model's layers, "
+        "measured in %.2f s: %s%s; %s pins the count)",
         name,
-        _settled[dtype],
+        f"of up to {rows} rows go to the skinny kernel"
+        if rows
+        else "all go to oneDNN, not the skinny kernel",
         len(weights),
         took,
         ", ".join(f"{onednn / kernel:.2f}× at {rows}" for rows, (kernel, onednn) in seconds.items()),

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..arg_types import POSITIVE_INT, number
+from ..cli import add_dtype_option
 from ..engine.instructions import instruction_option
 from .errors import DocumentNotFoundError, InvalidSettingError, KBError
 from .manager import (
@@ -36,15 +37,28 @@ _ID_HELP = (
 
 
 def _manager(args: argparse.Namespace) -> KnowledgeBaseManager:
+    # --dtype: only the commands that load a model have it (create, add, search). It is not one of
+    # the collection's settings: the same weights in bf16 and float32 give vectors within rounding
+    # of each other (cosine > 0.99, dense scores within ~0.01), so a bf16 server and a float32 CLI
+    # can share one collection; settings.py says more.
+    dtype = getattr(args, "dtype", "auto")
+    if dtype != "auto":  # a typo fails before any model loads, as --device does (cli.main)
+        from ..backends.precision import resolve_dtype
+
+        try:
+            resolve_dtype(dtype)
+        except ValueError as error:
+            raise KBError(f"--dtype: {error}", "dtype") from None
+
     def load_embedder(model: str):
         from ..engine import Embedder  # (torch: only once a command needs the model)
 
-        return Embedder.load(model, device=args.device)
+        return Embedder.load(model, device=args.device, dtype=dtype)
 
     def load_reranker(model: str):
         from ..backends import LoadOptions, load_reranker
 
-        return load_reranker(model, options=LoadOptions(device=args.device))
+        return load_reranker(model, options=LoadOptions(device=args.device, dtype=dtype))
 
     return KnowledgeBaseManager(args.kb_dir, load_embedder, reranker_factory=load_reranker)
 
@@ -115,6 +129,8 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
+    if args.rerank_instruction is not None and args.rerank is None:  # (else dropped without a word)
+        raise KBError("--rerank-instruction needs --rerank", "rerank_instruction")
     if args.rerank is not None:
         from ..backends.registry import check_reranker_name
 
@@ -126,6 +142,7 @@ def _search(args: argparse.Namespace) -> int:
         mode=args.mode,
         filter=json.loads(args.filter) if args.filter else None,
         rerank=args.rerank,
+        rerank_instruction=args.rerank_instruction,
         per_document=not args.all_chunks,
         fusion=args.fusion,
     )
@@ -254,19 +271,21 @@ def add_kb_parser(subparsers) -> None:
     kb = subparsers.add_parser("kb", help="knowledge base: ingest documents, search them")
     kb_commands = kb.add_subparsers(dest="kb_command", required=True)
 
-    def command(name: str, help_: str, func) -> argparse.ArgumentParser:
+    def command(name: str, help_: str, func, *, loads_models: bool = False) -> argparse.ArgumentParser:
         parser = kb_commands.add_parser(name, help=help_)
         parser.add_argument(
             "--kb-dir", type=Path, default=default_kb_dir(), help="collections folder (default: %(default)s)"
         )
         parser.add_argument("--device", default="auto", help="auto, cpu, cuda …")
+        if loads_models:  # the embedder (and search's reranker): the same --dtype as serve/embed
+            add_dtype_option(parser)
         parser.add_argument(
             "--quiet", action="store_true", help="no progress bars, no INFO logs (warnings and errors only)"
         )
         parser.set_defaults(func=_guarded(func))
         return parser
 
-    create = command("create", "create a collection", _create)
+    create = command("create", "create a collection", _create, loads_models=True)
     create.add_argument("name")
     create.add_argument("--model", required=True, help="minilm, use-multilingual, a folder or a hub id")
     create.add_argument(
@@ -303,6 +322,7 @@ def add_kb_parser(subparsers) -> None:
         "add files, folders or JSONL records (re-adding replaces); a file's document id is its "
         "absolute path, a JSONL record's its own id",
         _add,
+        loads_models=True,
     )
     add.add_argument("name")
     add.add_argument(
@@ -310,7 +330,7 @@ def add_kb_parser(subparsers) -> None:
     )
     add.add_argument("--batch-documents", type=POSITIVE_INT, default=64, help="documents per commit")
 
-    search = command("search", "search a collection", _search)
+    search = command("search", "search a collection", _search, loads_models=True)
     search.add_argument("name")
     search.add_argument("query")
     search.add_argument(
@@ -331,6 +351,14 @@ def add_kb_parser(subparsers) -> None:
     )
     search.add_argument("--filter", default=None, help='JSON, e.g. \'{"lang": "zh"}\'')
     search.add_argument("--rerank", default=None, metavar="MODEL", help="rerank the candidates with MODEL")
+    search.add_argument(
+        "--rerank-instruction",
+        type=instruction_option,
+        default=None,
+        metavar="TASK",
+        help="with --rerank: the Qwen3-Reranker's task (default: the collection's query instruction "
+        "if it has one, else the reranker's own, web search); cross-encoders ignore it",
+    )
     search.add_argument("--json", action="store_true", help="JSON lines")
 
     delete = command("delete", "delete documents by id (all or none: a missing id deletes nothing)", _delete)

@@ -367,11 +367,13 @@ class Collection:
         rerank: str | Any | None = None,
         per_document: bool = True,
         fusion: Fusion = "dbsf",
+        rerank_instruction: str | None = None,
     ) -> SearchResults:
         """Best first. ``per_document``: only each document's best chunk (else chunks, so one
         document can fill several places). ``rerank``: a model name (loaded by the manager's
-        reranker factory) or a reranker object. A query longer than the model's limit is cut to
-        it for the dense side (the keyword side reads all of it) and ``warnings`` says so."""
+        reranker factory) or a reranker object; ``rerank_instruction`` its task (see
+        :meth:`rerank_task`). A query longer than the model's limit is cut to it for the dense side
+        (the keyword side reads all of it) and ``warnings`` says so."""
         if mode not in MODES:
             raise KBError(f"mode must be one of {', '.join(MODES)}", "mode")
         if fusion not in FUSIONS:
@@ -382,6 +384,7 @@ class Collection:
             raise TypeError(f"query must be a string, not {type(query).__name__}")
         if not query.strip():
             raise KBError("query is empty", "query")
+        task = self.rerank_task(rerank, rerank_instruction)
         self._check_exists()  # (dropped by another process, or by this one through another handle)
         where = parse_filter(filter)
         reranker = self._manager.reranker(rerank) if isinstance(rerank, str) else rerank
@@ -407,8 +410,35 @@ class Collection:
                 break
             depth = min(depth * 4, _MAX_DEPTH)
         if reranker is not None:
-            hits = rerank_hits(reranker, query, hits[: candidates_for(k, True)], k)
+            hits = rerank_hits(reranker, query, hits[: candidates_for(k, True)], k, instruction=task)
         return SearchResults(hits[:k], warnings)
+
+    def rerank_task(self, rerank: str | Any | None, instruction: str | None) -> str | None:
+        """The instruction the rerank stage gives the reranker: ``instruction`` if given, else the
+        collection's query instruction (None when it has none: the reranker's own default, web
+        search for Qwen3-Reranker).
+
+        A Qwen3-Reranker's instruction is a task description of the same kind as a Qwen3
+        embedder's query instruction, and a collection's instruction says what its searches are
+        for, so both stages read the same task unless told otherwise. Cross-encoders have no
+        instruction slot and ignore one (``CrossEncoderReranker.tokenize_pairs``), so this
+        default never fails for them. Checked before anything loads: an instruction without a
+        reranker would be dropped silently, an empty one is refused like the embedder's."""
+        if instruction is None:
+            return self.settings.query_instruction if rerank is not None else None
+        if rerank is None:
+            raise KBError("rerank_instruction needs rerank (a reranker to give it to)", "rerank_instruction")
+        if not isinstance(instruction, str):
+            raise KBError("rerank_instruction must be a string", "rerank_instruction")
+        try:
+            check_instruction(instruction)
+        except EmptyInstructionError:
+            raise KBError(
+                "rerank_instruction is empty: leave it out (null in JSON) for the collection's query "
+                "instruction, or the reranker's default where the collection has none",
+                "rerank_instruction",
+            ) from None
+        return instruction
 
     def _query_vector(self, query: str, warnings: list[str]) -> np.ndarray:
         embedder = self.embedder()

@@ -2,6 +2,14 @@
 
 Vectors from a different model, a different ``dimensions`` or a different chunking are silent
 garbage when mixed, so the settings are written once at creation and compared, never updated.
+
+The precision the model runs in (``--dtype``) and its device are deliberately not settings: the
+same weights in bf16 and float32 give vectors within rounding of each other (cosine > 0.99 to
+each other, dense scores within ~0.01; the probe-vector check allows for it), not another vector
+space, so a bf16 GPU server and a float32 CPU command line can share one collection. Recording
+the dtype would turn such a pair into a 409 with nothing wrong in the data; the cost of mixing is
+scores that differ in the third decimal, and a search run in float32 compares its float32 query
+vector with whatever precision the chunks were embedded in.
 """
 
 from __future__ import annotations
