@@ -208,10 +208,23 @@ def test_right_truncation_is_what_truncate_does(client, direction):
 
 
 @pytest.mark.parametrize("direction", ["Left", "left"])
-def test_left_truncation_is_refused_naming_the_field(client, direction):
-    body = {"model": "minilm", "inputs": ["short"], "truncate": True, "truncation_direction": direction}
-    error = error_of(client.post("/embed", json=body), 400, "unsupported_parameter", "truncation_direction")
-    assert "Left is not supported" in error["message"] and "Right" in error["message"]
+def test_left_truncation_keeps_the_end_of_the_text(client, direction):
+    text = " ".join(f"w{i}" for i in range(600))  # (distinct words: the two ends differ)
+    body = {"model": "minilm", "inputs": [text], "truncate": True, "truncation_direction": direction}
+    left = embed(client, body)
+    assert not np.allclose(left, embed(client, {**body, "truncation_direction": "Right"}), atol=1e-3)
+    # what the model sees: [CLS], the text's last tokens, [SEP]
+    encoder = client.app.state.pool.encoder("minilm")
+    ids = encoder.tokenize([text])[0]
+    kept = [ids[0], *ids[len(ids) - encoder.max_tokens + 1 :]]
+    assert len(kept) == encoder.max_tokens and kept[-1] == ids[-1]
+    expected = encoder.embed_token_ids([kept])
+    np.testing.assert_allclose(left, expected, atol=2e-3)
+    # a text that fits is not cut from either side
+    short = {**body, "inputs": ["short"]}
+    np.testing.assert_array_equal(
+        embed(client, short), embed(client, {**short, "truncation_direction": "Right"})
+    )
 
 
 # ---- bad bodies --------------------------------------------------------------------------------------

@@ -90,33 +90,32 @@ def parse_inputs(raw: object) -> list[str] | list[list[int]]:
     raise APIError(400, _INVALID_INPUTS, "invalid_input", "inputs")
 
 
-def refuse_left_truncation(direction: str | None, what_is_cut: str) -> None:
-    """TEI's ``truncation_direction``: qwembed cuts the end only, so ``Left`` is a 400 whether or not
-    anything would be cut (/embed and /rerank)."""
-    if direction in ("Left", "left"):
-        raise APIError(
-            400,
-            f"truncation_direction Left is not supported: truncation cuts {what_is_cut} (Right); leave "
-            "truncation_direction out or send Right",
-            "unsupported_parameter",
-            "truncation_direction",
-        )
+def _is_left(direction: str | None) -> bool:
+    return direction in ("Left", "left")
 
 
 def rerank_truncation(body: TEIRerankRequest) -> bool:
     """TEI's ``truncate`` on /rerank: ``true`` or ``null`` fits an over-long pair to the model's
     limit (the longer of query and text loses tokens, the template never); ``false`` makes it a 400
-    ``input_too_long`` naming the text. Left truncation is refused, as on /embed."""
-    refuse_left_truncation(body.truncation_direction, "the end of the longer of query and text")
+    ``input_too_long`` naming the text. ``truncation_direction: Left`` is a 400 whether or not
+    anything would be cut: TEI cuts the pair's tokens from the left, the query and the reranker's
+    template first, which qwembed will not do."""
+    if _is_left(body.truncation_direction):
+        raise APIError(
+            400,
+            "truncation_direction Left is not supported on /rerank: an over-long pair is cut at the "
+            "end of the longer of query and text (Right), never the query's start or the template; "
+            "leave truncation_direction out or send Right",
+            "unsupported_parameter",
+            "truncation_direction",
+        )
     return body.truncate is not False
 
 
 def embed_options(body: TEIEmbedRequest, token_ids: bool, auto_truncate: bool) -> EmbedOptions:
     """TEI's options as the engine's, or a 400 naming the one qwembed cannot honour (``normalize``
-    is the model's to check: ``RouteHelpers.normalization``)."""
-    refuse_left_truncation(
-        body.truncation_direction, "the end of the text, keeping the model's prompt and special tokens"
-    )
+    is the model's to check: ``RouteHelpers.normalization``). ``truncation_direction: Left`` cuts
+    a text's beginning, keeping the model's prompt and special tokens."""
     input_type: InputType | None = None
     if body.prompt_name is not None:
         input_type = PROMPT_NAMES.get(body.prompt_name)
@@ -138,7 +137,8 @@ def embed_options(body: TEIEmbedRequest, token_ids: bool, auto_truncate: bool) -
                 "prompt_name",
             )
     truncate = auto_truncate if body.truncate is None else body.truncate
-    return EmbedOptions(input_type, None, truncate)
+    side = "left" if _is_left(body.truncation_direction) else "right"
+    return EmbedOptions(input_type, None, truncate, truncation_side=side)
 
 
 def _dtype(compute: str | None) -> str | None:

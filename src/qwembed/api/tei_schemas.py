@@ -62,8 +62,8 @@ class TEIEmbedRequest(BaseModel):
     )
     truncation_direction: Literal["Right", "right", "Left", "left"] | None = Field(
         "Right",
-        description="Which end truncation cuts. qwembed cuts the end of the text (`Right`, the "
-        "default; null means it); `Left` is refused (400).",
+        description="Which end of an over-long text truncation cuts: `Right` (the default; null "
+        "means it) its end, `Left` its beginning. The model's prompt and special tokens are kept.",
     )
     prompt_name: str | None = Field(
         None,

@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from .framing import Framing
+from .framing import Framing, TruncationSide
 
 InputType = Literal["query", "document"]
 TokenIds = list[int]
@@ -167,14 +167,18 @@ class Encoder(ABC):
         (for Qwen3: the end token, exactly once)."""
         return self.framing.fit(ids)
 
-    def truncate(self, ids: TokenIds, max_tokens: int | None = None) -> TokenIds:
+    def truncate(
+        self, ids: TokenIds, max_tokens: int | None = None, *, side: TruncationSide = "right", prompt: int = 0
+    ) -> TokenIds:
         """Cut a tokenised input to the model's ``max_tokens`` (or a smaller ``max_tokens``, a
         request's cap) while keeping its required special tokens.
 
         Prompts come first (``format``), so cutting the tail cuts the text, never the prompt, as
-        long as the prompt leaves room for some text (``prompt_tokens``; the engine checks)."""
+        long as the prompt leaves room for some text (``prompt_tokens``; the engine checks).
+        ``side="left"`` cuts the text's beginning instead (TEI's ``truncation_direction: Left``),
+        keeping the first ``prompt`` tokens after the special ones: the prompt."""
         limit = self.max_tokens if max_tokens is None else min(max_tokens, self.max_tokens)
-        return self.framing.truncate(ids, limit)
+        return self.framing.truncate(ids, limit, side=side, head=prompt)
 
     def prompt_tokens(self, input_type: InputType | None, instruction: str | None) -> int:
         """Tokens an input takes besides its text: the prompt ``format`` puts before every text of

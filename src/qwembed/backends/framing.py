@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
+
+#: which end of an over-long input a cut removes
+TruncationSide = Literal["right", "left"]
 
 
 @dataclass(frozen=True)
@@ -36,13 +40,25 @@ class Framing:
             ids = [*ids, *self.suffix]
         return ids
 
-    def truncate(self, ids: Sequence[int], max_tokens: int) -> list[int]:
-        """Cut the content, never the special tokens, so the result has at most ``max_tokens``."""
+    def truncate(
+        self, ids: Sequence[int], max_tokens: int, *, side: TruncationSide = "right", head: int = 0
+    ) -> list[int]:
+        """Cut the content, never the special tokens, so the result has at most ``max_tokens``.
+
+        ``side``: which end of the content goes, ``"right"`` (the tail, as every peer does by
+        default) or ``"left"`` (the beginning: TEI's ``truncation_direction: Left``, for inputs
+        whose end matters most, such as a conversation's latest turns). ``head``: content tokens
+        at the start that a left cut keeps, the prompt (instruction) put before the text, so that
+        only the text is cut, as a right cut never reaches the prompt either."""
         if len(ids) <= max_tokens:
             return list(ids)
         keep = max(max_tokens - self.overhead, 0)
         content = ids[len(self.prefix) : len(ids) - len(self.suffix)]
-        return [*self.prefix, *content[:keep], *self.suffix]
+        if side == "right":
+            return [*self.prefix, *content[:keep], *self.suffix]
+        head = min(head, keep)
+        tail = keep - head
+        return [*self.prefix, *content[:head], *content[len(content) - tail :], *self.suffix]
 
 
 def framing_of(tokenizer: PreTrainedTokenizerBase) -> Framing:

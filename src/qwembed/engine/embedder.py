@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..backends import Encoder, InputType, LoadOptions, TokenIds, load_encoder
+from ..backends.framing import TruncationSide
 from ..backends.precision import DEFAULT_MIN_COSINE
 from ..backends.registry import BackendName
 from .batching import check_sizes, default_batch_size, default_batch_tokens, plan_batches
@@ -91,11 +92,13 @@ class Embedder:
         instruction: str | None = None,
         truncate: bool = False,
         max_tokens: int | None = None,
+        truncation_side: TruncationSide = "right",
     ) -> list[TokenIds]:
         """The exact token ids the model sees for each text: prompt and special tokens included,
         cut to the model's limit only with ``truncate`` (else ``InputTooLongError``), and to
-        ``max_tokens`` where that is given and smaller."""
-        options = EmbedOptions(input_type, instruction, truncate, max_tokens)
+        ``max_tokens`` where that is given and smaller; ``truncation_side="left"`` cuts a text's
+        beginning instead of its end, the prompt kept."""
+        options = EmbedOptions(input_type, instruction, truncate, max_tokens, truncation_side)
         return tokenize_texts(self.encoder, text_list(texts), options)
 
     def embed_token_ids(
@@ -119,6 +122,7 @@ class Embedder:
         truncate: bool = False,
         max_tokens: int | None = None,
         normalize: bool = True,
+        truncation_side: TruncationSide = "right",
     ) -> np.ndarray:
         """float32 unit vectors, one row per text (a 1-D vector for a single string; ``(0, dim)``
         for no texts); with ``normalize=False`` the model's pooled vectors as they are (TEI's
@@ -129,7 +133,8 @@ class Embedder:
         ``dimensions``: keep the first N components, then normalise (Matryoshka). ``truncate``:
         cut over-long texts instead of raising ``InputTooLongError``. ``max_tokens``: cut every
         text to at most N tokens, prompt and special tokens included (a cut asked for, so with or
-        without ``truncate``)."""
+        without ``truncate``). ``truncation_side="left"``: a cut removes the text's beginning, not its
+        end (for inputs whose end matters most, such as a conversation's latest turns)."""
         single = isinstance(texts, str)
         check_dimensions(dimensions, self.dimension)
         check_normalize(self.encoder, normalize)
@@ -139,6 +144,7 @@ class Embedder:
             instruction=instruction,
             truncate=truncate,
             max_tokens=max_tokens,
+            truncation_side=truncation_side,
         )
         pooled = self.encoder.has_pooled_vectors
         vectors = finish(self._run(ids), dimensions, normalize=normalize, pooled=pooled)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..backends import Encoder, InputTooLongError, InputType, TokenIds
 from ..backends.base import PromptTooLongError
+from ..backends.framing import TruncationSide
 from .instructions import NO_PROMPT_HINT, check_instruction
 from .unicode import is_unicode, lone_surrogate_message
 
@@ -17,18 +18,24 @@ RawInput = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]
 #: what ``input_type`` may be (None: the text as given)
 INPUT_TYPES = ("query", "document")
 
+#: which end of an over-long text a cut may remove
+TRUNCATION_SIDES = ("right", "left")
+
 
 @dataclass(frozen=True)
 class EmbedOptions:
     """How a request's inputs become token ids. ``truncate``: cut an input over the model's limit
     instead of refusing it. ``max_tokens``: a cap below the model's limit that every input is cut
     to, special tokens kept (vLLM's ``truncate_prompt_tokens``); a cap is a cut asked for, so it
-    cuts whatever ``truncate`` says. A cap above the model's limit changes nothing."""
+    cuts whatever ``truncate`` says. A cap above the model's limit changes nothing.
+    ``truncation_side``: which end of the text a cut removes, ``"right"`` (the end) or ``"left"``
+    (the beginning; TEI's ``truncation_direction: Left``), the prompt kept either way."""
 
     input_type: InputType | None = None
     instruction: str | None = None
     truncate: bool = False
     max_tokens: int | None = None
+    truncation_side: TruncationSide = "right"
 
     def __post_init__(self) -> None:
         # The HTTP schemas check these too; a library caller's typo ("Query", "passage") would
@@ -38,6 +45,8 @@ class EmbedOptions:
         if self.instruction is not None and not isinstance(self.instruction, str):
             raise TypeError(f"instruction must be a string or None, not {type(self.instruction).__name__}")
         check_token_cap(self.max_tokens, "max_tokens")
+        if self.truncation_side not in TRUNCATION_SIDES:
+            raise ValueError(f"truncation_side must be 'right' or 'left', not {self.truncation_side!r}")
 
     def limit(self, encoder: Encoder) -> int:
         """The most tokens an input may keep: the model's limit, or the cap where that is smaller."""
@@ -97,17 +106,19 @@ def tokenize_texts(
     formatted = [encoder.format(text, options.input_type, options.instruction) for text in texts]
     batch = encoder.tokenize(formatted)
     limit = options.limit(encoder)
+    prompt = 0
     if any(len(ids) > limit for ids in batch):
-        # Truncation cuts the tail, which is the text (prompts come first): it keeps the prompt
-        # whole as long as the prompt leaves room for some text. A prompt that leaves none is an
-        # error even with truncation, which would otherwise embed the prompt alone, the same
-        # vector whatever the text.
+        # Truncation cuts the text, never the prompt (prompts come first: a right cut never
+        # reaches it, a left cut keeps its tokens), as long as the prompt leaves room for some
+        # text. A prompt that leaves none is an error even with truncation, which would otherwise
+        # embed the prompt alone, the same vector whatever the text.
         prompt = encoder.prompt_tokens(options.input_type, options.instruction)
         if prompt >= limit:
             raise PromptTooLongError(
                 prompt, limit, instruction=options.instruction is not None, capped=limit < encoder.max_tokens
             )
-    return fit_to_limit(encoder, batch, options, start)
+    # (the prompt's own tokens, without the special ones ``prompt_tokens`` counts with it)
+    return fit_to_limit(encoder, batch, options, start, prompt=max(prompt - encoder.framing.overhead, 0))
 
 
 def tokenize_ids(
@@ -121,15 +132,16 @@ def tokenize_ids(
 
 
 def fit_to_limit(
-    encoder: Encoder, batch: list[TokenIds], options: EmbedOptions, start: int = 0
+    encoder: Encoder, batch: list[TokenIds], options: EmbedOptions, start: int = 0, prompt: int = 0
 ) -> list[TokenIds]:
     """Never cut silently: over the model's limit is an error unless the caller allowed truncation;
-    over a cap the caller set below that limit is cut (a cap above it cuts nothing itself)."""
+    over a cap the caller set below that limit is cut (a cap above it cuts nothing itself).
+    ``prompt``: the tokens after the special ones that a left cut keeps (the prompt's)."""
     limit = options.limit(encoder)
     capped = limit < encoder.max_tokens
     for index, ids in enumerate(batch):
         if len(ids) > limit:
             if not (options.truncate or capped):
                 raise InputTooLongError(len(ids), encoder.max_tokens, start + index)
-            batch[index] = encoder.truncate(ids, limit)
+            batch[index] = encoder.truncate(ids, limit, side=options.truncation_side, prompt=prompt)
     return batch
