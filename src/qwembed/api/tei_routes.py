@@ -1,8 +1,8 @@
 """text-embeddings-inference's routes, so that a TEI client switches by changing only its URL:
 ``POST /embed`` (also ``POST /``, where TEI serves an embedding model's ``/embed``), ``POST /rerank``
 and ``GET /info``. Field names and defaults are TEI's (router/src/http/types.rs); what qwembed cannot
-do as TEI does (left truncation, named prompts other than ``query`` and ``document``) is a 400
-naming the field, never silently ignored.
+do as TEI does (left truncation of a rerank pair, named prompts other than ``query`` and
+``document``) is a 400 naming the field, never silently ignored.
 ``/rerank`` also takes the body vLLM's and Infinity's ``/rerank`` take (``documents``), answered as
 ``/v1/rerank`` answers it.
 
