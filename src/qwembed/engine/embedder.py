@@ -17,7 +17,7 @@ from ..backends.precision import DEFAULT_MIN_COSINE
 from ..backends.registry import BackendName
 from .batching import check_sizes, default_batch_size, default_batch_tokens, plan_batches
 from .inputs import EmbedOptions, text_list, tokenize_ids, tokenize_texts
-from .postprocess import batch_function, check_dimensions, check_normalize, finish
+from .postprocess import check_dimensions, check_normalize, embedding_forward, finish
 from .streams import StreamExecutor, Streams
 
 
@@ -151,7 +151,7 @@ class Embedder:
         return vectors[0] if single else vectors
 
     def _run(self, ids: list[TokenIds]) -> np.ndarray:
-        """What the model's forward passes give for ``ids`` (``postprocess.batch_function``: pooled
+        """What the model's forward passes give for ``ids`` (``postprocess.embedding_forward``: pooled
         vectors, not yet normalised), in a new array of the caller's own."""
         out = np.empty((len(ids), self.dimension), dtype=np.float32)
         if not ids:
@@ -163,7 +163,7 @@ class Embedder:
             lengths, self.max_batch_tokens, self.max_batch_size, padded=padded, streams=streams
         )
 
-        run = batch_function(self.encoder)
+        run = embedding_forward(self.encoder)
 
         def embed(batch: list[int]) -> np.ndarray:
             return run([ids[i] for i in batch])

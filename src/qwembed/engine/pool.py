@@ -21,9 +21,8 @@ from .batching import check_sizes, default_batch_size, default_batch_tokens
 from .embedder import Embedder
 from .inputs import EmbedOptions, tokenize_ids, tokenize_texts
 from .openmp import release_thread_pool
-from .postprocess import batch_function, check_dimensions, check_normalize, finish
-from .rerank import NO_CAPS, RerankResult, TokenCaps, checked_pair_inputs, ranked
-from .rerank import batch_function as rerank_batch_function
+from .postprocess import check_dimensions, check_normalize, embedding_forward, finish
+from .rerank import NO_CAPS, RerankResult, TokenCaps, checked_pair_inputs, ranked, reranking_forward
 from .streams import Streams
 from .worker import Admission, BatchObserver, BatchWorker
 
@@ -128,11 +127,11 @@ class ModelPool:
     # ---- what is served -------------------------------------------------------------------
     def add_encoder(self, encoder: Encoder) -> None:
         # pooled vectors: a batch mixes requests with and without normalisation (``embed`` finishes each)
-        self._add(encoder, batch_function(encoder))
+        self._add(encoder, embedding_forward(encoder))
 
     def add_reranker(self, reranker: Reranker) -> None:
         # logits: a batch mixes requests that want them with requests that want scores (``rerank``)
-        self._add(reranker, rerank_batch_function(reranker))
+        self._add(reranker, reranking_forward(reranker))
 
     def _add(self, model: Encoder | Reranker, run_batch) -> None:
         if model.name in self._models:

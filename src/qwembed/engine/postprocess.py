@@ -70,7 +70,7 @@ def check_normalize(encoder: Encoder, normalize: bool) -> None:
         raise NormalizeUnsupportedError(encoder.name)
 
 
-def batch_function(encoder: Encoder) -> Callable[[Sequence[TokenIds]], np.ndarray]:
+def embedding_forward(encoder: Encoder) -> Callable[[Sequence[TokenIds]], np.ndarray]:
     """What the engine runs on a batch: the pooled vectors, which ``finish`` then completes per
     request; the unit vectors of an encoder that has no others."""
     return encoder.pool_token_ids if encoder.has_pooled_vectors else encoder.embed_token_ids
@@ -79,7 +79,7 @@ def batch_function(encoder: Encoder) -> Callable[[Sequence[TokenIds]], np.ndarra
 def finish(
     vectors: np.ndarray, dimensions: int | None = None, *, normalize: bool = True, pooled: bool = True
 ) -> np.ndarray:
-    """One request's vectors as answered, from what ``batch_function`` gave (``pooled``: the
+    """One request's vectors as answered, from what ``embedding_forward`` gave (``pooled``: the
     encoder's ``has_pooled_vectors``): the first ``dimensions`` components (Matryoshka), then
     L2-normalised unless ``normalize`` is False (the cut is then left as it is, as vLLM does).
     One pass: the cut first, so a cut vector is normalised once. Unit vectors (``pooled`` False)

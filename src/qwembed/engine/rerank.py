@@ -102,7 +102,7 @@ def _outputs(
     truncate: bool,
     caps: TokenCaps,
 ) -> np.ndarray:
-    """What ``batch_function`` gives for every pair, in the documents' order."""
+    """What ``reranking_forward`` gives for every pair, in the documents' order."""
     documents = checked_pair_inputs(query, documents, instruction)
     query, documents = caps.cut_query(reranker, query), caps.cut_documents(reranker, documents)
     sequences = reranker.tokenize_pairs(query, documents, instruction, truncate, caps.pair)
@@ -111,13 +111,13 @@ def _outputs(
     budget = max_batch_tokens or default_batch_tokens(reranker)
     # duck-typed rerankers (a remote one, a test stub) need not say; padded is the safe budget
     padded = not getattr(reranker, "packed", False)
-    run = batch_function(reranker)
+    run = reranking_forward(reranker)
     for batch in plan_batches(lengths, budget, max_batch_size, padded=padded):
         outputs[batch] = run([sequences[i] for i in batch])
     return outputs
 
 
-def batch_function(reranker: Reranker) -> Callable[[Sequence[TokenIds]], np.ndarray]:
+def reranking_forward(reranker: Reranker) -> Callable[[Sequence[TokenIds]], np.ndarray]:
     """What the engine runs on a batch of pairs: the logits, which each request then activates or
     not (``ranked``); the scores of a reranker that has no logits."""
     return reranker.logits_token_ids if _has_logits(reranker) else reranker.score_token_ids
@@ -132,7 +132,7 @@ def _activated(reranker: Reranker, outputs: np.ndarray, raw: bool) -> np.ndarray
 
 
 def ranked(reranker: Reranker, outputs: np.ndarray, top_n: int | None, raw: bool) -> list[RerankResult]:
-    """``batch_function``'s outputs for a request's pairs ranked, best first, and reported as the
+    """``reranking_forward``'s outputs for a request's pairs ranked, best first, and reported as the
     model's scores, or with ``raw`` as logits. The ranking is on the logits: a confident pair's
     probability rounds to 1.0 in float32, which would tie it with every other."""
     order = rank(outputs, top_n)
