@@ -185,6 +185,7 @@ def test_truncate_false_refuses_an_over_long_input_and_true_cuts_it(client):
         )
         error = error_of(response, 400, "input_too_long", "inputs")
         assert "256" in error["message"]
+        assert error["message"].startswith("inputs[0] has ")  # (the field as TEI names it)
     cut = embed(client, {"model": "minilm", "inputs": [LONG_TEXT], "truncate": True})
     want = openai(client, {"model": "minilm", "input": [LONG_TEXT], "truncate": True})
     np.testing.assert_allclose(cut, want, atol=1e-6)

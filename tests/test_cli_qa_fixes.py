@@ -152,3 +152,25 @@ def test_a_reranker_limit_its_template_fills_is_refused_at_load(tmp_path):
     (pair,) = reranker.tokenize_pairs("a query of several words", ["a document " * 50], None)
     assert len(pair) == least
     assert 0.0 <= float(reranker.score_token_ids([pair])[0]) <= 1.0
+
+
+# ---- qwembed embed: the library's normalize and truncation_side --------------------------------------
+def test_embed_no_normalize_and_left_truncation_match_the_library(tmp_path, minilm_dir):
+    import numpy as np
+
+    from qwembed.engine import Embedder
+
+    text = " ".join(f"w{i}" for i in range(600))
+    out = tmp_path / "v.npy"
+    arguments = ["embed", "--model", str(minilm_dir), "--dtype", "float32", text, "--truncate"]
+    assert main([*arguments, "--truncation-side", "left", "--no-normalize", "--out", str(out)]) == 0
+    library = Embedder.load(str(minilm_dir), dtype="float32")
+    want = library.embed([text], truncate=True, truncation_side="left", normalize=False)
+    np.testing.assert_allclose(np.load(out), want, atol=1e-5)
+    assert abs(float(np.linalg.norm(want)) - 1.0) > 0.05  # (pooled, not unit)
+
+
+def test_embed_no_normalize_on_a_unit_vector_model_is_one_line(capsys):
+    status = main(["embed", "--model", "use-multilingual", "--backend", "use", "x", "--no-normalize"])
+    error = capsys.readouterr().err
+    assert status == 2 and "normalize: false is not supported" in error and "Traceback" not in error

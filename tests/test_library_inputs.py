@@ -77,7 +77,7 @@ def test_errors_import_from_the_engine():
 
     assert engine.InputTooLongError is backends.InputTooLongError
     inputs = ["EmptyInstructionError", "InputTooLongError", "InvalidDimensionsError", "InvalidTextError"]
-    inputs += ["InvalidTokenIdsError", "PromptTooLongError"]
+    inputs += ["InvalidTokenIdsError", "PromptTooLongError", "NormalizeUnsupportedError"]
     assert all(issubclass(getattr(engine, name), ValueError) for name in inputs)
 
 

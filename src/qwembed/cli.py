@@ -210,6 +210,18 @@ def _build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--input-type", choices=["query", "document"], help="query gets the query prompt")
     embed.add_argument("--instruction", type=instruction_option, help="task description for queries")
     embed.add_argument("--truncate", action="store_true", help="cut over-long texts instead of failing")
+    embed.add_argument(
+        "--truncation-side",
+        choices=["right", "left"],
+        default="right",
+        help="with --truncate, which end of a text goes: right (its end) or left (its beginning); "
+        "the model's prompt is kept either way",
+    )
+    embed.add_argument(
+        "--no-normalize",
+        action="store_true",
+        help="the model's pooled vectors as they are, not L2-normalised (after --dimensions' cut)",
+    )
     embed.add_argument("--out", type=Path, help="F.jsonl or F.npy (default: JSON lines on stdout)")
     _add_model_options(embed)
     _add_embedder_options(embed)
@@ -403,6 +415,8 @@ def _embed(args: argparse.Namespace) -> int:
         instruction=args.instruction,
         dimensions=args.dimensions,
         truncate=args.truncate,
+        truncation_side=args.truncation_side,
+        normalize=not args.no_normalize,
     )
     if args.out and args.out.suffix == ".npy":
         np.save(args.out, vectors)
@@ -503,7 +517,7 @@ def _explained_by_the_input(error: Exception) -> bool:
     classes are imported only once an error occurred, as their modules import torch, which
     ``qwembed kb list`` and ``--help`` need not."""
     from .backends import DeviceError, InputTooLongError, ModelNotFoundError
-    from .engine import InvalidDimensionsError
+    from .engine import InvalidDimensionsError, NormalizeUnsupportedError
     from .engine.inputs import InvalidTextError
 
     explained = (
@@ -513,6 +527,7 @@ def _explained_by_the_input(error: Exception) -> bool:
         InvalidDimensionsError,
         InvalidTextError,
         InputFileError,
+        NormalizeUnsupportedError,
     )
     return isinstance(error, (*explained, OSError))
 

@@ -5,6 +5,7 @@ engine's work for a request that its client may abandon."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Mapping
 from typing import TypeVar
 
@@ -148,5 +149,8 @@ class RouteHelpers:
         except Exception as error:
             api_error = from_engine_error(error)
             if fields and api_error.param in fields:
-                api_error.param = fields[api_error.param]
+                engine_name, api_error.param = api_error.param, fields[api_error.param]
+                # the message names the item as the client sent it too ("inputs[2] has 600 tokens")
+                if re.match(rf"{re.escape(engine_name)}\b", api_error.message):
+                    api_error.message = api_error.param + api_error.message[len(engine_name) :]
             raise api_error from error

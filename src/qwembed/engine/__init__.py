@@ -18,6 +18,7 @@ _EXPORTS = {
     "InvalidDimensionsError": ".postprocess",
     "InvalidTextError": ".inputs",
     "InvalidTokenIdsError": "..backends.base",
+    "NormalizeUnsupportedError": ".postprocess",
     "PairTooLongError": "..backends.base",
     "PromptTooLongError": "..backends.base",
     "OverloadedError": ".worker",
@@ -33,6 +34,7 @@ __all__ = [
     "InvalidDimensionsError",
     "InvalidTextError",
     "InvalidTokenIdsError",
+    "NormalizeUnsupportedError",
     "OverloadedError",
     "PairTooLongError",
     "PromptTooLongError",
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
     from .embedder import Embedder
     from .inputs import InvalidTextError
     from .instructions import EmptyInstructionError
-    from .postprocess import InvalidDimensionsError, truncate_dimensions
+    from .postprocess import InvalidDimensionsError, NormalizeUnsupportedError, truncate_dimensions
     from .worker import BatchWorker, OverloadedError, WorkerStoppedError
 
 
