@@ -208,6 +208,14 @@ def test_retrieval_before_and_after_reranking(tmp_path):
     assert before.metrics["mrr_at_10"] == pytest.approx(0.75)
     assert after.metrics["mrr_at_10"] == 1.0 and after.metrics["top1_accuracy"] == 1.0
     assert after.model.endswith("+ oracle") and after.config["rerank_top_k"] == 2
+    # the report gives the reranking its own seconds, not only the embedder's repeated
+    from qwembed.eval.report import render_report
+
+    report = render_report([before.as_dict(), after.as_dict()])
+    header = next(line for line in report.splitlines() if line.startswith("| model"))
+    assert header.endswith("| rerank s |")
+    before_row, after_row = (line for line in report.splitlines() if line.startswith("| lookup"))
+    assert before_row.endswith("| – |") and not after_row.endswith("| – |")
 
 
 def test_zh_hard_runs_with_baseline():
