@@ -40,6 +40,15 @@ def test_the_last_line_needs_no_newline(tmp_path):
     path = tmp_path / "texts.txt"
     path.write_text("a\nb", encoding="utf-8")
     assert read_lines(path) == ["a", "b"]
+    path.write_bytes(b"a\r\nb\r")  # (a CR that ends no line is text, on the last line as on others)
+    assert read_lines(path) == ["a", "b\r"]
+
+
+def test_an_empty_file_is_named(tmp_path):
+    path = tmp_path / "texts.txt"
+    path.write_text("", encoding="utf-8")
+    with pytest.raises(InputFileError, match="is empty"):
+        read_lines(path)
 
 
 @pytest.mark.parametrize("content, line", [("a\n\nb\n", 2), ("a\n  \n", 2), ("\na\n", 1)])
@@ -97,6 +106,37 @@ def test_an_embedder_and_a_reranker_share_one_namespace(tmp_path, monkeypatch):
     monkeypatch.setattr("qwembed.cli._load", lambda *a, **k: pytest.fail("loaded before the check"))
     with pytest.raises(SystemExit, match="two models would be served as 'same'"):
         main(["serve", "--model", str(folder), "--reranker", str(folder)])
+
+
+def test_rerankers_take_served_names_of_their_own(tmp_path, monkeypatch):
+    # two checkpoints whose folders share a name ("…/run1/final", "…/run2/final")
+    folders = [tmp_path / run / "final" for run in ("run1", "run2")]
+    for folder in folders:
+        folder.mkdir(parents=True)
+    monkeypatch.setattr("qwembed.backends.registry.check_reranker_name", lambda name: None)
+    loaded: list[tuple[str, str | None]] = []
+
+    def fake_load(model, args, name=None, kind="embedding"):
+        from fake_encoders import LengthReranker
+
+        loaded.append((model, name))
+        return LengthReranker(name)
+
+    monkeypatch.setattr("qwembed.cli._load", fake_load)
+    monkeypatch.setattr("qwembed.api.server.run_server", lambda *args, **kwargs: None)
+    rerankers = [argument for folder in folders for argument in ("--reranker", str(folder))]
+    with pytest.raises(SystemExit, match=r"two models would be served as 'final'.*--reranker-served-name"):
+        main(["serve", *rerankers])
+    with pytest.raises(SystemExit, match="one --reranker-served-name per --reranker"):
+        main(["serve", *rerankers, "--reranker-served-name", "a"])
+    assert not loaded
+    assert main(["serve", *rerankers, "--reranker-served-name", "a", "--reranker-served-name", "b"]) == 0
+    assert loaded == [(str(folders[0]), "a"), (str(folders[1]), "b")]
+
+
+def test_truncation_side_without_truncate_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit, match="give --truncate too"):
+        main(["embed", "--model", "minilm", "x", "--truncation-side", "left"])
 
 
 # ---- qwembed rerank's options --------------------------------------------------------------------
@@ -173,4 +213,4 @@ def test_embed_no_normalize_and_left_truncation_match_the_library(tmp_path, mini
 def test_embed_no_normalize_on_a_unit_vector_model_is_one_line(capsys):
     status = main(["embed", "--model", "use-multilingual", "--backend", "use", "x", "--no-normalize"])
     error = capsys.readouterr().err
-    assert status == 2 and "normalize: false is not supported" in error and "Traceback" not in error
+    assert status == 2 and "(normalize: false) are not available from" in error and "Traceback" not in error

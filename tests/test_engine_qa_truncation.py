@@ -326,3 +326,9 @@ def test_the_embeddings_route_takes_vllms_truncate_prompt_tokens(qwen3):
         # vLLM's normalize: false, the pooled vectors (tests/test_normalize_option.py checks them)
         raw = np.array([item["embedding"] for item in post(normalize=False).json()["data"]], dtype=np.float32)
         np.testing.assert_allclose(raw, qwen3.embed(CAPPED_TEXTS, normalize=False), rtol=1e-5, atol=1e-5)
+        # vLLM's truncation_side: left cuts keep each input's end (tests/test_left_truncation.py)
+        left = post(truncate_prompt_tokens=40, truncation_side="left").json()["data"]
+        want = qwen3.embed(CAPPED_TEXTS, max_tokens=40, truncation_side="left")
+        np.testing.assert_allclose([item["embedding"] for item in left], want, atol=1e-6)
+        assert not np.allclose(want, vectors, atol=1e-3)
+        assert post(truncation_side="middle").status_code == 400

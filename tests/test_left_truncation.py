@@ -19,9 +19,14 @@ def test_framing_cuts_either_side_and_keeps_the_head():
     ids = [1, 10, 11, 20, 21, 22, 23, 2]  # 10, 11: a prompt; 20-23: the text
     assert framing.truncate(ids, 6) == [1, 10, 11, 20, 21, 2]
     assert framing.truncate(ids, 6, side="left") == [1, 20, 21, 22, 23, 2]  # (no head: the content's end)
-    assert framing.truncate(ids, 6, side="left", head=2) == [1, 10, 11, 22, 23, 2]
-    assert framing.truncate(ids, 8, side="left", head=2) == ids  # fits: nothing cut
-    assert framing.truncate(ids, 4, side="left", head=2) == [1, 10, 11, 2]  # the engine refuses this case
+    assert framing.truncate(ids, 6, side="left", head=[10, 11]) == [1, 10, 11, 22, 23, 2]
+    assert framing.truncate(ids, 8, side="left", head=[10, 11]) == ids  # fits: nothing cut
+    assert framing.truncate(ids, 4, side="left", head=[10, 11]) == [
+        1,
+        10,
+        11,
+        2,
+    ]  # the engine refuses this case
 
 
 def test_an_unknown_side_is_refused():
@@ -56,7 +61,7 @@ def test_qwen3_keeps_the_instruction_the_last_tokens_and_the_end_token(qwen3):
     instruction = "Find the passage that ends the same way"
     cap = 64
     full = encoder.tokenize([encoder.format(LONG, "query", instruction)])[0]  # (never cut)
-    prompt = encoder.prompt_tokens("query", instruction) - 1  # (less the end token it counts)
+    prompt = len(encoder.prompt_ids("query", instruction))
     (cut,) = qwen3.tokenize(
         [LONG], input_type="query", instruction=instruction, max_tokens=cap, truncation_side="left"
     )
@@ -71,6 +76,19 @@ def test_qwen3_keeps_the_instruction_the_last_tokens_and_the_end_token(qwen3):
     np.testing.assert_allclose(vector, qwen3.embed_token_ids([cut])[0], atol=1e-6)
     right = qwen3.embed(LONG, input_type="query", instruction=instruction, max_tokens=cap)
     assert float(vector @ right) < 0.9999  # the two cuts differ
+
+
+def test_a_left_cut_puts_the_prompt_back_as_tokenised_alone(qwen3):
+    # BPE merges the prompt's last character with a text's first ("Query:" + "w0" gives ":w"):
+    # a left cut must not keep that merged token, which carries the cut-off text's first letter
+    encoder = qwen3.encoder
+    text = " ".join(f"w{i}" for i in range(60))
+    prompt = encoder.prompt_ids("query", None)
+    joined = encoder.tokenize([encoder.format(text, "query", None)])[0]
+    assert joined[: len(prompt)] != prompt  # (the merge happens: else this test proves nothing)
+    (cut,) = qwen3.tokenize([text], input_type="query", max_tokens=32, truncation_side="left")
+    assert cut[: len(prompt)] == prompt
+    assert cut[len(prompt) :] == joined[len(joined) - (32 - len(prompt)) :]
 
 
 def test_texts_that_fit_are_not_cut_from_either_side(qwen3):

@@ -238,7 +238,7 @@ def test_an_encoder_with_unit_vectors_only_refuses_normalize_false():
     assert not encoder.has_pooled_vectors
     assert UniversalSentenceEncoder.pool_token_ids is Encoder.pool_token_ids  # its kernel normalises
     embedder = Embedder(encoder)
-    with pytest.raises(NormalizeUnsupportedError, match="normalize: false is not supported by slow"):
+    with pytest.raises(NormalizeUnsupportedError, match=r"\(normalize: false\) are not available from slow"):
         embedder.embed(["abc"], normalize=False)
     with pytest.raises(TypeError, match="normalize must be True or False"):
         embedder.embed(["abc"], normalize="false")
@@ -323,7 +323,7 @@ def test_normalize_false_on_a_model_with_unit_vectors_only_is_a_400(client, rout
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert (error["code"], error["param"]) == ("unsupported_parameter", "normalize"), error
-    assert "normalize: false is not supported by slow" in error["message"]
+    assert "(normalize: false) are not available from slow" in error["message"]
     assert client.post(route, json={"model": "slow", field: ["abc"], "normalize": True}).status_code == 200
 
 

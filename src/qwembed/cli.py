@@ -99,6 +99,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="a reranker for /v1/rerank, /v2/rerank and /rerank: a Qwen3-Reranker checkpoint (official "
         "yes/no recipe) or a sentence-transformers cross-encoder, as folder or hub id (repeatable)",
     )
+    serve.add_argument(
+        "--reranker-served-name",
+        action="append",
+        default=[],
+        help="name clients use, one per --reranker, in order",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
     serve.add_argument("--port", type=number(int, 1, 65535), default=8000)
     _add_model_options(serve)
@@ -270,7 +276,7 @@ def _load(model: str, args: argparse.Namespace, name: str | None = None, kind: s
     options = LoadOptions(args.device, args.dtype, args.max_tokens, args.trust_remote_code)
     try:
         if kind == "reranker":
-            return load_reranker(model, options=options)
+            return load_reranker(model, name=name, options=options)
         options = replace(options, compile=args.compile, min_bf16_cosine=args.min_bf16_cosine)
         return load_encoder(model, name=name, backend=args.backend, options=options)
     except ModelNotFoundError:
@@ -300,7 +306,7 @@ def _check_unique_names(names: list[str]) -> None:
         if name in seen:
             raise SystemExit(
                 f"qwembed serve: two models would be served as {name!r}; name them apart with "
-                "--served-name (one per --model)"
+                "--served-name (one per --model) or --reranker-served-name (one per --reranker)"
             )
         seen.add(name)
 
@@ -316,13 +322,16 @@ def _serve(args: argparse.Namespace) -> int:
         raise SystemExit("qwembed serve: give at least one --model or --reranker")
     if args.served_name and len(args.served_name) != len(args.model):
         raise SystemExit("qwembed serve: give one --served-name per --model")
+    if args.reranker_served_name and len(args.reranker_served_name) != len(args.reranker):
+        raise SystemExit("qwembed serve: give one --reranker-served-name per --reranker")
     # every name, before the first model takes minutes to load
     for model in args.model:
         check_model_name(model)
     for reranker in args.reranker:
         check_reranker_name(reranker)  # (a bundled name is an embedder: refused here, not after the loads)
     names = args.served_name or [served_name(model, args.backend) for model in args.model]
-    _check_unique_names([*names, *(served_name(reranker) for reranker in args.reranker)])
+    reranker_names = args.reranker_served_name or [served_name(reranker) for reranker in args.reranker]
+    _check_unique_names([*names, *reranker_names])
     pool = ModelPool(
         BatchSettings(
             args.max_batch_tokens,
@@ -335,9 +344,9 @@ def _serve(args: argparse.Namespace) -> int:
     for model, name in zip(args.model, names, strict=True):
         log.info("loading %s", model)
         pool.add_encoder(_load(model, args, name))
-    for reranker in args.reranker:
+    for reranker, name in zip(args.reranker, reranker_names, strict=True):
         log.info("loading reranker %s", reranker)
-        pool.add_reranker(_load(reranker, args, kind="reranker"))
+        pool.add_reranker(_load(reranker, args, name, kind="reranker"))
     settings = ServerSettings(
         api_keys=_api_keys(args),
         auto_truncate=args.auto_truncate,
@@ -380,14 +389,15 @@ def read_lines(path: Path) -> list[str]:
             f"{path}: line {line} is not UTF-8 (byte 0x{error.object[error.start]:02x})"
         ) from None
     lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the final line's newline ends it; it starts no empty line
-    lines = [line.removesuffix("\r") for line in lines]
+    last = lines.pop()  # (the text after the final newline: "" when the file ends with one)
+    lines = [line.removesuffix("\r") for line in lines] + ([last] if last else [])
+    if not lines:
+        raise InputFileError(f"{path} is empty: it has no lines to read")
     for line_number, line in enumerate(lines, 1):
         if not line.strip():
             raise InputFileError(
-                f"{path}: line {line_number} is blank; every line is one input (row {line_number} of the "
-                "output), so remove blank lines"
+                f"{path}: line {line_number} is blank; every line is one input, in order, so remove "
+                "blank lines"
             )
     return lines
 
@@ -407,6 +417,10 @@ def _embed(args: argparse.Namespace) -> int:
 
     from .engine import Embedder
 
+    if args.truncation_side != "right" and not args.truncate:
+        raise SystemExit(
+            "qwembed embed: --truncation-side says which end --truncate cuts; give --truncate too"
+        )
     texts = _read_texts(args)
     embedder = Embedder(_load(args.model, args))
     vectors = embedder.embed(

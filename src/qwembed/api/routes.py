@@ -53,7 +53,9 @@ def build_router(
         cap = body.truncate_prompt_tokens
         if cap == -1:  # (vLLM's: cut to the model's limit)
             truncate, cap = True, None
-        options = EmbedOptions(body.input_type, body.instruction, truncate, cap)
+        options = EmbedOptions(
+            body.input_type, body.instruction, truncate, cap, body.truncation_side or "right"
+        )
         work = pool.embed(model, inputs, options, body.dimensions, normalize)
         # (the engine calls the cap max_tokens, after the library's argument)
         result = await helpers.answer(request, work, fields={"max_tokens": "truncate_prompt_tokens"})

@@ -88,6 +88,12 @@ class EmbeddingRequest(BaseModel):
         description="vLLM's: `true` or null: unit-length vectors; `false`: the model's pooled vectors "
         "before L2 normalisation (as TEI's `normalize: false`).",
     )
+    truncation_side: Literal["right", "left"] | None = Field(
+        None,
+        description="vLLM's: which end of an over-long input a cut (`truncate`, "
+        "`truncate_prompt_tokens`) removes: `right` (null means it) its end, `left` its beginning; "
+        "the model's prompt and special tokens are kept either way.",
+    )
 
 
 class EmbeddingItem(BaseModel):

@@ -168,23 +168,28 @@ class Encoder(ABC):
         return self.framing.fit(ids)
 
     def truncate(
-        self, ids: TokenIds, max_tokens: int | None = None, *, side: TruncationSide = "right", prompt: int = 0
+        self,
+        ids: TokenIds,
+        max_tokens: int | None = None,
+        *,
+        side: TruncationSide = "right",
+        prompt: Sequence[int] = (),
     ) -> TokenIds:
         """Cut a tokenised input to the model's ``max_tokens`` (or a smaller ``max_tokens``, a
         request's cap) while keeping its required special tokens.
 
         Prompts come first (``format``), so cutting the tail cuts the text, never the prompt, as
-        long as the prompt leaves room for some text (``prompt_tokens``; the engine checks).
+        long as the prompt leaves room for some text (``prompt_ids``; the engine checks).
         ``side="left"`` cuts the text's beginning instead (TEI's ``truncation_direction: Left``),
-        keeping the first ``prompt`` tokens after the special ones: the prompt."""
+        and puts ``prompt`` (``prompt_ids``) back before the text's last tokens."""
         limit = self.max_tokens if max_tokens is None else min(max_tokens, self.max_tokens)
         return self.framing.truncate(ids, limit, side=side, head=prompt)
 
-    def prompt_tokens(self, input_type: InputType | None, instruction: str | None) -> int:
-        """Tokens an input takes besides its text: the prompt ``format`` puts before every text of
-        this input type, with the special tokens. Every family's prompt is a prefix (``format`` is
-        ``prompt + text``), so this is the formatted empty text's length."""
-        return len(self.tokenize([self.format("", input_type, instruction)])[0])
+    def prompt_ids(self, input_type: InputType | None, instruction: str | None) -> TokenIds:
+        """The prompt's own tokens, as ``format`` puts it before a text, without the special
+        tokens: the formatted empty text's content."""
+        ids = self.tokenize([self.format("", input_type, instruction)])[0]
+        return ids[len(self.framing.prefix) : len(ids) - len(self.framing.suffix)]
 
     # ---- token ids → vectors ----------------------------------------------------------
     def pool_token_ids(self, batch: Sequence[TokenIds]) -> np.ndarray:

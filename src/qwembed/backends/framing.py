@@ -41,24 +41,31 @@ class Framing:
         return ids
 
     def truncate(
-        self, ids: Sequence[int], max_tokens: int, *, side: TruncationSide = "right", head: int = 0
+        self,
+        ids: Sequence[int],
+        max_tokens: int,
+        *,
+        side: TruncationSide = "right",
+        head: Sequence[int] = (),
     ) -> list[int]:
         """Cut the content, never the special tokens, so the result has at most ``max_tokens``.
 
         ``side``: which end of the content goes, ``"right"`` (the tail, as every peer does by
         default) or ``"left"`` (the beginning: TEI's ``truncation_direction: Left``, for inputs
-        whose end matters most, such as a conversation's latest turns). ``head``: content tokens
-        at the start that a left cut keeps, the prompt (instruction) put before the text, so that
-        only the text is cut, as a right cut never reaches the prompt either."""
+        whose end matters most, such as a conversation's latest turns). ``head``: the prompt
+        (instruction) put before the text, as tokenised alone: a left cut puts it back before the
+        text's last tokens, so that only the text is cut, as a right cut never reaches the prompt.
+        (Its tokens as the whole input was tokenised may differ at the end, where BPE merges the
+        prompt's last characters with the text's first: ``Query:`` and ``w0`` give ``:w``.)"""
         if len(ids) <= max_tokens:
             return list(ids)
         keep = max(max_tokens - self.overhead, 0)
         content = ids[len(self.prefix) : len(ids) - len(self.suffix)]
         if side == "right":
             return [*self.prefix, *content[:keep], *self.suffix]
-        head = min(head, keep)
-        tail = keep - head
-        return [*self.prefix, *content[:head], *content[len(content) - tail :], *self.suffix]
+        head = list(head)[:keep]
+        tail = keep - len(head)
+        return [*self.prefix, *head, *content[len(content) - tail :], *self.suffix]
 
 
 def framing_of(tokenizer: PreTrainedTokenizerBase) -> Framing:

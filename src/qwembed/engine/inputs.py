@@ -106,19 +106,19 @@ def tokenize_texts(
     formatted = [encoder.format(text, options.input_type, options.instruction) for text in texts]
     batch = encoder.tokenize(formatted)
     limit = options.limit(encoder)
-    prompt = 0
+    prompt: TokenIds = []
     if any(len(ids) > limit for ids in batch):
         # Truncation cuts the text, never the prompt (prompts come first: a right cut never
-        # reaches it, a left cut keeps its tokens), as long as the prompt leaves room for some
-        # text. A prompt that leaves none is an error even with truncation, which would otherwise
+        # reaches it, a left cut puts it back), as long as the prompt leaves room for some text.
+        # A prompt that leaves none is an error even with truncation, which would otherwise
         # embed the prompt alone, the same vector whatever the text.
-        prompt = encoder.prompt_tokens(options.input_type, options.instruction)
-        if prompt >= limit:
+        prompt = encoder.prompt_ids(options.input_type, options.instruction)
+        total = len(prompt) + encoder.framing.overhead
+        if total >= limit:
             raise PromptTooLongError(
-                prompt, limit, instruction=options.instruction is not None, capped=limit < encoder.max_tokens
+                total, limit, instruction=options.instruction is not None, capped=limit < encoder.max_tokens
             )
-    # (the prompt's own tokens, without the special ones ``prompt_tokens`` counts with it)
-    return fit_to_limit(encoder, batch, options, start, prompt=max(prompt - encoder.framing.overhead, 0))
+    return fit_to_limit(encoder, batch, options, start, prompt=prompt)
 
 
 def tokenize_ids(
@@ -132,11 +132,15 @@ def tokenize_ids(
 
 
 def fit_to_limit(
-    encoder: Encoder, batch: list[TokenIds], options: EmbedOptions, start: int = 0, prompt: int = 0
+    encoder: Encoder,
+    batch: list[TokenIds],
+    options: EmbedOptions,
+    start: int = 0,
+    prompt: Sequence[int] = (),
 ) -> list[TokenIds]:
     """Never cut silently: over the model's limit is an error unless the caller allowed truncation;
     over a cap the caller set below that limit is cut (a cap above it cuts nothing itself).
-    ``prompt``: the tokens after the special ones that a left cut keeps (the prompt's)."""
+    ``prompt``: the prompt's tokens (``Encoder.prompt_ids``), which a left cut puts back first."""
     limit = options.limit(encoder)
     capped = limit < encoder.max_tokens
     for index, ids in enumerate(batch):

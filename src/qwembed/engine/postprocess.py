@@ -20,9 +20,8 @@ class NormalizeUnsupportedError(ValueError):
 
     def __init__(self, model: str):
         super().__init__(
-            f"normalize: false is not supported by {model}: its forward pass returns unit-length "
-            "(L2-normalised) vectors only, so there is no unnormalised vector to return; leave "
-            "normalize out or send true"
+            f"unnormalised vectors (normalize: false) are not available from {model}: its forward "
+            "pass returns unit-length (L2-normalised) vectors only; ask for normalised ones (the default)"
         )
 
 
