@@ -49,16 +49,12 @@ def check_dimensions(dimensions: int | None, max_dimensions: int) -> None:
 
 
 def truncate_dimensions(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
-    """Keep the first ``dimensions`` components and re-normalise (Matryoshka representation).
+    """Keep the first ``dimensions`` components of unit vectors and re-normalise (Matryoshka
+    representation); ``vectors`` itself without a cut.
 
     Qwen3-Embedding is trained for this from 32 dimensions up; other models accept it but lose
-    more quality per dropped dimension.
-    """
-    if dimensions is None or dimensions == vectors.shape[1]:
-        return vectors
-    head = vectors[:, :dimensions]
-    norms = np.linalg.norm(head, axis=1, keepdims=True)
-    return (head / np.maximum(norms, np.finfo(np.float32).tiny)).astype(np.float32, copy=False)
+    more quality per dropped dimension."""
+    return finish(vectors, dimensions, pooled=False)
 
 
 def check_normalize(encoder: Encoder, normalize: bool) -> None:
