@@ -138,3 +138,15 @@ def test_http_raw_scores_are_the_logits(sharp, official_logits, path, body):
     got = {item["index"]: item.get("score", item.get("relevance_score")) for item in items}
     np.testing.assert_allclose([got[i] for i in range(len(DOCUMENTS))], official_logits, atol=1e-3, rtol=1e-4)
     assert len({round(score, 3) for score in got.values()}) == len(DOCUMENTS)  # no ±16.118 ties
+
+
+def test_contradictory_activation_fields_are_refused(sharp):
+    pool = ModelPool(BatchSettings())
+    pool.add_reranker(sharp)
+    with TestClient(create_app(pool, ServerSettings())) as client:
+        body = {"query": QUERY, "documents": DOCUMENTS, "raw_scores": True}
+        answer = client.post("/v1/rerank", json={**body, "use_activation": True})
+        assert answer.status_code == 400
+        assert answer.json()["error"]["param"] == "use_activation"
+        for agreeing in ({"use_activation": False}, {"use_activation": None}, {}):
+            assert client.post("/v1/rerank", json={**body, **agreeing}).status_code == 200

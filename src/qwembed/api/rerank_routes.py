@@ -105,6 +105,14 @@ def refuse_unsupported(body: RerankRequest) -> None:
             "unsupported_parameter",
             "truncation_side",
         )
+    if body.raw_scores and body.use_activation:
+        raise APIError(
+            400,
+            "raw_scores true (Infinity's: logits) and use_activation true (vLLM's: probabilities) ask for "
+            "opposite scores; send one of them",
+            "invalid_request",
+            "use_activation",
+        )
 
 
 def token_caps(body: RerankRequest) -> TokenCaps:
