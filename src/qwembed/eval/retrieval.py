@@ -70,10 +70,12 @@ def rerank_top(
     progress: bool = True,
 ) -> np.ndarray:
     """The two-stage recipe: re-order each query's first ``top_k`` documents by the reranker's
-    scores; documents below the cut keep their embedding order."""
+    scores (the engine's ranking: on its logits, so confident documents whose probabilities both
+    round to 1.0 keep their order; ties keep the embedding order); documents below the cut keep
+    their embedding order."""
     from tqdm.auto import tqdm
 
-    from ..engine.rerank import score_pairs
+    from ..engine.rerank import rerank
 
     doc_texts = list(data.corpus.values())
     reordered = top.copy()
@@ -82,8 +84,8 @@ def rerank_top(
         tqdm(rows, total=len(top), disable=not progress, desc="rerank")
     ):
         head = candidates[:top_k]
-        scores = score_pairs(reranker, query, [doc_texts[i] for i in head], instruction=instruction)
-        reordered[row, : len(head)] = head[np.argsort(-scores, kind="stable")]
+        ranked = rerank(reranker, query, [doc_texts[i] for i in head], instruction=instruction)
+        reordered[row, : len(head)] = head[[result.index for result in ranked]]
     return reordered
 
 
