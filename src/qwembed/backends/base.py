@@ -41,6 +41,12 @@ def l2_normalize(vectors: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
     return np.divide(vectors, norms[:, None], out=out)
 
 
+def token_limit(model_limit: int, cap: int | None) -> int:
+    """The most tokens an input (or a reranker's pair) may have: the model's limit, or a request's
+    cap where that is smaller (vLLM's ``truncate_prompt_tokens``)."""
+    return model_limit if cap is None else min(cap, model_limit)
+
+
 class InputTooLongError(ValueError):
     """A text has more tokens than the model accepts and truncation was not allowed."""
 
@@ -182,8 +188,7 @@ class Encoder(ABC):
         long as the prompt leaves room for some text (``prompt_ids``; the engine checks).
         ``side="left"`` cuts the text's beginning instead (TEI's ``truncation_direction: Left``),
         and puts ``prompt`` (``prompt_ids``) back before the text's last tokens."""
-        limit = self.max_tokens if max_tokens is None else min(max_tokens, self.max_tokens)
-        return self.framing.truncate(ids, limit, side=side, head=prompt)
+        return self.framing.truncate(ids, token_limit(self.max_tokens, max_tokens), side=side, head=prompt)
 
     def prompt_ids(self, input_type: InputType | None, instruction: str | None) -> TokenIds:
         """The prompt's own tokens, as ``format`` puts it before a text, without the special
@@ -258,7 +263,7 @@ class Reranker(ABC):
 
     def pair_limit(self, max_tokens: int | None) -> int:
         """The tokens a pair may have: the model's limit, or a request's cap where that is smaller."""
-        return self.max_tokens if max_tokens is None else min(max_tokens, self.max_tokens)
+        return token_limit(self.max_tokens, max_tokens)
 
     def cut_texts(self, texts: Sequence[str], max_tokens: int) -> list[str]:
         """Each text cut after its ``max_tokens``-th token, as text, the others unchanged (Cohere's

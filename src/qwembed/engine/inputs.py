@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 
 from ..backends import Encoder, InputTooLongError, InputType, TokenIds
-from ..backends.base import PromptTooLongError
+from ..backends.base import PromptTooLongError, token_limit
 from ..backends.framing import TruncationSide
 from .instructions import NO_PROMPT_HINT, check_instruction
 from .unicode import is_unicode, lone_surrogate_message
@@ -50,7 +50,7 @@ class EmbedOptions:
 
     def limit(self, encoder: Encoder) -> int:
         """The most tokens an input may keep: the model's limit, or the cap where that is smaller."""
-        return encoder.max_tokens if self.max_tokens is None else min(self.max_tokens, encoder.max_tokens)
+        return token_limit(encoder.max_tokens, self.max_tokens)
 
 
 def check_token_cap(cap: object, what: str) -> None:
