@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 from ..backends import InputTooLongError, InvalidTokenIdsError, PairTooLongError, PromptTooLongError
-from ..engine import InvalidDimensionsError, OverloadedError, WorkerStoppedError
+from ..engine import InvalidDimensionsError, NormalizeUnsupportedError, OverloadedError, WorkerStoppedError
 from ..engine.inputs import InstructionWithTokenIdsError, InvalidTextError
 from ..engine.instructions import EmptyInstructionError
 from ..engine.pool import ModelRequiredError, UnknownModelError
@@ -109,6 +109,8 @@ def from_engine_error(error: Exception) -> APIError:
         return APIError(400, str(error), "input_too_long", "input")
     if isinstance(error, InvalidDimensionsError):
         return APIError(400, str(error), "invalid_dimensions", "dimensions")
+    if isinstance(error, NormalizeUnsupportedError):
+        return APIError(400, str(error), "unsupported_parameter", "normalize")
     if isinstance(error, InvalidTokenIdsError):
         return APIError(400, str(error), "invalid_token_ids", "input")
     if isinstance(error, InvalidTextError):

@@ -13,7 +13,6 @@ from fastapi import Depends, Request
 from starlette.responses import Response
 
 from ..engine.pool import Kind, ModelPool, ModelRequiredError, UnknownModelError
-from ..engine.postprocess import NormalizeUnsupportedError, check_normalize
 from .auth import KeyChecker
 from .errors import APIError, client_closed_response, from_engine_error
 from .settings import ServerSettings
@@ -102,17 +101,6 @@ class RouteHelpers:
             return self.pool.resolve(name, kind)
         except (UnknownModelError, ModelRequiredError) as error:
             raise from_engine_error(error) from None
-
-    def normalization(self, model: str, normalize: bool | None) -> bool:
-        """TEI's and vLLM's ``normalize`` for a resolved embedding model: null is true; false is
-        the pooled vectors, or a 400 naming the field for a model that has unit vectors only,
-        rather than unit vectors that would ignore it."""
-        wanted = normalize is not False
-        try:
-            check_normalize(self.pool.encoder(model), wanted)
-        except NormalizeUnsupportedError as error:
-            raise APIError(400, str(error), "unsupported_parameter", "normalize") from None
-        return wanted
 
     def check_ready(self) -> None:
         if not self.state["ready"]:

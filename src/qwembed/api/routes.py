@@ -48,7 +48,7 @@ def build_router(
             raise APIError(400, "input must not be empty", "empty_input", "input")
         helpers.check_count(len(inputs), "input")  # empty strings were refused by the schema already
         helpers.check_token_ids(inputs, "input")
-        normalize = helpers.normalization(model, body.normalize)
+        normalize = body.normalize is not False  # (null: true)
         truncate = settings.auto_truncate if body.truncate is None else body.truncate
         cap = body.truncate_prompt_tokens
         if cap == -1:  # (vLLM's: cut to the model's limit)

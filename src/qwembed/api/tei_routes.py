@@ -114,7 +114,7 @@ def rerank_truncation(body: TEIRerankRequest) -> bool:
 
 def embed_options(body: TEIEmbedRequest, token_ids: bool, auto_truncate: bool) -> EmbedOptions:
     """TEI's options as the engine's, or a 400 naming the one qwembed cannot honour (``normalize``
-    is the model's to check: ``RouteHelpers.normalization``). ``truncation_direction: Left`` cuts
+    is the engine's to check: ``postprocess.check_normalize``). ``truncation_direction: Left`` cuts
     a text's beginning, keeping the model's prompt and special tokens."""
     input_type: InputType | None = None
     if body.prompt_name is not None:
@@ -158,7 +158,7 @@ def build_tei_router(pool: ModelPool, settings: ServerSettings, state: dict, key
         options = embed_options(body, isinstance(inputs[0], list), settings.auto_truncate)
         helpers.check_ready()
         model = helpers.resolve_model(body.model, "embedding")
-        normalize = helpers.normalization(model, body.normalize)
+        normalize = body.normalize is not False  # (null: true)
         helpers.check_count(len(inputs), "inputs")
         helpers.check_token_ids(inputs, "inputs")
         work = pool.embed(model, inputs, options, body.dimensions, normalize)
