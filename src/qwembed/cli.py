@@ -212,7 +212,11 @@ def _build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--model", required=True, help=_MODEL_HELP)
     embed.add_argument("texts", nargs="*", help="texts to embed")
     embed.add_argument("--file", type=Path, help="one text per line (UTF-8)")
-    embed.add_argument("--dimensions", type=POSITIVE_INT, help="keep the first N components, re-normalised")
+    embed.add_argument(
+        "--dimensions",
+        type=POSITIVE_INT,
+        help="keep the first N components (then normalised, unless --no-normalize)",
+    )
     embed.add_argument("--input-type", choices=["query", "document"], help="query gets the query prompt")
     embed.add_argument("--instruction", type=instruction_option, help="task description for queries")
     embed.add_argument("--truncate", action="store_true", help="cut over-long texts instead of failing")
@@ -402,13 +406,14 @@ def read_lines(path: Path) -> list[str]:
     return lines
 
 
-def _read_texts(args: argparse.Namespace) -> list[str]:
-    texts = list(args.texts)
+def _read_inputs(args: argparse.Namespace, given: list[str], what: str) -> list[str]:
+    """The command's inputs: those given as arguments, then ``--file``'s lines (``read_lines``)."""
+    inputs = list(given)
     if args.file:
-        texts += read_lines(args.file)
-    if not texts:
-        raise SystemExit("qwembed embed: give texts as arguments or --file")
-    return texts
+        inputs += read_lines(args.file)
+    if not inputs:
+        raise SystemExit(f"qwembed {args.command}: give {what} as arguments or --file")
+    return inputs
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -421,7 +426,7 @@ def _embed(args: argparse.Namespace) -> int:
         raise SystemExit(
             "qwembed embed: --truncation-side says which end --truncate cuts; give --truncate too"
         )
-    texts = _read_texts(args)
+    texts = _read_inputs(args, args.texts, "texts")
     embedder = Embedder(_load(args.model, args))
     vectors = embedder.embed(
         texts,
@@ -452,11 +457,7 @@ def _rerank(args: argparse.Namespace) -> int:
 
     from .engine.rerank import rerank
 
-    documents = list(args.documents)
-    if args.file:
-        documents += read_lines(args.file)
-    if not documents:
-        raise SystemExit("qwembed rerank: give documents as arguments or --file")
+    documents = _read_inputs(args, args.documents, "documents")
     reranker = _load(args.model, args, kind="reranker")
     for result in rerank(reranker, args.query, documents, instruction=args.instruction, top_n=args.top_n):
         line = {"index": result.index, "score": result.score, "document": documents[result.index]}
