@@ -1,4 +1,4 @@
-"""``argparse`` types for numeric options, shared by the command lines (cli.py, eval/cli.py)."""
+"""``argparse`` types and options shared by the command lines (cli.py, eval/cli.py, kb/cli.py)."""
 
 from __future__ import annotations
 
@@ -42,3 +42,14 @@ def number(
 POSITIVE_INT = number(int, 1)
 #: a duration in seconds, above 0
 SECONDS = number(float, 0, above=True)
+
+
+def add_dtype_option(parser: argparse.ArgumentParser) -> None:
+    """``--dtype``, one definition for every command that loads a model (serve, embed, rerank, and
+    ``kb create|add|search``)."""
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (bfloat16 on CUDA and on CPUs with AMX/AVX512-BF16, checked against float32 at load; "
+        "float32 elsewhere), float32, bfloat16, float16",
+    )

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
-from .arg_types import POSITIVE_INT, SECONDS, number
+from .arg_types import POSITIVE_INT, SECONDS, add_dtype_option, number
 from .backends import BUNDLED
 from .backends.quality_bars import DEFAULT_MIN_COSINE
 from .engine.instructions import instruction_option
@@ -22,17 +22,6 @@ _MODEL_HELP = (
     "bundled name (" + ", ".join(f"{k}: {v}" for k, v in BUNDLED.items()) + "), a local folder, "
     "or a Hugging Face id such as Qwen/Qwen3-Embedding-0.6B"
 )
-
-
-def add_dtype_option(parser: argparse.ArgumentParser) -> None:
-    """``--dtype``, one definition for every command that loads a model (serve, embed, rerank, and
-    ``kb create|add|search``)."""
-    parser.add_argument(
-        "--dtype",
-        default="auto",
-        help="auto (bfloat16 on CUDA and on CPUs with AMX/AVX512-BF16, checked against float32 at load; "
-        "float32 elsewhere), float32, bfloat16, float16",
-    )
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:

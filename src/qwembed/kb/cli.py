@@ -12,8 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..arg_types import POSITIVE_INT, number
-from ..cli import add_dtype_option
+from ..arg_types import POSITIVE_INT, add_dtype_option, number
 from ..engine.instructions import instruction_option
 from .errors import DocumentNotFoundError, InvalidSettingError, KBError
 from .manager import (
