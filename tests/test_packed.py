@@ -7,9 +7,9 @@ import pytest
 import torch
 from sentence_transformers.sentence_transformer.modules import Pooling
 
-from qwembed.backends import packed_bert, packed_qwen3
+from qwembed.backends import packed_bert, packed_qwen3, sentence_transformer, shape_caches
 from qwembed.backends.packed_bert import packed_bert_forward
-from qwembed.backends.packing import TILE_TOKENS, PackedBatch, length_groups, tile_rows
+from qwembed.backends.packing import TILE_TOKENS, PackedBatch, filled_to_bucket, length_groups, tile_rows
 from qwembed.engine import Embedder
 from qwembed.engine.batching import plan_batches
 from xlmr_fixtures import build_xlmr_embedder
@@ -182,3 +182,37 @@ def test_packed_batches_count_real_tokens_not_padding():
     assert plan_batches(lengths, 200, 128) == [[0, 1], [2, 3, 4, 5, 6]]
     assert plan_batches(lengths, 200, 128, padded=False) == [[0, 1, 2, 3, 4, 5, 6]]
     assert plan_batches(lengths, 150, 128, padded=False) == [[0, 1, 2, 3, 4, 5], [6]]
+
+
+def test_filler_brings_a_cpu_batch_to_its_bucket_in_sequences_the_model_can_take():
+    batch = [[5] * 700, [6] * 300]  # 1,000 tokens: bucket 1,024
+    filled = filled_to_bucket(batch, 0, 16, torch.device("cpu"))
+    assert filled[:2] == batch
+    assert sum(map(len, filled)) == shape_caches.token_bucket(1000) == 1024
+    assert [len(ids) for ids in filled[2:]] == [16, 8] and {t for ids in filled[2:] for t in ids} == {0}
+    assert filled_to_bucket(batch, 0, 16, torch.device("cuda")) == batch  # nothing compiled per shape
+
+
+def test_cpu_batches_run_at_bucketed_token_counts_with_the_same_vectors(minilm_dir, monkeypatch):
+    """The Linear layers see the bucket's token count, and the caller gets its own rows, equal to
+    those of the batch run at its exact count."""
+    embedder = Embedder.load("minilm", device="cpu", dtype="float32")
+    batch = embedder.tokenize(TEXTS)
+    tokens = sum(map(len, batch))
+    bucket = shape_caches.token_bucket(tokens)
+    assert bucket != tokens  # (else the test could not tell)
+    seen: list[int] = []
+    forward = sentence_transformer.packed_bert_forward
+
+    def counting_forward(bert, packed, *args, **kwargs):
+        seen.append(len(packed.ids))
+        return forward(bert, packed, *args, **kwargs)
+
+    monkeypatch.setattr(sentence_transformer, "packed_bert_forward", counting_forward)
+    bucketed = embedder.encoder.embed_token_ids(batch)
+    monkeypatch.setattr(shape_caches, "MIN_TOKEN_STEP", 1)
+    monkeypatch.setattr(shape_caches, "TOKEN_STEPS_PER_DOUBLING", 1 << 30)
+    exact = embedder.encoder.embed_token_ids(batch)
+    assert seen == [bucket, tokens]
+    assert bucketed.shape == exact.shape == (len(TEXTS), 384)
+    np.testing.assert_allclose(bucketed, exact, atol=1e-6)

@@ -30,7 +30,7 @@ from sentence_transformers import CrossEncoder
 from .base import PairTooLongError, PromptTooLongError, Reranker, TokenIds
 from .device import resolve_device, sentence_transformers_options, transformers_model
 from .packed_bert import packed_bert_forward, supports_packing
-from .packing import PackedBatch
+from .packing import PackedBatch, filled_to_bucket
 from .padding import pad_token_ids
 from .precision import (
     FLOAT32_CPU,
@@ -213,14 +213,18 @@ class CrossEncoderReranker(Reranker):
         """The sequence classifier's logits from the packed forward: the transformer on real tokens
         only, then the classification head on each pair's first token ([CLS] or <s>)."""
         classifier = transformers_model(self.model)
-        packed = PackedBatch.of(list(batch), len(batch), max(len(ids) for ids in batch))
+        filled = filled_to_bucket(batch, self.pad_id, self.max_tokens, self.device)
+        packed = PackedBatch.of(filled, len(filled), max(len(ids) for ids in filled))
         types = None
         if self._needs_token_types:  # in packed order, like the tokens
             rows = packed.order.tolist()
-            types = torch.tensor([t for row in rows for t in self._token_types(list(batch[row]))])
+            types = torch.tensor([t for row in rows for t in self._token_types(list(filled[row]))])
         with self.precision.autocast():
-            # the head reads the first token only, so the final layer runs for it alone
-            first = packed_bert_forward(classifier.base_model, packed, types, rows=packed.first_token)
+            # the head reads the first token only, so the final layer runs for it alone (and for
+            # the caller's rows alone: the filler's come after them)
+            first = packed_bert_forward(
+                classifier.base_model, packed, types, rows=packed.first_token[: len(batch)]
+            )
             return self._head(first).float()
 
     def _padded_logits(self, batch: Sequence[TokenIds]) -> torch.Tensor:

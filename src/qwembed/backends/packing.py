@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from . import cpu_attention
+from .base import TokenIds
+from .shape_caches import token_bucket
 
 #: a row joins the current attention group while it is at most this many tokens shorter than the
 #: group's longest row, or at most a quarter shorter; beyond both, the padding costs more than
@@ -42,6 +44,26 @@ GROUP_SLACK_SHARE = 0.25
 #: attention-row width for short sequences; a row of at most half of it shares a tile with others
 #: (BQ sentences, 128 rows: 32–128 measured, 64 best over mixed and sorted batches)
 TILE_TOKENS = 64
+
+
+def filled_to_bucket(
+    batch: Sequence[TokenIds], token: int, max_length: int, device: torch.device
+) -> list[TokenIds]:
+    """``batch``, then on a CPU filler sequences of ``token`` (each at most ``max_length`` tokens)
+    that bring its token count up to ``shape_caches.token_bucket``'s, so that oneDNN compiles each
+    Linear layer's shape once for many batches rather than once per batch. The filler is a sequence
+    of its own: attention keeps it to itself, and the caller drops its rows (those past
+    ``len(batch)``). Other devices compile nothing per shape: ``batch`` as it is."""
+    rows = list(batch)
+    if device.type != "cpu":
+        return rows
+    tokens = sum(len(ids) for ids in rows)
+    missing = token_bucket(tokens) - tokens
+    while missing > 0:
+        length = min(missing, max_length)
+        rows.append([token] * length)
+        missing -= length
+    return rows
 
 
 def length_groups(lengths: Sequence[int]) -> list[range]:

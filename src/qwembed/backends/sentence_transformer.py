@@ -13,7 +13,7 @@ from .base import InputType, TokenIds
 from .device import resolve_device, sentence_transformers_options, transformers_model
 from .framing import framing_of
 from .packed_bert import packed_bert_forward, supports_packing
-from .packing import PackedBatch
+from .packing import PackedBatch, filled_to_bucket
 from .padding import pad_token_ids
 from .precision import DEFAULT_MIN_COSINE, Precision
 from .torch_encoder import TorchEncoder
@@ -111,15 +111,16 @@ class SentenceTransformerEncoder(TorchEncoder):
         """BERT without padding in its Linear layers (backends/packed_bert.py), then the model's
         own pooling modules: on the packed tokens where sentence-transformers' pooling reads them
         so (its unpadded-attention input), else on the padded view."""
-        rows, longest = self.padded_shape(batch)
-        packed = PackedBatch.of(list(batch), rows, longest).to(self.device)
+        filled = filled_to_bucket(batch, self.pad_id, self.max_tokens, self.device)
+        rows, longest = self.padded_shape(filled)
+        packed = PackedBatch.of(filled, rows, longest).to(self.device)
         with self.precision.autocast():
             in_packed_order = False
             if self._pools_first_tokens():
                 # the final layer runs for each text's [CLS] alone, in the caller's order; pooling
                 # then reads sequences of one token each
                 first = packed_bert_forward(self.compile_target(), packed, rows=packed.first_token)
-                one_each = torch.arange(len(batch) + 1, device=first.device)
+                one_each = torch.arange(len(filled) + 1, device=first.device)
                 features = {"token_embeddings": first[None], "cu_seq_lens_q": one_each}
             elif self._pools_packed_tokens():
                 hidden = packed_bert_forward(self.compile_target(), packed)
@@ -131,7 +132,8 @@ class SentenceTransformerEncoder(TorchEncoder):
             for module in self.pooling_modules:
                 features = module(features)
         pooled = features["sentence_embedding"]
-        return _numpy(packed.in_caller_order(pooled) if in_packed_order else pooled[: len(batch)])
+        # (the caller's rows first: filler rows and a compiled model's extra rows come after them)
+        return _numpy((packed.in_caller_order(pooled) if in_packed_order else pooled)[: len(batch)])
 
     @property
     def pooling_modules(self) -> list[torch.nn.Module]:
