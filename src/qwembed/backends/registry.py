@@ -158,6 +158,42 @@ def check_reranker_name(name_or_path: str) -> None:
         raise ModelNotFoundError(f"unknown reranker {name_or_path!r}: give {_RERANKER_FORMS}")
 
 
+def _embedding_modules(name_or_path: str) -> list[str] | None:
+    """The module types a sentence-transformers model lists in its ``modules.json`` (a local
+    folder's, or a hub repository's when it can be fetched); None where there is none to read."""
+    folder = _check_folder(name_or_path)
+    if folder is not None:
+        listing = folder / "modules.json"
+        if not listing.is_file():
+            return None
+    else:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            listing = Path(hf_hub_download(name_or_path, "modules.json"))
+        except Exception:  # absent, offline, gated: nothing to tell from, and the load says why
+            return None
+    try:
+        return [str(module.get("type", "")) for module in json.loads(listing.read_text())]
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_not_an_embedder(name_or_path: str) -> None:
+    """Raise ModelNotFoundError for a sentence-transformers embedding model given as a reranker: one
+    whose ``modules.json`` pools the token states into a vector. Qwen3-Embedding and
+    Qwen3-Reranker share one architecture, and a tied-embedding checkpoint has no missing weight to
+    give it away, so it would load and score every pair with meaningless but stable numbers;
+    Qwen3-Embedding ships a ``modules.json`` with a Pooling module, Qwen3-Reranker none, and a
+    cross-encoder no Pooling."""
+    modules = _embedding_modules(name_or_path)
+    if modules is not None and any(kind.rsplit(".", 1)[-1] == "Pooling" for kind in modules):
+        raise ModelNotFoundError(
+            f"{name_or_path!r} is a sentence-transformers embedding model (its modules.json pools "
+            f"token states into one vector), not a reranker; give {_RERANKER_FORMS}"
+        )
+
+
 @contextmanager
 def _fetched_from_the_hub(name_or_path: str) -> Iterator[None]:
     """A hub id that cannot be fetched (offline, no such repository, gated) is a model not found,
@@ -221,16 +257,26 @@ def load_reranker(
     """Qwen3 causal-LM checkpoints get the official yes/no recipe; others are cross-encoders.
 
     Rerankers are named as such on the command line (``--reranker``) because a Qwen3-Reranker and
-    a Qwen3-Embedding checkpoint cannot be told apart reliably from their configs."""
+    a Qwen3-Embedding checkpoint cannot be told apart reliably from their configs; an embedding
+    model that says so in its ``modules.json`` is refused (``check_not_an_embedder``)."""
     options = options or LoadOptions()
     check_reranker_name(name_or_path)  # here, so that every caller (serve, kb, eval) gets it
+    local = _check_folder(name_or_path) is not None
+    if local:
+        check_not_an_embedder(name_or_path)
     bound_shape_caches()
     kwargs = {"name": name or served_name(name_or_path), **_load_kwargs(options)}
     with _fetched_from_the_hub(name_or_path):
         if detect_backend(name_or_path, options.trust_remote_code) == "qwen3":
             from .qwen3_reranker import Qwen3Reranker
 
-            return Qwen3Reranker.load(name_or_path, **kwargs)
-        from .cross_encoder import CrossEncoderReranker
+            reranker: Reranker = Qwen3Reranker.load(name_or_path, **kwargs)
+        else:
+            from .cross_encoder import CrossEncoderReranker
 
-        return CrossEncoderReranker.load(name_or_path, **kwargs)
+            reranker = CrossEncoderReranker.load(name_or_path, **kwargs)
+    if not local:
+        # a hub id's modules.json is asked for once the hub has answered the load: asked before,
+        # an unreachable hub would make every load wait through its retries twice
+        check_not_an_embedder(name_or_path)
+    return reranker
