@@ -83,22 +83,26 @@ def _wait_until_taken(worker: BatchWorker) -> None:
         time.sleep(0.01)
 
 
-def test_a_second_stream_waits_for_a_full_batch_while_the_first_runs():
+def test_a_second_stream_waits_for_half_a_batch_while_the_first_runs():
+    """Not for whatever arrives (a batch of one text costs more per text), nor for a whole batch
+    (its core idles meanwhile): ``START_BESIDE_A_RUNNING_STREAM`` of a window."""
     log: list[list[int]] = []
     worker, gate = _gated_two_stream_worker(log)
     first = worker.submit([[1] * 10] * 4)  # one full window
     time.sleep(0.05)  # stream one is inside its batch
-    small = worker.submit([[2] * 10])
+    small = worker.submit([[2] * 9])
     time.sleep(0.2)
-    assert worker.queue_depth == 1  # 10 of 40 tokens: the idle stream did not start on them
-    filler = worker.submit([[4] * 10, [5] * 10, [6] * 10])  # now a full batch waits
+    assert worker.queue_depth == 1  # 9 of 40 tokens: the idle stream did not start on them
+    more = worker.submit([[3] * 10])
+    time.sleep(0.2)
+    assert worker.queue_depth == 2  # 19 of 40: still under half a window
+    half = worker.submit([[4] * 1])  # now 20 tokens, half a window, wait
     _wait_until_taken(worker)
     assert worker.queue_depth == 0  # taken by the second stream while the first still runs
     gate.set()
     assert first.result(5)[:, 0].tolist() == [1] * 4
-    assert small.result(5)[0, 0] == 2
-    assert filler.result(5)[:, 0].tolist() == [4, 5, 6]
-    assert sorted(log) == [[1, 1, 1, 1], [2, 4, 5, 6]]
+    assert small.result(5)[0, 0] == 2 and more.result(5)[0, 0] == 3 and half.result(5)[0, 0] == 4
+    assert sorted(sorted(batch) for batch in log) == [[1, 1, 1, 1], [2, 3, 4]]
     worker.stop(5)
 
 

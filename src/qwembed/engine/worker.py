@@ -83,6 +83,13 @@ EVERY_CORE_WAIT_MAX_SECONDS = 0.005
 #: an equal share of it, not a full window (``BatchWorker._share``); False for comparison
 SHARE_WITH_BUSY_STREAMS = True
 
+#: while another stream runs, an idle stream starts once this share of a full window is queued
+#: (``_worth_starting``). Waiting for a whole window left its core idle for the round trip of the
+#: requests it had just answered: under 8 clients × 32 texts over HTTP (all-MiniLM-L6-v2, AMX
+#: Xeon) half a window served 3.35–3.67× sentence-transformers (median 3.48, six runs) against
+#: 3.08–3.61× (median 3.37, nine runs) for a whole one; a quarter 3.27–3.30× (docs/benchmarks.md)
+START_BESIDE_A_RUNNING_STREAM = 0.5
+
 log = logging.getLogger("qwembed.worker")
 
 RunBatch = Callable[[Sequence[TokenIds]], np.ndarray]
@@ -493,7 +500,7 @@ class BatchWorker:
         soon as it is free (``_handing_off``) though it is not a full batch.
 
         Idle streams share so: a full window there left the rest queued behind it, since a stream
-        starts beside a running one only on a full batch, and one core idled for a whole window
+        started beside a running one only on a full batch, and one core idled for a whole window
         (6 clients × 32 texts, all-MiniLM-L6-v2, 128-input windows: 0.85× the speed of 4 or 8
         clients). With ``SHARE_WITH_BUSY_STREAMS``, so do streams still running a full window,
         which take theirs when they finish: at a burst's end, a stream that took a full window left
@@ -509,7 +516,7 @@ class BatchWorker:
         self._handing_off = True
         return math.ceil(self._pending_tokens / takers), math.ceil(len(self._pending) / takers), True
 
-    def _queue_fills(self, windows: int) -> bool:
+    def _queue_fills(self, windows: float) -> bool:
         """Whether the queue holds at least ``windows`` full windows."""
         return (
             self._pending_tokens >= windows * self.window_tokens
@@ -545,16 +552,21 @@ class BatchWorker:
 
     def _worth_starting(self) -> bool:
         """A stream starts a window when the cores would otherwise idle (no other stream is running),
-        when a full batch is waiting, or on its share of a queue another stream divided. Starting
-        on whatever just arrived while another stream runs cut a closed loop of 8 clients × 32
-        texts into batches of 32–96 rows, each costing more per text, and ran 0.76× the sorted
-        corpus; a stream that waits for a full batch costs no throughput, since the other stream
-        keeps the cores busy meanwhile."""
+        when ``START_BESIDE_A_RUNNING_STREAM`` of a full batch is waiting, or on its share of a
+        queue another stream divided. Starting on whatever just arrived while another stream runs
+        cut a closed loop of 8 clients × 32 texts into batches of 32–96 rows, each costing more per
+        text (then also a compilation each: ``shape_caches.py``), and ran 0.76× the sorted corpus;
+        waiting for a whole batch left this stream's core idle while the requests came back."""
         if not self._pending:
             return self._stopping
         if self._alone or self._gathering:
             return False  # a window runs on every core, or is being gathered; both notify
-        return self._running == 0 or self._handing_off or self._queue_fills(1) or self._stopping
+        return (
+            self._running == 0
+            or self._handing_off
+            or self._queue_fills(START_BESIDE_A_RUNNING_STREAM)
+            or self._stopping
+        )
 
     def _window_full(self, tokens: int, next_length: int, max_tokens: int, *, starts_request: bool) -> bool:
         if not self.padded_batches:
