@@ -53,6 +53,19 @@ def test_a_qwen3_embedding_folder_is_refused_and_a_reranker_folder_is_not(tmp_pa
     (reranker / "modules.json").write_text(json.dumps(POOLING_LAST_TOKEN[:1]))
     with pytest.raises(AssertionError, match="a model was loaded"):
         load_reranker(str(reranker))
+    # and one that pools into a head says it is a CrossEncoder
+    (reranker / "modules.json").write_text(json.dumps(POOLING_LAST_TOKEN))
+    (reranker / "config_sentence_transformers.json").write_text(json.dumps({"model_type": "CrossEncoder"}))
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        load_reranker(str(reranker))
+
+
+def test_a_cross_encoder_saved_by_sentence_transformers_still_loads(tmp_path):
+    from rerank_fixtures import build_minilm_cross_encoder
+
+    reranker = load_reranker(str(build_minilm_cross_encoder(tmp_path / "cross-encoder")))
+    assert type(reranker).__name__ == "CrossEncoderReranker"
+    assert reranker.score_token_ids(reranker.tokenize_pairs("q", ["a document"], None)).shape == (1,)
 
 
 def test_a_hub_id_is_checked_once_its_load_succeeded(tmp_path, monkeypatch):
@@ -64,6 +77,8 @@ def test_a_hub_id_is_checked_once_its_load_succeeded(tmp_path, monkeypatch):
 
     def download(repo, filename, **kwargs):
         asked.append(f"{repo}/{filename}")
+        if filename != "modules.json":
+            raise OSError(f"no {filename}")  # (Qwen3-Embedding's names no model_type)
         return str(listing)
 
     loaded: list[str] = []
@@ -79,7 +94,11 @@ def test_a_hub_id_is_checked_once_its_load_succeeded(tmp_path, monkeypatch):
     monkeypatch.setattr("qwembed.backends.cross_encoder.CrossEncoderReranker", FakeReranker)
     with pytest.raises(ModelNotFoundError, match=r"'Qwen/Qwen3-Embedding-0\.6B' is a sentence-transformers"):
         load_reranker("Qwen/Qwen3-Embedding-0.6B")
-    assert loaded == ["Qwen/Qwen3-Embedding-0.6B"] and asked == ["Qwen/Qwen3-Embedding-0.6B/modules.json"]
+    assert loaded == ["Qwen/Qwen3-Embedding-0.6B"]
+    assert asked == [
+        "Qwen/Qwen3-Embedding-0.6B/modules.json",
+        "Qwen/Qwen3-Embedding-0.6B/config_sentence_transformers.json",
+    ]
 
     def unreachable(repo, filename, **kwargs):
         raise OSError("offline")

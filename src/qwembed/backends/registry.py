@@ -158,40 +158,49 @@ def check_reranker_name(name_or_path: str) -> None:
         raise ModelNotFoundError(f"unknown reranker {name_or_path!r}: give {_RERANKER_FORMS}")
 
 
-def _embedding_modules(name_or_path: str) -> list[str] | None:
-    """The module types a sentence-transformers model lists in its ``modules.json`` (a local
-    folder's, or a hub repository's when it can be fetched); None where there is none to read."""
+def _sentence_transformers_json(name_or_path: str, filename: str) -> object:
+    """A sentence-transformers file's JSON (``modules.json``, ``config_sentence_transformers.json``)
+    from a local folder, or from a hub repository when it can be fetched; None where there is none
+    to read."""
     folder = _check_folder(name_or_path)
     if folder is not None:
-        listing = folder / "modules.json"
-        if not listing.is_file():
+        path = folder / filename
+        if not path.is_file():
             return None
     else:
         from huggingface_hub import hf_hub_download
 
         try:
-            listing = Path(hf_hub_download(name_or_path, "modules.json"))
+            path = Path(hf_hub_download(name_or_path, filename))
         except Exception:  # absent, offline, gated: nothing to tell from, and the load says why
             return None
     try:
-        return [str(module.get("type", "")) for module in json.loads(listing.read_text())]
-    except (OSError, ValueError, AttributeError):
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
 
 
 def check_not_an_embedder(name_or_path: str) -> None:
     """Raise ModelNotFoundError for a sentence-transformers embedding model given as a reranker: one
-    whose ``modules.json`` pools the token states into a vector. Qwen3-Embedding and
-    Qwen3-Reranker share one architecture, and a tied-embedding checkpoint has no missing weight to
-    give it away, so it would load and score every pair with meaningless but stable numbers;
-    Qwen3-Embedding ships a ``modules.json`` with a Pooling module, Qwen3-Reranker none, and a
-    cross-encoder no Pooling."""
-    modules = _embedding_modules(name_or_path)
-    if modules is not None and any(kind.rsplit(".", 1)[-1] == "Pooling" for kind in modules):
-        raise ModelNotFoundError(
-            f"{name_or_path!r} is a sentence-transformers embedding model (its modules.json pools "
-            f"token states into one vector), not a reranker; give {_RERANKER_FORMS}"
-        )
+    whose ``modules.json`` pools the token states into a vector, and which does not call itself a
+    CrossEncoder. Qwen3-Embedding and Qwen3-Reranker share one architecture, and a tied-embedding
+    checkpoint has no missing weight to give it away, so it would load and score every pair with
+    meaningless but stable numbers. Qwen3-Embedding ships a ``modules.json`` with a Pooling module;
+    Qwen3-Reranker has none, and cross-encoders list no Pooling module (those sentence-transformers
+    saves also say ``"model_type": "CrossEncoder"``, which would let one with a Pooling head pass)."""
+    modules = _sentence_transformers_json(name_or_path, "modules.json")
+    if not isinstance(modules, list) or not any(
+        isinstance(module, dict) and str(module.get("type", "")).rsplit(".", 1)[-1] == "Pooling"
+        for module in modules
+    ):
+        return
+    config = _sentence_transformers_json(name_or_path, "config_sentence_transformers.json")
+    if isinstance(config, dict) and config.get("model_type") == "CrossEncoder":
+        return
+    raise ModelNotFoundError(
+        f"{name_or_path!r} is a sentence-transformers embedding model (its modules.json pools "
+        f"token states into one vector), not a reranker; give {_RERANKER_FORMS}"
+    )
 
 
 @contextmanager
