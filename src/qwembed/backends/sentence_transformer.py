@@ -117,10 +117,12 @@ class SentenceTransformerEncoder(TorchEncoder):
         with self.precision.autocast():
             in_packed_order = False
             if self._pools_first_tokens():
-                # the final layer runs for each text's [CLS] alone, in the caller's order; pooling
-                # then reads sequences of one token each
-                first = packed_bert_forward(self.compile_target(), packed, rows=packed.first_token)
-                one_each = torch.arange(len(filled) + 1, device=first.device)
+                # the final layer runs for each text's [CLS] alone, in the caller's order (the
+                # caller's rows only: the filler's come after them); pooling then reads sequences
+                # of one token each
+                first_tokens = packed.first_token[: len(batch)]
+                first = packed_bert_forward(self.compile_target(), packed, rows=first_tokens)
+                one_each = torch.arange(len(batch) + 1, device=first.device)
                 features = {"token_embeddings": first[None], "cu_seq_lens_q": one_each}
             elif self._pools_packed_tokens():
                 hidden = packed_bert_forward(self.compile_target(), packed)
